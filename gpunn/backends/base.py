@@ -1,0 +1,593 @@
+"""The backend contract, and the readable reference implementation of every op.
+
+A backend turns arrays into arrays. gpunn's autograd engine calls it through one
+convention, so that every backend can be enumerated, compared and timed op by op:
+
+* ``<op>_forward(*arrays, **params) -> (Y, saved)``. ``Y`` is one array, or a tuple
+  of arrays for ops with several outputs (``lstm_cell``). ``saved`` is opaque: only
+  the same backend's ``<op>_backward`` reads it.
+* ``<op>_backward(dY, saved, needs) -> grads``: one gradient per positional input of
+  the forward, ``None`` where ``needs[i]`` is false. ``dY`` is a tuple for ops with
+  several outputs. Gradients of broadcast inputs are already reduced to the input's
+  shape.
+* ``<op>_update(...)``: optimizer updates, in place on the parameters.
+
+Validation of shapes and dtypes happens before a backend is called (in
+``gpunn.functional``); a backend may assume its inputs fit the op. Accelerated
+backends subclass :class:`Backend` and override ops with their own kernels;
+``native_ops()`` says which, and a test holds every backend to its list.
+
+This class is also the reference: plain array code that mirrors the formulas,
+written against ``self.xp`` (NumPy here). Clarity beats speed in this file.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
+
+# splitmix64 constants: the counter-based generator behind dropout masks. Every
+# backend computes the same mask from the same (seed, element index).
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(seed: int, index):
+    """uint64 hash of (seed, index): the n-th output of splitmix64 seeded with ``seed``.
+
+    ``index`` is a uint64 array; returns a uint64 array of the same shape. Shared by
+    the reference and the Numba kernels so both draw identical dropout masks.
+    """
+    z = np.uint64(seed) + (index + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def dropout_keep_mask(seed: int, size: int, p: float):
+    """Boolean keep-mask of ``size`` elements: element i is kept when its uniform draw,
+    the top 24 bits of ``splitmix64(seed, i)`` scaled to [0, 1), is at least ``p``."""
+    bits = splitmix64(seed, np.arange(size, dtype=np.uint64)) >> np.uint64(40)
+    return bits.astype(np.float64) * (1.0 / (1 << 24)) >= p
+
+
+class Backend:
+    """The contract every backend implements, and the NumPy reference for all of it."""
+
+    name = "base"
+    xp = np
+
+    # ------------------------------------------------------------------ arrays
+    def asarray(self, data, dtype=None):
+        """A native array from host data (an ndarray, list or scalar); copies only if needed."""
+        return self.xp.asarray(data, dtype=dtype)
+
+    def to_numpy(self, X) -> np.ndarray:
+        """A host ndarray with the values of native array ``X``."""
+        return np.asarray(X)
+
+    def is_native(self, X) -> bool:
+        return isinstance(X, self.xp.ndarray)
+
+    def zeros(self, shape, dtype):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def full(self, shape, value, dtype):
+        return self.xp.full(shape, value, dtype=dtype)
+
+    def copy(self, X):
+        return self.xp.array(X, copy=True)
+
+    def astype(self, X, dtype):
+        return X.astype(dtype)
+
+    def argmax(self, X, axis):
+        return self.xp.argmax(X, axis=axis)
+
+    def all_finite(self, X) -> bool:
+        return bool(self.xp.isfinite(X).all())
+
+    def check_labels(self, op: str, labels, num_classes: int) -> None:
+        """Raise IndexError naming ``op`` unless every label is in [0, num_classes)."""
+        if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise IndexError(
+                f"{op}: target holds class indices outside [0, {num_classes}): "
+                f"min {int(labels.min())}, max {int(labels.max())}"
+            )
+
+    def synchronize(self) -> None:
+        """Wait until queued work is done (a no-op on the CPU)."""
+
+    def unbroadcast(self, G, shape):
+        """Sum ``G`` over the axes along which an input of ``shape`` was broadcast."""
+        if G.shape == tuple(shape):
+            return G
+        extra = G.ndim - len(shape)
+        axes = tuple(range(extra)) + tuple(
+            extra + i for i, n in enumerate(shape) if n == 1 and G.shape[extra + i] != 1
+        )
+        return G.sum(axis=axes, keepdims=True).reshape(shape) if axes else G.reshape(shape)
+
+    @classmethod
+    def ops(cls) -> list[str]:
+        """Names of every op of the contract (``relu_forward``, ``sgd_update``, ...)."""
+        suffixes = ("_forward", "_backward", "_update")
+        return sorted(n for n in dir(Backend) if n.endswith(suffixes))
+
+    def native_ops(self) -> list[str]:
+        """The ops this backend implements itself rather than inheriting the reference."""
+        if type(self).name == "numpy":
+            return self.ops()
+        return [n for n in self.ops() if getattr(type(self), n) is not getattr(Backend, n)]
+
+    # ------------------------------------------------------------------ elementwise
+    # Binary ops take arrays or Python scalars (at least one array) and broadcast.
+
+    def add_forward(self, A, B):
+        return A + B, (np.shape(A), np.shape(B))
+
+    def add_backward(self, dY, saved, needs):
+        a_shape, b_shape = saved
+        return (
+            self.unbroadcast(dY, a_shape) if needs[0] else None,
+            self.unbroadcast(dY, b_shape) if needs[1] else None,
+        )
+
+    def sub_forward(self, A, B):
+        return A - B, (np.shape(A), np.shape(B))
+
+    def sub_backward(self, dY, saved, needs):
+        a_shape, b_shape = saved
+        return (
+            self.unbroadcast(dY, a_shape) if needs[0] else None,
+            self.unbroadcast(-dY, b_shape) if needs[1] else None,
+        )
+
+    def mul_forward(self, A, B):
+        return A * B, (A, B)
+
+    def mul_backward(self, dY, saved, needs):
+        A, B = saved
+        return (
+            self.unbroadcast(dY * B, np.shape(A)) if needs[0] else None,
+            self.unbroadcast(dY * A, np.shape(B)) if needs[1] else None,
+        )
+
+    def div_forward(self, A, B):
+        Y = A / B
+        return Y, (A, B, Y)
+
+    def div_backward(self, dY, saved, needs):
+        A, B, Y = saved
+        return (
+            self.unbroadcast(dY / B, np.shape(A)) if needs[0] else None,
+            self.unbroadcast(-dY * Y / B, np.shape(B)) if needs[1] else None,
+        )
+
+    def pow_forward(self, A, B):
+        Y = A**B
+        return Y, (A, B, Y)
+
+    def pow_backward(self, dY, saved, needs):
+        """d(A**B)/dA = B * A**(B-1); d(A**B)/dB = A**B * log(A), taken as 0 where A <= 0."""
+        A, B, Y = saved
+        dA = dB = None
+        if needs[0]:
+            dA = self.unbroadcast(dY * B * A ** (B - 1), np.shape(A))
+        if needs[1]:
+            xp = self.xp
+            log_A = xp.log(xp.where(A > 0, A, 1))
+            dB = self.unbroadcast(dY * Y * log_A, np.shape(B))
+        return dA, dB
+
+    def neg_forward(self, X):
+        return -X, None
+
+    def neg_backward(self, dY, saved, needs):
+        return (-dY,)
+
+    def exp_forward(self, X):
+        Y = self.xp.exp(X)
+        return Y, Y
+
+    def exp_backward(self, dY, saved, needs):
+        return (dY * saved,)
+
+    def log_forward(self, X):
+        return self.xp.log(X), X
+
+    def log_backward(self, dY, saved, needs):
+        return (dY / saved,)
+
+    def cast_forward(self, X, dtype):
+        return X.astype(dtype), X.dtype
+
+    def cast_backward(self, dY, saved, needs):
+        return (dY.astype(saved),)
+
+    # ------------------------------------------------------------------ activations
+    def sigmoid_forward(self, X):
+        """sigmoid(x) = 1 / (1 + exp(-x)), computed as exp(-log(1 + exp(-x))) so it never overflows."""
+        Y = self.xp.exp(-self.xp.logaddexp(0, -X)).astype(X.dtype, copy=False)
+        return Y, Y
+
+    def sigmoid_backward(self, dY, saved, needs):
+        Y = saved
+        return (dY * Y * (1 - Y),)
+
+    def tanh_forward(self, X):
+        Y = self.xp.tanh(X)
+        return Y, Y
+
+    def tanh_backward(self, dY, saved, needs):
+        Y = saved
+        return (dY * (1 - Y * Y),)
+
+    def relu_forward(self, X):
+        Y = self.xp.maximum(X, 0)
+        return Y, Y
+
+    def relu_backward(self, dY, saved, needs):
+        return (dY * (saved > 0),)
+
+    def step_forward(self, X):
+        """Heaviside step: 1 where x >= 0, else 0 (the perceptron's output)."""
+        return (X >= 0).astype(X.dtype), X.shape
+
+    def step_backward(self, dY, saved, needs):
+        # NOTE: the step's derivative is zero wherever it exists; the perceptron learns
+        # by its own rule, not by gradients.
+        return (self.xp.zeros(saved, dtype=dY.dtype),)
+
+    # ------------------------------------------------------------------ matrix products
+    def matmul_forward(self, A, B):
+        """A (..., m, k) @ B (..., k, n) -> (..., m, n), batch dimensions broadcast."""
+        return A @ B, (A, B)
+
+    def matmul_backward(self, dY, saved, needs):
+        A, B = saved
+        dA = dB = None
+        if needs[0]:
+            dA = self.unbroadcast(dY @ B.swapaxes(-1, -2), A.shape)
+        if needs[1]:
+            dB = self.unbroadcast(A.swapaxes(-1, -2) @ dY, B.shape)
+        return dA, dB
+
+    def linear_forward(self, X, W, b, activation=None):
+        """Y = act(X @ W.T + b). X (N, in), W (out, in), b (out,) or None -> Y (N, out)."""
+        Z = X @ W.T
+        if b is not None:
+            Z = Z + b
+        Y = self._activate(Z, activation)
+        return Y, (X, W, Y, activation, b is not None)
+
+    def linear_backward(self, dY, saved, needs):
+        X, W, Y, activation, has_bias = saved
+        dZ = self._activation_grad(dY, Y, activation)
+        dX = dZ @ W if needs[0] else None
+        dW = dZ.T @ X if needs[1] else None
+        db = dZ.sum(axis=0) if has_bias and needs[2] else None
+        return dX, dW, db
+
+    def _activate(self, Z, activation):
+        if activation is None:
+            return Z
+        return getattr(self, activation + "_forward")(Z)[0]
+
+    def _activation_grad(self, dY, Y, activation):
+        """dL/dZ from dL/dY for Y = act(Z); each activation's derivative is a function of Y."""
+        if activation is None:
+            return dY
+        return getattr(self, activation + "_backward")(dY, Y, (True,))[0]
+
+    # ------------------------------------------------------------------ reductions and shapes
+    def sum_forward(self, X, axis=None, keepdims=False):
+        Y = self.xp.asarray(X.sum(axis=axis, keepdims=keepdims))
+        return Y, (X.shape, axis, keepdims)
+
+    def sum_backward(self, dY, saved, needs):
+        shape, axis, keepdims = saved
+        if axis is not None and not keepdims:
+            dY = self.xp.expand_dims(dY, axis)
+        return (self.xp.broadcast_to(dY, shape),)
+
+    def mean_forward(self, X, axis=None, keepdims=False):
+        Y = self.xp.asarray(X.mean(axis=axis, keepdims=keepdims))
+        count = X.size // max(Y.size, 1) if X.size else 0
+        return Y, (X.shape, axis, keepdims, count)
+
+    def mean_backward(self, dY, saved, needs):
+        shape, axis, keepdims, count = saved
+        (dX,) = self.sum_backward(dY, (shape, axis, keepdims), needs)
+        return (dX / count,)
+
+    def reshape_forward(self, X, shape):
+        return X.reshape(shape), X.shape
+
+    def reshape_backward(self, dY, saved, needs):
+        return (dY.reshape(saved),)
+
+    def transpose_forward(self, X, axes):
+        return X.transpose(axes), axes
+
+    def transpose_backward(self, dY, saved, needs):
+        return (dY.transpose(np.argsort(saved)),)
+
+    def stack_forward(self, *Xs, axis=0):
+        """Join arrays of one shape along a new ``axis``."""
+        return self.xp.stack(Xs, axis=axis), (len(Xs), axis)
+
+    def stack_backward(self, dY, saved, needs):
+        n, axis = saved
+        return tuple(self.xp.take(dY, k, axis=axis) if needs[k] else None for k in range(n))
+
+    def getitem_forward(self, X, index):
+        return X[index], (X.shape, index)
+
+    def getitem_backward(self, dY, saved, needs):
+        """Scatter dY back into zeros of the input's shape; repeated indices add up."""
+        shape, index = saved
+        dX = self.xp.zeros(shape, dtype=dY.dtype)
+        if _is_basic_index(index):
+            dX[index] = dY
+        else:
+            self.xp.add.at(dX, index, dY)
+        return (dX,)
+
+    # ------------------------------------------------------------------ softmax family
+    def softmax_forward(self, X, axis=-1):
+        """exp(x - max) / sum(exp(x - max)) along ``axis``."""
+        E = self.xp.exp(X - X.max(axis=axis, keepdims=True))
+        Y = E / E.sum(axis=axis, keepdims=True)
+        return Y, (Y, axis)
+
+    def softmax_backward(self, dY, saved, needs):
+        Y, axis = saved
+        return (Y * (dY - (dY * Y).sum(axis=axis, keepdims=True)),)
+
+    def log_softmax_forward(self, X, axis=-1):
+        """x - logsumexp(x) along ``axis``, with the max subtracted first for stability."""
+        shifted = X - X.max(axis=axis, keepdims=True)
+        Y = shifted - self.xp.log(self.xp.exp(shifted).sum(axis=axis, keepdims=True))
+        return Y, (Y, axis)
+
+    def log_softmax_backward(self, dY, saved, needs):
+        Y, axis = saved
+        return (dY - self.xp.exp(Y) * dY.sum(axis=axis, keepdims=True),)
+
+    # ------------------------------------------------------------------ losses (0-d means)
+    def mse_forward(self, P, T):
+        """mean((P - T)^2); P and T of one shape."""
+        D = P - T
+        return self.xp.asarray((D * D).mean()), D
+
+    def mse_backward(self, dY, saved, needs):
+        D = saved
+        dP = dY * 2 * D / D.size
+        return (dP if needs[0] else None, -dP if needs[1] else None)
+
+    def binary_cross_entropy_forward(self, P, T):
+        """-mean(T log P + (1 - T) log(1 - P)), each log clamped at -100 as PyTorch does."""
+        xp = self.xp
+        log_p = xp.maximum(xp.log(P), -100)
+        log_1mp = xp.maximum(xp.log(1 - P), -100)
+        L = -(T * log_p + (1 - T) * log_1mp).mean()
+        return xp.asarray(L), (P, T, log_p, log_1mp)
+
+    def binary_cross_entropy_backward(self, dY, saved, needs):
+        P, T, log_p, log_1mp = saved
+        n = P.size
+        dP = dT = None
+        if needs[0]:
+            dP = dY * (P - T) / self.xp.maximum(P * (1 - P), 1e-12) / n
+        if needs[1]:
+            dT = dY * (log_1mp - log_p) / n
+        return dP, dT
+
+    def binary_cross_entropy_with_logits_forward(self, Z, T):
+        """mean(max(z, 0) - z*t + log(1 + exp(-|z|))): BCE of sigmoid(z), never overflowing."""
+        xp = self.xp
+        L = (xp.maximum(Z, 0) - Z * T + xp.log1p(xp.exp(-xp.abs(Z)))).mean()
+        return xp.asarray(L), (Z, T)
+
+    def binary_cross_entropy_with_logits_backward(self, dY, saved, needs):
+        Z, T = saved
+        n = Z.size
+        dZ = dY * (self.sigmoid_forward(Z)[0] - T) / n if needs[0] else None
+        dT = dY * -Z / n if needs[1] else None
+        return dZ, dT
+
+    def cross_entropy_forward(self, Z, labels):
+        """-mean_n log softmax(Z)[n, labels[n]]. Z (N, C) logits, labels (N,) int in [0, C)."""
+        logp, _ = self.log_softmax_forward(Z, axis=1)
+        n = Z.shape[0]
+        L = -logp[self.xp.arange(n), labels].mean()
+        return self.xp.asarray(L), (logp, labels)
+
+    def cross_entropy_backward(self, dY, saved, needs):
+        """dL/dZ = (softmax(Z) - onehot(labels)) / N."""
+        logp, labels = saved
+        n = logp.shape[0]
+        dZ = self.xp.exp(logp)
+        dZ[self.xp.arange(n), labels] -= 1
+        return (dZ * (dY / n), None)
+
+    # ------------------------------------------------------------------ convolution and pooling
+    def conv2d_forward(self, X, W, b, stride=(1, 1), padding=(0, 0)):
+        """Cross-correlation as PyTorch's conv2d. X (N, C, H, W), W (K, C, kh, kw), b (K,) or
+        None -> Y (N, K, out_h, out_w), out = (in + 2*pad - k) // stride + 1."""
+        Xcol = self._windows(X, W.shape[2:], stride, padding, 0)  # (N, C, out_h, out_w, kh, kw)
+        Y = self.xp.tensordot(Xcol, W, axes=([1, 4, 5], [1, 2, 3]))  # (N, out_h, out_w, K)
+        Y = Y.transpose(0, 3, 1, 2)
+        if b is not None:
+            Y = Y + b.reshape(1, -1, 1, 1)
+        return self.xp.ascontiguousarray(Y), (X.shape, W, Xcol, stride, padding, b is not None)
+
+    def conv2d_backward(self, dY, saved, needs):
+        x_shape, W, Xcol, stride, padding, has_bias = saved
+        dX = dW = db = None
+        if needs[0]:
+            dX = self._scatter_windows(
+                x_shape,
+                stride,
+                padding,
+                W.shape[2:],
+                lambda i, j: self.xp.tensordot(dY, W[:, :, i, j], axes=([1], [0])).transpose(
+                    0, 3, 1, 2
+                ),
+            )
+        if needs[1]:
+            dW = self.xp.tensordot(dY, Xcol, axes=([0, 2, 3], [0, 2, 3]))  # (K, C, kh, kw)
+        if has_bias and needs[2]:
+            db = dY.sum(axis=(0, 2, 3))
+        return dX, dW, db
+
+    def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
+        """Max over each window; padding counts as -inf. X (N, C, H, W) -> (N, C, out_h, out_w)."""
+        kh, kw = kernel_size
+        win = self._windows(X, kernel_size, stride, padding, -np.inf)
+        flat = win.reshape(win.shape[:4] + (kh * kw,))
+        arg = flat.argmax(axis=-1)  # first maximum in row-major window order
+        Y = self.xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0]
+        return Y, (X.shape, arg, kernel_size, stride, padding)
+
+    def max_pool2d_backward(self, dY, saved, needs):
+        x_shape, arg, (kh, kw), stride, padding = saved
+        dX = self._scatter_windows(
+            x_shape, stride, padding, (kh, kw), lambda i, j: dY * (arg == i * kw + j)
+        )
+        return (dX,)
+
+    def avg_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
+        """Mean over each window, zero padding included in the count (PyTorch's default)."""
+        win = self._windows(X, kernel_size, stride, padding, 0)
+        return win.mean(axis=(4, 5)), (X.shape, kernel_size, stride, padding)
+
+    def avg_pool2d_backward(self, dY, saved, needs):
+        x_shape, (kh, kw), stride, padding = saved
+        share = dY / (kh * kw)
+        return (self._scatter_windows(x_shape, stride, padding, (kh, kw), lambda i, j: share),)
+
+    def _windows(self, X, kernel_size, stride, padding, pad_value):
+        """View of every (kh, kw) window of the padded X: (N, C, out_h, out_w, kh, kw)."""
+        xp = self.xp
+        (ph, pw), (sy, sx) = padding, stride
+        Xp = xp.pad(X, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=pad_value)
+        win = xp.lib.stride_tricks.sliding_window_view(Xp, tuple(kernel_size), axis=(2, 3))
+        return win[:, :, ::sy, ::sx]
+
+    def _scatter_windows(self, x_shape, stride, padding, kernel_size, part):
+        """dX for a windowed op: for each kernel offset (i, j), add ``part(i, j)`` (shaped
+        (N, C, out_h, out_w)) at the input positions that offset reads, then crop the padding."""
+        n, c, h, w = x_shape
+        (ph, pw), (sy, sx), (kh, kw) = padding, stride, kernel_size
+        dXp = None
+        for i in range(kh):
+            for j in range(kw):
+                G = part(i, j)
+                if dXp is None:
+                    dXp = self.xp.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=G.dtype)
+                out_h, out_w = G.shape[2:]
+                dXp[:, :, i : i + sy * out_h : sy, j : j + sx * out_w : sx] += G
+        return self.xp.ascontiguousarray(dXp[:, :, ph : ph + h, pw : pw + w])
+
+    # ------------------------------------------------------------------ dropout
+    def dropout_forward(self, X, p, seed):
+        """Inverted dropout: keep each element with probability 1 - p and scale it by 1/(1 - p).
+        The mask comes from :func:`dropout_keep_mask` (seed, element index), identical on
+        every backend."""
+        keep = self.asarray(dropout_keep_mask(seed, X.size, p).reshape(X.shape))
+        scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+        mask = keep.astype(X.dtype) * X.dtype.type(scale)
+        return X * mask, mask
+
+    def dropout_backward(self, dY, saved, needs):
+        return (dY * saved,)
+
+    # ------------------------------------------------------------------ recurrent cells
+    def rnn_cell_forward(self, XW, H, W_hh):
+        """H_new = tanh(XW + H @ W_hh.T). XW (B, hidden) is the input projection with both
+        biases; H (B, hidden); W_hh (hidden, hidden)."""
+        H_new = self.xp.tanh(XW + H @ W_hh.T)
+        return H_new, (H, W_hh, H_new)
+
+    def rnn_cell_backward(self, dY, saved, needs):
+        H, W_hh, H_new = saved
+        dZ = dY * (1 - H_new * H_new)
+        dH = dZ @ W_hh if needs[1] else None
+        dW = dZ.T @ H if needs[2] else None
+        return dZ, dH, dW
+
+    def lstm_cell_forward(self, XW, H, C, W_hh):
+        """One LSTM step, gates in PyTorch's order i, f, g, o.
+
+        G = XW + H @ W_hh.T (B, 4*hidden); i, f, o = sigmoid; g = tanh;
+        C_new = f*C + i*g; H_new = o*tanh(C_new). Returns ((H_new, C_new), saved).
+        """
+        hidden = H.shape[1]
+        G = XW + H @ W_hh.T
+        i = self.sigmoid_forward(G[:, :hidden])[0]
+        f = self.sigmoid_forward(G[:, hidden : 2 * hidden])[0]
+        g = self.xp.tanh(G[:, 2 * hidden : 3 * hidden])
+        o = self.sigmoid_forward(G[:, 3 * hidden :])[0]
+        C_new = f * C + i * g
+        tanh_C = self.xp.tanh(C_new)
+        H_new = o * tanh_C
+        return (H_new, C_new), (H, C, W_hh, i, f, g, o, tanh_C)
+
+    def lstm_cell_backward(self, dY, saved, needs):
+        dH_new, dC_new = dY
+        H, C, W_hh, i, f, g, o, tanh_C = saved
+        dC = dC_new + dH_new * o * (1 - tanh_C * tanh_C)
+        dG = self.xp.concatenate(
+            [
+                dC * g * i * (1 - i),  # input gate
+                dC * C * f * (1 - f),  # forget gate
+                dC * i * (1 - g * g),  # cell candidate
+                dH_new * tanh_C * o * (1 - o),  # output gate
+            ],
+            axis=1,
+        )
+        dH = dG @ W_hh if needs[1] else None
+        dC_prev = dC * f if needs[2] else None
+        dW = dG.T @ H if needs[3] else None
+        return dG, dH, dC_prev, dW
+
+    # ------------------------------------------------------------------ optimizer updates
+    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
+        """In place, per parameter, as PyTorch's SGD without dampening:
+        g = grad + weight_decay*p; buf = momentum*buf + g; p -= lr*buf (p -= lr*g without momentum).
+        ``bufs`` holds zero-initialised arrays when momentum is used, else Nones."""
+        for p, g, buf in zip(params, grads, bufs):
+            if weight_decay:
+                g = g + weight_decay * p
+            if momentum:
+                buf *= momentum
+                buf += g
+                g = buf
+            p -= lr * g
+
+    def adam_update(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
+        """In place, per parameter, as PyTorch's Adam (L2 weight decay added to the gradient):
+        m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
+        p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
+        xp = self.xp
+        bias1 = 1 - beta1**step
+        bias2_sqrt = (1 - beta2**step) ** 0.5
+        for p, g, m, v in zip(params, grads, ms, vs):
+            if weight_decay:
+                g = g + weight_decay * p
+            m *= beta1
+            m += (1 - beta1) * g
+            v *= beta2
+            v += (1 - beta2) * g * g
+            p -= (lr / bias1) * m / (xp.sqrt(v) / bias2_sqrt + eps)
+
+
+def _is_basic_index(index) -> bool:
+    """True when ``index`` selects without integer arrays (so no element repeats)."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in items)

@@ -1,0 +1,162 @@
+"""Module and Parameter: the containers layers are built from."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from gpunn.backends import backend_object
+from gpunn.errors import CheckpointError
+from gpunn.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor a Module learns: a leaf that requires grad."""
+
+    __slots__ = ()
+
+    def __init__(self, data: Tensor, requires_grad: bool = True):
+        source = data.detach() if isinstance(data, Tensor) else data
+        super().__init__(source.data, source._be, requires_grad=requires_grad)
+
+    def __repr__(self):
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class Module:
+    """Base class of layers and models.
+
+    Assigning a Parameter or a Module as an attribute registers it, in assignment order,
+    under its attribute name; nested names are dotted (``fc1.weight``).
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        object.__delattr__(self, name)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # ------------------------------------------------------------------ traversal
+    def named_parameters(self, prefix: str = ""):
+        """(dotted name, Parameter) pairs: own parameters first, then each child's."""
+        for name, p in self._parameters.items():
+            yield prefix + name, p
+        for name, m in self._modules.items():
+            yield from m.named_parameters(prefix + name + ".")
+
+    def parameters(self):
+        for _, p in self.named_parameters():
+            yield p
+
+    def children(self):
+        return iter(self._modules.values())
+
+    def named_modules(self, prefix: str = ""):
+        yield prefix.rstrip("."), self
+        for name, m in self._modules.items():
+            yield from m.named_modules(prefix + name + ".")
+
+    def modules(self):
+        for _, m in self.named_modules():
+            yield m
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> OrderedDict:
+        """Dotted name -> tensor sharing the parameter's data (detached)."""
+        return OrderedDict((n, p.detach()) for n, p in self.named_parameters())
+
+    def load_state_dict(self, state, strict: bool = True) -> None:
+        """Copy ``state`` (name -> Tensor or array) into the parameters, keeping each value's
+        dtype. Missing, unexpected or mis-shaped keys raise CheckpointError naming the key."""
+        own = dict(self.named_parameters())
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if strict and (missing or extra):
+            parts = []
+            if missing:
+                parts.append(f"missing keys: {', '.join(missing)}")
+            if extra:
+                parts.append(f"unexpected keys: {', '.join(extra)}")
+            raise CheckpointError(f"{type(self).__name__}.load_state_dict: " + "; ".join(parts))
+        for name, p in own.items():
+            if name not in state:
+                continue
+            value = state[name]
+            host = value.numpy() if isinstance(value, Tensor) else value
+            shape = tuple(getattr(host, "shape", ()))
+            if shape != p.shape:
+                raise CheckpointError(
+                    f"{type(self).__name__}.load_state_dict: {name!r} has shape {shape}, "
+                    f"the parameter has shape {p.shape}"
+                )
+            p.data = p._be.copy(p._be.asarray(host))
+            p.grad = None
+
+    def train(self, mode: bool = True):
+        for m in self.modules():
+            object.__setattr__(m, "training", mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        for p in self.parameters():
+            p.grad = None
+
+    def to(self, backend: str):
+        """Move every parameter (and its gradient) to ``backend``, in place; returns self."""
+        be = backend_object(backend)
+        for p in self.parameters():
+            if p._be is not be:
+                p.data = be.asarray(p.numpy())
+                p.grad = None if p.grad is None else p.grad.to(backend)
+                p._be = be
+        return self
+
+    def _cast(self, dtype):
+        for p in self.parameters():
+            if p.dtype != dtype:
+                p.data = p._be.astype(p.data, dtype)
+                p.grad = None
+        return self
+
+    def float(self):
+        """Convert every parameter to float32."""
+        return self._cast("float32")
+
+    def double(self):
+        """Convert every parameter to float64."""
+        return self._cast("float64")
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}({self.extra_repr()}"]
+        for name, m in self._modules.items():
+            child = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {child}")
+        if len(lines) == 1:
+            return lines[0] + ")"
+        return "\n".join(lines) + "\n)"

@@ -1,0 +1,343 @@
+"""Tensor: a backend's native array plus what autograd needs to know about it."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gpunn import autograd
+from gpunn.backends import active_backend, backend_object
+from gpunn.errors import DTypeError, GraphError
+
+
+class Tensor:
+    """An n-dimensional array on one backend, with an optional gradient.
+
+    Create tensors with :func:`gpunn.tensor`, :func:`gpunn.zeros`, :func:`gpunn.randn`.
+    ``.data`` is the backend's native array (an ndarray, or a CuPy array on "cupy").
+    """
+
+    __slots__ = ("data", "_be", "_requires_grad", "grad", "_node", "_out_index", "__weakref__")
+
+    def __init__(self, data, backend=None, requires_grad=False):
+        be = backend_object(backend) if isinstance(backend, str) else (backend or active_backend())
+        if not be.is_native(data):
+            raise TypeError(
+                f"Tensor expects a native {be.name} array; use gpunn.tensor(data) to convert"
+            )
+        self.data = data
+        self._be = be
+        self.grad = None
+        self._node = None
+        self._out_index = 0
+        self._requires_grad = False
+        self.requires_grad = requires_grad
+
+    @classmethod
+    def _wrap(cls, data, be, requires_grad):
+        t = object.__new__(cls)
+        t.data = data
+        t._be = be
+        t._requires_grad = requires_grad
+        t.grad = None
+        t._node = None
+        t._out_index = 0
+        return t
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def backend(self) -> str:
+        """Name of the backend the data lives on."""
+        return self._be.name
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.data.shape)
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.data.dtype
+
+    @property
+    def size(self) -> int:
+        return int(self.data.size)
+
+    def numel(self) -> int:
+        return int(self.data.size)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    @property
+    def requires_grad(self) -> bool:
+        return self._requires_grad
+
+    @requires_grad.setter
+    def requires_grad(self, value: bool) -> None:
+        if value and self.data.dtype.kind != "f":
+            raise DTypeError(f"only floating-point tensors can require grad, not {self.data.dtype}")
+        if not value and self._node is not None:
+            raise GraphError(
+                "requires_grad can only be switched off on leaf tensors; use .detach()"
+            )
+        self._requires_grad = bool(value)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self._node is None
+
+    @property
+    def grad_fn(self):
+        """The node that made this tensor (None for leaves)."""
+        return self._node
+
+    # ------------------------------------------------------------------ conversions
+    def numpy(self) -> np.ndarray:
+        """The values as a host ndarray (a copy for device backends)."""
+        return self._be.to_numpy(self.data)
+
+    def item(self):
+        """The value of a one-element tensor as a Python number."""
+        if self.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, not shape {self.shape}")
+        return self.numpy().reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self) -> Tensor:
+        """The same data, cut off from the graph (never requires grad)."""
+        return Tensor._wrap(self.data, self._be, False)
+
+    def to(self, backend: str) -> Tensor:
+        """A copy on ``backend`` (the tensor itself when already there). The copy is a leaf
+        that keeps ``requires_grad``."""
+        be = backend_object(backend)
+        if be is self._be:
+            return self
+        data = be.asarray(self.numpy())
+        return Tensor._wrap(data, be, self._requires_grad)
+
+    def astype(self, dtype) -> Tensor:
+        """A differentiable cast between float dtypes; other casts are plain copies."""
+        dtype = np.dtype(dtype)
+        if dtype == self.dtype:
+            return self
+        if dtype.kind == "f" and self.dtype.kind == "f":
+            return autograd.apply("cast", self, dtype=dtype)
+        return Tensor._wrap(self._be.astype(self.data, dtype), self._be, False)
+
+    def float(self) -> Tensor:
+        return self.astype(np.float32)
+
+    def double(self) -> Tensor:
+        return self.astype(np.float64)
+
+    def long(self) -> Tensor:
+        return self.astype(np.int64)
+
+    def argmax(self, axis=None) -> Tensor:
+        """Index of the largest value along ``axis`` (int64; not differentiable)."""
+        return Tensor._wrap(self._be.argmax(self.data, axis), self._be, False)
+
+    # ------------------------------------------------------------------ autograd
+    def backward(self, grad=None, retain_graph: bool = False) -> None:
+        """Compute the gradient of this tensor with respect to every leaf that requires grad,
+        adding it to the leaf's ``.grad``. ``grad`` defaults to 1 for a one-element tensor."""
+        if not self._requires_grad:
+            raise GraphError(
+                "backward() on a tensor that does not require grad (no input of the graph "
+                "had requires_grad=True, or it was computed under no_grad())"
+            )
+        if grad is None:
+            if self.size != 1:
+                raise GraphError(
+                    f"backward() on a non-scalar tensor of shape {self.shape} needs a gradient "
+                    "of the same shape: call backward(grad) or reduce to a scalar first"
+                )
+            g = self._be.full(self.data.shape, 1, self.dtype)
+        else:
+            g = grad.data if isinstance(grad, Tensor) else self._be.asarray(grad, self.dtype)
+            if tuple(g.shape) != self.shape:
+                raise GraphError(
+                    f"backward(): gradient of shape {tuple(g.shape)} for a tensor of shape "
+                    f"{self.shape}"
+                )
+        autograd.backward(self, g, retain_graph=retain_graph)
+
+    # ------------------------------------------------------------------ operators
+    def __add__(self, other):
+        return F.add(self, other)
+
+    def __radd__(self, other):
+        return F.add(other, self)
+
+    def __sub__(self, other):
+        return F.sub(self, other)
+
+    def __rsub__(self, other):
+        return F.sub(other, self)
+
+    def __mul__(self, other):
+        return F.mul(self, other)
+
+    def __rmul__(self, other):
+        return F.mul(other, self)
+
+    def __truediv__(self, other):
+        return F.div(self, other)
+
+    def __rtruediv__(self, other):
+        return F.div(other, self)
+
+    def __pow__(self, other):
+        return F.pow(self, other)
+
+    def __rpow__(self, other):
+        return F.pow(other, self)
+
+    def __matmul__(self, other):
+        return F.matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return F.matmul(other, self)
+
+    def __neg__(self):
+        return F.neg(self)
+
+    def __pos__(self):
+        return self
+
+    def __getitem__(self, index):
+        return F.getitem(self, index)
+
+    # ------------------------------------------------------------------ methods
+    def sum(self, axis=None, keepdims=False):
+        return F.sum(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return F.mean(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        return F.reshape(
+            self, shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape
+        )
+
+    def view(self, *shape):
+        return self.reshape(*shape)
+
+    def flatten(self, start_dim=0):
+        return F.reshape(self, self.shape[:start_dim] + (-1,))
+
+    def transpose(self, *axes):
+        """Permute the axes as NumPy does: no argument reverses them."""
+        if len(axes) == 1 and not isinstance(axes[0], int):
+            axes = tuple(axes[0])
+        return F.transpose(self, axes or None)
+
+    @property
+    def T(self):
+        return F.transpose(self, None)
+
+    def exp(self):
+        return F.exp(self)
+
+    def log(self):
+        return F.log(self)
+
+    def sigmoid(self):
+        return F.sigmoid(self)
+
+    def tanh(self):
+        return F.tanh(self)
+
+    def relu(self):
+        return F.relu(self)
+
+    def softmax(self, axis=-1):
+        return F.softmax(self, axis)
+
+    def log_softmax(self, axis=-1):
+        return F.log_softmax(self, axis)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self._requires_grad else ""
+        body = np.array2string(self.numpy(), separator=", ", prefix="tensor(")
+        return f"tensor({body}, backend={self.backend!r}, dtype={self.dtype}{grad})"
+
+    def __bool__(self):
+        if self.size != 1:
+            raise ValueError(f"the truth value of a tensor of shape {self.shape} is ambiguous")
+        return bool(self.item())
+
+    def __float__(self):
+        return float(self.item())
+
+    def __int__(self):
+        return int(self.item())
+
+    def __dlpack__(self, *args, **kwargs):
+        """Export the data through DLPack (zero-copy) to PyTorch, CuPy or NumPy."""
+        return self.data.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self.data.__dlpack_device__()
+
+
+def _default_float_dtype(data):
+    """Python floats become float32; arrays and integers keep their dtype (as PyTorch does)."""
+    if isinstance(data, np.ndarray) or hasattr(data, "__array_interface__"):
+        return None
+    arr = np.asarray(data)
+    return np.float32 if arr.dtype == np.float64 else None
+
+
+def tensor(data, dtype=None, backend=None, requires_grad=False) -> Tensor:
+    """A new leaf tensor with a copy of ``data`` on ``backend`` (default: the active one).
+
+    ``data``: a nested list, a scalar, an ndarray (its dtype is kept), or a Tensor.
+    Python floats default to float32, Python ints to int64.
+    """
+    be = backend_object(backend) if backend is not None else active_backend()
+    if isinstance(data, Tensor):
+        host = data.numpy()
+    elif be.is_native(data):
+        host = data
+    else:
+        host = np.asarray(data)
+        if dtype is None:
+            dtype = _default_float_dtype(data)
+    arr = be.copy(be.asarray(host, dtype=dtype))
+    return Tensor(arr, be, requires_grad=requires_grad)
+
+
+def from_dlpack(obj, backend=None) -> Tensor:
+    """A tensor sharing memory with ``obj`` (a PyTorch, CuPy or NumPy array) via DLPack."""
+    be = backend_object(backend) if backend is not None else active_backend()
+    return Tensor(be.xp.from_dlpack(obj), be)
+
+
+def _filled(shape, value, dtype, backend, requires_grad):
+    if len(shape) == 1 and not isinstance(shape[0], int):
+        shape = tuple(shape[0])
+    be = backend_object(backend) if backend is not None else active_backend()
+    arr = be.full(shape, value, np.dtype(dtype or np.float32))
+    return Tensor(arr, be, requires_grad=requires_grad)
+
+
+def zeros(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
+    """A tensor of zeros, float32 unless ``dtype`` says otherwise."""
+    return _filled(shape, 0, dtype, backend, requires_grad)
+
+
+def ones(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
+    """A tensor of ones, float32 unless ``dtype`` says otherwise."""
+    return _filled(shape, 1, dtype, backend, requires_grad)
+
+
+from gpunn import functional as F  # noqa: E402  (functional builds on Tensor)

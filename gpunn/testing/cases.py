@@ -1,0 +1,467 @@
+"""A table of op cases: inputs for every op of the backend contract, with the edge cases
+(broadcasting, batch of one, sizes that do not divide evenly, stride 2, padding,
+sequence length 1), drawn at random shapes from a seed.
+
+``run_case(backend, case, dtype, layout, seed)`` runs one case forward and backward on a
+backend and returns host arrays, so any backend can be compared with the reference.
+Users can run their own backend through the same table (``gpunn.testing.compare_op``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One way to call an op. ``make(rng, dtype)`` returns its positional inputs (host
+    arrays, Python scalars or None); ``params`` are keyword settings; ``family`` picks
+    the tolerance (``elementwise`` or ``reduce``)."""
+
+    name: str
+    op: str
+    make: object
+    params: dict = field(default_factory=dict)
+    family: str = "elementwise"
+    differentiable: bool = True
+
+    def __repr__(self):
+        return self.name
+
+
+TOLERANCES = {
+    ("elementwise", "float32"): dict(rtol=1e-5, atol=1e-6),
+    ("reduce", "float32"): dict(rtol=1e-4, atol=1e-5),
+    ("elementwise", "float64"): dict(rtol=1e-12, atol=1e-13),
+    ("reduce", "float64"): dict(rtol=1e-9, atol=1e-11),
+}
+
+
+def tolerance(case: OpCase, dtype) -> dict:
+    return TOLERANCES[(case.family, np.dtype(dtype).name)]
+
+
+def _n(rng, low, high):
+    return int(rng.integers(low, high + 1))
+
+
+def _normal(shape):
+    return lambda rng, dt: rng.standard_normal(shape).astype(dt)
+
+
+def _away_from_zero(rng, shape, dt):
+    """Values with |x| in [0.1, 2): keeps kinks (relu at 0) and poles (1/x) out of reach."""
+    return (rng.uniform(0.1, 2.0, shape) * rng.choice([-1, 1], shape)).astype(dt)
+
+
+def _positive(rng, shape, dt):
+    return rng.uniform(0.5, 2.0, shape).astype(dt)
+
+
+def _elementwise_cases():
+    cases = []
+    shapes = [((4, 5), (4, 5)), ((3, 4), (4,)), ((2, 1, 5), (3, 1)), ((1, 3), (2, 1)), ((7,), ())]
+    for op in ("add", "sub", "mul", "div"):
+        for a, b in shapes:
+            right = (
+                _away_from_zero
+                if op == "div"
+                else (lambda rng, s, dt: rng.standard_normal(s).astype(dt))
+            )
+            cases.append(
+                OpCase(
+                    f"{op}{a}{b}",
+                    op,
+                    lambda rng, dt, a=a, b=b, right=right: [
+                        rng.standard_normal(a).astype(dt),
+                        right(rng, b, dt),
+                    ],
+                )
+            )
+        cases.append(
+            OpCase(
+                f"{op}-scalar-right",
+                op,
+                lambda rng, dt: [rng.standard_normal((3, 5)).astype(dt), 2.5],
+            )
+        )
+        cases.append(
+            OpCase(f"{op}-scalar-left", op, lambda rng, dt: [1.5, _away_from_zero(rng, (4, 3), dt)])
+        )
+    cases += [
+        OpCase(
+            "pow-array",
+            "pow",
+            lambda rng, dt: [_positive(rng, (3, 4), dt), rng.uniform(-2, 2, (3, 4)).astype(dt)],
+        ),
+        OpCase(
+            "pow-broadcast",
+            "pow",
+            lambda rng, dt: [_positive(rng, (2, 3, 4), dt), rng.uniform(-2, 2, (4,)).astype(dt)],
+        ),
+        OpCase("pow-scalar2", "pow", lambda rng, dt: [rng.standard_normal((5, 3)).astype(dt), 2.0]),
+        OpCase("pow-scalar-half", "pow", lambda rng, dt: [_positive(rng, (6,), dt), 0.5]),
+        OpCase("neg", "neg", lambda rng, dt: [rng.standard_normal((3, 4)).astype(dt)]),
+        OpCase("exp", "exp", lambda rng, dt: [rng.standard_normal((4, 6)).astype(dt)]),
+        OpCase("log", "log", lambda rng, dt: [_positive(rng, (4, 6), dt)]),
+        OpCase(
+            "sigmoid",
+            "sigmoid",
+            lambda rng, dt: [
+                np.concatenate([rng.standard_normal(20), [-40, -15, 15, 40]]).astype(dt)
+            ],
+        ),
+        OpCase("tanh", "tanh", lambda rng, dt: [(3 * rng.standard_normal((5, 7))).astype(dt)]),
+        OpCase("relu", "relu", lambda rng, dt: [_away_from_zero(rng, (6, 9), dt)]),
+        OpCase("step", "step", lambda rng, dt: [_away_from_zero(rng, (4, 5), dt)]),
+    ]
+    return cases
+
+
+def _matmul_cases():
+    def mm(a, b):
+        return lambda rng, dt: [
+            rng.standard_normal(a).astype(dt),
+            rng.standard_normal(b).astype(dt),
+        ]
+
+    cases = [
+        OpCase("matmul-2d", "matmul", mm((5, 7), (7, 3)), family="reduce"),
+        OpCase("matmul-row", "matmul", mm((1, 9), (9, 4)), family="reduce"),
+        OpCase("matmul-batched", "matmul", mm((2, 5, 7), (2, 7, 3)), family="reduce"),
+        OpCase("matmul-broadcast", "matmul", mm((3, 4, 6), (6, 2)), family="reduce"),
+    ]
+    for act in (None, "relu", "sigmoid", "tanh"):
+        for n, bias in ((6, True), (1, True), (5, False)):
+            cases.append(
+                OpCase(
+                    f"linear-{act}-n{n}-{'bias' if bias else 'nobias'}",
+                    "linear",
+                    lambda rng, dt, n=n, bias=bias: [
+                        rng.standard_normal((n, 7)).astype(dt),
+                        rng.standard_normal((5, 7)).astype(dt),
+                        rng.standard_normal(5).astype(dt) if bias else None,
+                    ],
+                    {"activation": act},
+                    family="reduce",
+                )
+            )
+    return cases
+
+
+def _shape_cases():
+    x345 = _normal((3, 4, 5))
+    one = lambda make: lambda rng, dt: [make(rng, dt)]
+    cases = []
+    for op in ("sum", "mean"):
+        for axis, keep in ((None, False), (0, False), (2, True), ((0, 2), False), ((1, 2), True)):
+            cases.append(
+                OpCase(
+                    f"{op}-{axis}-{keep}", op, one(x345), {"axis": axis, "keepdims": keep}, "reduce"
+                )
+            )
+    cases += [
+        OpCase("reshape", "reshape", one(x345), {"shape": (12, 5)}),
+        OpCase("transpose", "transpose", one(x345), {"axes": (2, 0, 1)}),
+        OpCase("getitem-int", "getitem", one(x345), {"index": 1}),
+        OpCase("getitem-slice", "getitem", one(x345), {"index": (slice(None), slice(1, 3))}),
+        OpCase("getitem-step", "getitem", one(x345), {"index": (Ellipsis, slice(None, None, 2))}),
+        OpCase("getitem-array", "getitem", one(x345), {"index": np.array([0, 2, 0])}),
+        OpCase(
+            "stack-0",
+            "stack",
+            lambda rng, dt: [rng.standard_normal((3, 4)).astype(dt) for _ in range(3)],
+            {"axis": 0},
+        ),
+        OpCase(
+            "stack-2",
+            "stack",
+            lambda rng, dt: [rng.standard_normal((3, 4)).astype(dt) for _ in range(2)],
+            {"axis": 2},
+        ),
+    ]
+    return cases
+
+
+def _softmax_and_loss_cases():
+    cases = []
+    for op in ("softmax", "log_softmax"):
+        cases.append(
+            OpCase(
+                f"{op}-last",
+                op,
+                lambda rng, dt: [(3 * rng.standard_normal((6, 10))).astype(dt)],
+                {"axis": 1},
+                "reduce",
+            )
+        )
+        cases.append(
+            OpCase(
+                f"{op}-first",
+                op,
+                lambda rng, dt: [rng.standard_normal((4, 3, 5)).astype(dt)],
+                {"axis": 0},
+                "reduce",
+            )
+        )
+        cases.append(
+            OpCase(
+                f"{op}-large",
+                op,
+                lambda rng, dt: [np.array([[1000.0, 0.0, -1000.0], [50, 51, 52]], dt)],
+                {"axis": 1},
+                "reduce",
+            )
+        )
+    cases += [
+        OpCase(
+            "mse",
+            "mse",
+            lambda rng, dt: [
+                rng.standard_normal((8, 3)).astype(dt),
+                rng.standard_normal((8, 3)).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "bce",
+            "binary_cross_entropy",
+            lambda rng, dt: [
+                rng.uniform(0.05, 0.95, (9, 1)).astype(dt),
+                rng.uniform(0, 1, (9, 1)).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "bce-logits",
+            "binary_cross_entropy_with_logits",
+            lambda rng, dt: [
+                np.concatenate([rng.standard_normal(12), [-60, 60]]).astype(dt),
+                rng.integers(0, 2, 14).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "cross-entropy",
+            "cross_entropy",
+            lambda rng, dt: [(2 * rng.standard_normal((7, 10))).astype(dt), rng.integers(0, 10, 7)],
+            family="reduce",
+        ),
+        OpCase(
+            "cross-entropy-n1",
+            "cross_entropy",
+            lambda rng, dt: [rng.standard_normal((1, 3)).astype(dt), np.array([2])],
+            family="reduce",
+        ),
+    ]
+    return cases
+
+
+def _conv_cases():
+    cases = []
+    specs = [
+        # (N, C, H, W, K, kh, kw, stride, padding)
+        (2, 3, 8, 8, 4, 3, 3, (1, 1), (0, 0)),
+        (2, 2, 9, 7, 3, 3, 3, (2, 2), (1, 1)),
+        (1, 1, 12, 12, 6, 5, 5, (1, 1), (2, 2)),
+        (3, 4, 7, 10, 2, 2, 3, (1, 2), (0, 1)),
+        (2, 5, 6, 6, 3, 1, 1, (1, 1), (0, 0)),
+    ]
+    for n, c, h, w, k, kh, kw, s, p in specs:
+        for bias in (True, False):
+            cases.append(
+                OpCase(
+                    f"conv2d-n{n}c{c}{h}x{w}-k{k}@{kh}x{kw}-s{s[0]}{s[1]}-p{p[0]}{p[1]}-{'b' if bias else 'nob'}",
+                    "conv2d",
+                    lambda rng, dt, n=n, c=c, h=h, w=w, k=k, kh=kh, kw=kw, bias=bias: [
+                        rng.standard_normal((n, c, h, w)).astype(dt),
+                        rng.standard_normal((k, c, kh, kw)).astype(dt),
+                        rng.standard_normal(k).astype(dt) if bias else None,
+                    ],
+                    {"stride": s, "padding": p},
+                    family="reduce",
+                )
+            )
+    pools = [
+        ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
+        ((1, 2, 9, 7), (3, 3), (2, 2), (1, 1)),
+        ((2, 1, 5, 6), (2, 2), (1, 1), (0, 0)),
+        ((3, 2, 7, 9), (3, 2), (2, 1), (1, 0)),
+    ]
+    for op in ("max_pool2d", "avg_pool2d"):
+        for shape, k, s, p in pools:
+            cases.append(
+                OpCase(
+                    f"{op}-{shape}-k{k}-s{s}-p{p}",
+                    op,
+                    # a permutation of distinct values: no ties, so every backend picks one maximum
+                    lambda rng, dt, shape=shape: [
+                        (rng.permutation(int(np.prod(shape))).reshape(shape) / 7.0 - 3).astype(dt)
+                    ],
+                    {"kernel_size": k, "stride": s, "padding": p},
+                    family="reduce",
+                )
+            )
+    return cases
+
+
+def _other_cases():
+    return [
+        OpCase(
+            "dropout-0.3",
+            "dropout",
+            lambda rng, dt: [rng.standard_normal((6, 50)).astype(dt)],
+            {"p": 0.3, "seed": 12345},
+        ),
+        OpCase(
+            "dropout-0.5-3d",
+            "dropout",
+            lambda rng, dt: [rng.standard_normal((2, 3, 17)).astype(dt)],
+            {"p": 0.5, "seed": 2**62 + 7},
+        ),
+        OpCase(
+            "rnn-cell",
+            "rnn_cell",
+            lambda rng, dt: [
+                rng.standard_normal((4, 6)).astype(dt),
+                rng.standard_normal((4, 6)).astype(dt),
+                (0.4 * rng.standard_normal((6, 6))).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "rnn-cell-b1",
+            "rnn_cell",
+            lambda rng, dt: [
+                rng.standard_normal((1, 3)).astype(dt),
+                rng.standard_normal((1, 3)).astype(dt),
+                rng.standard_normal((3, 3)).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "lstm-cell",
+            "lstm_cell",
+            lambda rng, dt: [
+                rng.standard_normal((5, 12)).astype(dt),
+                rng.standard_normal((5, 3)).astype(dt),
+                rng.standard_normal((5, 3)).astype(dt),
+                (0.5 * rng.standard_normal((12, 3))).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "lstm-cell-b1",
+            "lstm_cell",
+            lambda rng, dt: [
+                rng.standard_normal((1, 28)).astype(dt),
+                rng.standard_normal((1, 7)).astype(dt),
+                rng.standard_normal((1, 7)).astype(dt),
+                rng.standard_normal((28, 7)).astype(dt),
+            ],
+            family="reduce",
+        ),
+    ]
+
+
+def _cast_cases():
+    return [
+        OpCase(
+            "cast",
+            "cast",
+            lambda rng, dt: [rng.standard_normal((3, 4)).astype(dt)],
+            {"dtype": "other"},
+        )
+    ]
+
+
+OP_CASES: list[OpCase] = (
+    _elementwise_cases()
+    + _matmul_cases()
+    + _shape_cases()
+    + _softmax_and_loss_cases()
+    + _conv_cases()
+    + _other_cases()
+    + _cast_cases()
+)
+
+
+@dataclass(frozen=True)
+class UpdateCase:
+    name: str
+    op: str
+    params: dict
+
+    def __repr__(self):
+        return self.name
+
+
+UPDATE_CASES = [
+    UpdateCase("sgd-plain", "sgd_update", dict(lr=0.1, momentum=0.0, weight_decay=0.0)),
+    UpdateCase("sgd-momentum-wd", "sgd_update", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    UpdateCase(
+        "adam",
+        "adam_update",
+        dict(step=1, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0),
+    ),
+    UpdateCase(
+        "adam-wd-step7",
+        "adam_update",
+        dict(step=7, lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1),
+    ),
+]
+
+
+def _to_backend(be, value, layout):
+    if isinstance(value, np.ndarray):
+        host = np.ascontiguousarray(value)
+        native = be.asarray(host)
+        if layout == "strided" and value.ndim >= 2:
+            native = be.xp.repeat(native, 2, axis=-1)[..., ::2]
+        return native
+    return value
+
+
+def run_case(be, case: OpCase, dtype, layout="C", seed=0):
+    """Run ``case`` forward and backward on ``be``. Returns (inputs, Y, grads) as host
+    values: Y a tuple of arrays; grads a tuple with None for non-float inputs."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    inputs = case.make(rng, dtype)
+    params = dict(case.params)
+    if params.get("dtype") == "other":
+        params["dtype"] = np.dtype(np.float64 if dtype == np.float32 else np.float32)
+    native = [_to_backend(be, x, layout) for x in inputs]
+    Y, saved = getattr(be, case.op + "_forward")(*native, **params)
+    Ys = Y if isinstance(Y, tuple) else (Y,)
+    dYs = tuple(rng.standard_normal(np.shape(y)).astype(y.dtype) for y in Ys)
+    native_dY = tuple(be.asarray(d) for d in dYs)
+    needs = tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs)
+    grads = getattr(be, case.op + "_backward")(
+        native_dY if isinstance(Y, tuple) else native_dY[0], saved, needs
+    )
+    to_host = lambda a: None if a is None else np.asarray(be.to_numpy(a))
+    return inputs, tuple(to_host(y) for y in Ys), tuple(to_host(g) for g in grads), dYs
+
+
+def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3, 4))):
+    """Apply one update to random parameters on ``be``; returns the host params and state."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(seed)
+    draw = lambda: [rng.standard_normal(s).astype(dtype) for s in shapes]
+    params, grads = draw(), draw()
+    p = [be.asarray(x.copy()) for x in params]
+    g = [be.asarray(x) for x in grads]
+    if case.op == "sgd_update":
+        state = [be.asarray(x) for x in draw()] if case.params["momentum"] else [None] * len(shapes)
+        be.sgd_update(p, g, state, **case.params)
+        slots = [state]
+    else:
+        m = [be.asarray(x) for x in draw()]
+        v = [be.asarray(np.abs(x)) for x in draw()]
+        be.adam_update(p, g, m, v, **case.params)
+        slots = [m, v]
+    host = lambda xs: [None if x is None else np.asarray(be.to_numpy(x)) for x in xs]
+    return host(p), [host(s) for s in slots]

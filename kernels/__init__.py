@@ -1,0 +1,1 @@
+"""gpunn's compute kernels."""

@@ -1,0 +1,1 @@
+"""Numba @njit CPU kernels, one module per op family."""

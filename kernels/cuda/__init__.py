@@ -1,0 +1,1 @@
+"""CUDA C++ kernels (*.cu) and the loader that compiles them through CuPy."""
