@@ -1,0 +1,7 @@
+"""Ready models, one for each network family of the lecture."""
+
+from gpunn.models.classic import MLP, LogisticRegression, Perceptron
+from gpunn.models.convolutional import LeNet5
+from gpunn.models.sequence import LSTMClassifier, RNNClassifier
+
+__all__ = ["LSTMClassifier", "LeNet5", "LogisticRegression", "MLP", "Perceptron", "RNNClassifier"]

@@ -1,0 +1,37 @@
+"""A LeNet-5 style convolutional network."""
+
+from __future__ import annotations
+
+from gpunn import functional as F
+from gpunn import nn
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al., 1998) with ReLU and max pooling: convolutions learn local
+    filters shared across the image, pooling makes them tolerant to small shifts.
+
+    conv 6@5x5 (padding 2) -> ReLU -> max-pool 2 -> conv 16@5x5 -> ReLU -> max-pool 2 ->
+    linear 120 -> ReLU -> linear 84 -> ReLU -> linear num_classes.
+    Input (N, in_channels, image_size, image_size), 28x28 as in MNIST; for small images
+    (below 16 pixels, e.g. 8x8 digits) the second convolution is padded too so the
+    feature map stays non-empty. Output (N, num_classes) logits.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
+        super().__init__()
+        pad2 = 0 if image_size >= 16 else 2
+        self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5, padding=pad2)
+        side = image_size // 2
+        side = (side + 2 * pad2 - 4) // 2
+        self.fc1 = nn.Linear(16 * side * side, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.reshape(x.shape[0], -1)
+        x = self.fc1(x, activation="relu")
+        x = self.fc2(x, activation="relu")
+        return self.fc3(x)
