@@ -3,7 +3,7 @@ or CUDA kernels through CuPy, switchable at run time."""
 
 import numpy as _np
 
-from gpunn import functional, nn, optim  # noqa: E402
+from gpunn import functional, models, nn, optim, testing
 from gpunn.autograd import enable_grad, is_grad_enabled, no_grad
 from gpunn.backends import available_backends, get_backend, set_backend, use_backend
 from gpunn.errors import (
@@ -47,6 +47,7 @@ __all__ = [
     "is_grad_enabled",
     "load",
     "manual_seed",
+    "models",
     "nn",
     "no_grad",
     "ones",
@@ -57,6 +58,7 @@ __all__ = [
     "set_backend",
     "set_num_threads",
     "tensor",
+    "testing",
     "use_backend",
     "zeros",
 ]

@@ -45,7 +45,7 @@ def save(mapping, path) -> None:
                 for name, arr in arrays.items():
                     with zf.open(name + ".npy", "w", force_zip64=True) as member:
                         np.lib.format.write_array(
-                            member, np.ascontiguousarray(arr), allow_pickle=False
+                            member, np.asarray(arr, order="C"), allow_pickle=False
                         )
             f.flush()
             os.fsync(f.fileno())
@@ -82,12 +82,14 @@ def load(path, backend=None) -> dict:
     if not os.path.exists(path):
         raise CheckpointError(f"load: no such file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with open(path, "rb") as f:
+            data = np.load(f, allow_pickle=False)
             if not isinstance(data, np.lib.npyio.NpzFile):
                 raise CheckpointError(
                     f"load: {path} is a single .npy array, not a gpunn checkpoint"
                 )
-            arrays = {name: data[name] for name in data.files}
+            with data:
+                arrays = {name: data[name] for name in data.files}
     except CheckpointError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:

@@ -372,8 +372,9 @@ class Backend:
     def binary_cross_entropy_forward(self, P, T):
         """-mean(T log P + (1 - T) log(1 - P)), each log clamped at -100 as PyTorch does."""
         xp = self.xp
-        log_p = xp.maximum(xp.log(P), -100)
-        log_1mp = xp.maximum(xp.log(1 - P), -100)
+        with np.errstate(divide="ignore"):  # log(0) = -inf, clamped next
+            log_p = xp.maximum(xp.log(P), -100)
+            log_1mp = xp.maximum(xp.log(1 - P), -100)
         L = -(T * log_p + (1 - T) * log_1mp).mean()
         return xp.asarray(L), (P, T, log_p, log_1mp)
 
