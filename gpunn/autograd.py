@@ -114,11 +114,16 @@ def apply(op: str, *inputs, **params):
 
 
 def backward(root, grad, retain_graph: bool = False) -> None:
-    """Accumulate d(root)/d(leaf) * grad into ``.grad`` of every leaf that requires grad."""
+    """Accumulate d(root)/d(leaf) * grad into ``.grad`` of every leaf that requires grad.
+
+    Each leaf's gradient is summed over the whole walk and added to ``.grad`` once at the
+    end; then the leaf's post-accumulate hooks run (in the order the walk reached the
+    leaves: roughly from the last layer to the first)."""
     if root._node is None:
         if root.requires_grad:  # a leaf: its gradient is the seed itself
-            _accumulate_leaf(root, grad)
+            _finish_leaves({id(root): [root, grad]})
         return
+    leaves: dict[int, list] = {}
     order = _topological_order(root._node)
     pending = {id(root._node): [None] * len(root._node.out_meta)}
     pending[id(root._node)][root._out_index] = grad
@@ -143,7 +148,11 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             if not need or g is None:
                 continue
             if x._node is None:
-                _accumulate_leaf(x, g)
+                entry = leaves.get(id(x))
+                if entry is None:
+                    leaves[id(x)] = [x, g]
+                else:
+                    entry[1] = entry[1] + g
             else:
                 slot = pending.setdefault(id(x._node), [None] * len(x._node.out_meta))
                 k = x._out_index
@@ -152,15 +161,21 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             node.saved = None
             node.inputs = None
             node.freed = True
+    _finish_leaves(leaves)
 
 
-def _accumulate_leaf(x, g) -> None:
+def _finish_leaves(leaves: dict) -> None:
+    """Add each leaf's summed gradient to its ``.grad``, then run its hooks."""
     from gpunn.tensor import Tensor
 
-    if x.grad is None:
-        x.grad = Tensor._wrap(x._be.xp.ascontiguousarray(g), x._be, False)
-    else:
-        x.grad = Tensor._wrap(x.grad.data + g, x._be, False)
+    for x, g in leaves.values():
+        if x.grad is None:
+            x.grad = Tensor._wrap(x._be.xp.ascontiguousarray(g), x._be, False)
+        else:
+            x.grad = Tensor._wrap(x.grad.data + g, x._be, False)
+    for x, _ in leaves.values():
+        for hook in x._hooks or ():
+            hook(x)
 
 
 def _topological_order(root: Node) -> list[Node]:

@@ -16,7 +16,16 @@ class Tensor:
     ``.data`` is the backend's native array (an ndarray, or a CuPy array on "cupy").
     """
 
-    __slots__ = ("data", "_be", "_requires_grad", "grad", "_node", "_out_index", "__weakref__")
+    __slots__ = (
+        "data",
+        "_be",
+        "_requires_grad",
+        "grad",
+        "_node",
+        "_out_index",
+        "_hooks",
+        "__weakref__",
+    )
 
     def __init__(self, data, backend=None, requires_grad=False):
         be = backend_object(backend) if isinstance(backend, str) else (backend or active_backend())
@@ -29,6 +38,7 @@ class Tensor:
         self.grad = None
         self._node = None
         self._out_index = 0
+        self._hooks = None
         self._requires_grad = False
         self.requires_grad = requires_grad
 
@@ -41,6 +51,7 @@ class Tensor:
         t.grad = None
         t._node = None
         t._out_index = 0
+        t._hooks = None
         return t
 
     # ------------------------------------------------------------------ properties
@@ -86,6 +97,13 @@ class Tensor:
                 "requires_grad can only be switched off on leaf tensors; use .detach()"
             )
         self._requires_grad = bool(value)
+
+    def register_post_accumulate_grad_hook(self, hook) -> None:
+        """Call ``hook(tensor)`` after each backward pass has added to this leaf's ``.grad``
+        (once per pass, however often the leaf was used)."""
+        if self._node is not None:
+            raise GraphError("hooks can only be registered on leaf tensors")
+        self._hooks = (self._hooks or ()) + (hook,)
 
     @property
     def is_leaf(self) -> bool:

@@ -157,3 +157,15 @@ def test_gradcheck_passes_and_reports_mismatches():
     y = gpunn.randn(4, requires_grad=True)
     with pytest.raises(AssertionError, match="input 0"):
         gpunn.gradcheck(wrong, [y])
+
+
+def test_post_accumulate_hook_runs_once_per_backward_with_the_summed_grad():
+    w = gpunn.tensor([1.0, 2.0], requires_grad=True)
+    seen = []
+    w.register_post_accumulate_grad_hook(lambda t: seen.append(t.grad.numpy().copy()))
+    y = (w * 2.0).sum() + (w * 3.0).sum() + (w * w).sum()
+    y.backward()
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], 5 + 2 * np.array([1.0, 2.0]))
+    with pytest.raises(GraphError, match="leaf"):
+        (w * 2.0).register_post_accumulate_grad_hook(print)
