@@ -3,7 +3,7 @@ or CUDA kernels through CuPy, switchable at run time."""
 
 import numpy as _np
 
-from gpunn import functional, models, nn, optim, testing
+from gpunn import distributed, functional, models, nn, optim, testing
 from gpunn.autograd import enable_grad, is_grad_enabled, no_grad
 from gpunn.backends import available_backends, get_backend, set_backend, use_backend
 from gpunn.errors import (
@@ -35,6 +35,7 @@ __all__ = [
     "ShapeError",
     "Tensor",
     "available_backends",
+    "distributed",
     "enable_grad",
     "float32",
     "float64",
