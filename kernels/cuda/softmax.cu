@@ -85,7 +85,7 @@ __global__ void log_softmax_backward(const T* __restrict__ dY, const T* __restri
 
 // loss[0] = -mean_r logp[r, labels[r]], with logp = log_softmax(Z) written for the backward.
 // A label outside [0, cols) makes its row's term NaN and is reported through ``error``
-// (error[0] = 1, error[1] = the label), host-mapped memory the backend reads at its next
+// (error[0] = 1, error[1] = the label, error[2] = cols), host-mapped memory the backend reads at its next
 // synchronisation, so no host round trip is needed to validate labels. ``partials`` (one
 // slot per block) and ``counter`` (zero) serve the grid-wide sum (gpunn::grid_sum).
 template <typename T>
@@ -107,6 +107,7 @@ __global__ void cross_entropy_forward(const T* __restrict__ Z, const long long* 
       const long long label = labels[r];
       if (label < 0 || label >= cols) {
         error[1] = label;
+        error[2] = cols;
         error[0] = 1;
         picked += gpunn::quiet_nan<T>();
       } else {
