@@ -1,0 +1,54 @@
+"""Optimizer updates, in place, one pass per parameter, with PyTorch's formulas (and the
+reference's order of operations, so float32 results round alike). Scalars arrive cast
+to the parameter's dtype. Arrays are 1-D views of the parameter and its state.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gpunn.kernels.cpu._jit import kernel
+from numba import prange
+
+
+@kernel(parallel=True)
+def sgd_update(p, g, buf, lr, momentum, weight_decay):
+    """g' = g + weight_decay*p; with momentum (buf not empty): buf = momentum*buf + g',
+    p -= lr*buf; else p -= lr*g'."""
+    zero = p.dtype.type(0)
+    for i in prange(p.size):
+        d = g[i]
+        if weight_decay != zero:
+            d = d + weight_decay * p[i]
+        if buf.size:
+            d = buf[i] * momentum + d
+            buf[i] = d
+        p[i] -= lr * d
+
+
+@kernel(parallel=True)
+def adam_update(
+    p,
+    g,
+    m,
+    v,
+    beta1,
+    one_minus_beta1,
+    beta2,
+    one_minus_beta2,
+    step_size,
+    bias2_sqrt,
+    eps,
+    weight_decay,
+):
+    """m = beta1*m + (1-beta1)*g; v = beta2*v + (1-beta2)*g*g;
+    p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), step_size = lr / (1 - beta1^t)."""
+    zero = p.dtype.type(0)
+    for i in prange(p.size):
+        d = g[i]
+        if weight_decay != zero:
+            d = d + weight_decay * p[i]
+        mi = m[i] * beta1 + one_minus_beta1 * d
+        vi = v[i] * beta2 + one_minus_beta2 * d * d
+        m[i] = mi
+        v[i] = vi
+        p[i] -= step_size * mi / (np.sqrt(vi) / bias2_sqrt + eps)
