@@ -1,0 +1,40 @@
+"""2-d convolution (cross-correlation, NCHW), forward and backward (input, weight and
+bias gradients).
+
+Sizes: LeNet-5's two convolutions at batch 64, and (GPUNN_BENCH_FULL=1) a 3x3 layer of a
+small ResNet-like network.
+"""
+
+from .common import ALL, OpBenchmark, dtypes, size_names
+
+# name -> (N, C, H, W, K, kh, kw, stride, padding)
+SIZES = {
+    "lenet-conv1": (64, 1, 28, 28, 6, 5, 5, 1, 2),
+    "lenet-conv2": (64, 6, 14, 14, 16, 5, 5, 1, 0),
+    "32x32x32x32-k64-3x3": (32, 32, 32, 32, 64, 3, 3, 1, 1),
+}
+LARGE = ("32x32x32x32-k64-3x3",)
+
+
+class Conv2d(OpBenchmark):
+    op = "conv2d"
+    sizes = SIZES
+    params = [ALL, size_names(SIZES, LARGE), dtypes()]
+    timeout = 300.0
+
+    def inputs(self, rng, spec, dtype):
+        n, c, h, w, k, kh, kw, _, _ = spec
+        fan_in = c * kh * kw
+        return [
+            rng.standard_normal((n, c, h, w)).astype(dtype),
+            (rng.standard_normal((k, c, kh, kw)) / fan_in**0.5).astype(dtype),
+            rng.standard_normal(k).astype(dtype),
+        ]
+
+    def op_params(self, spec):
+        stride, padding = spec[7], spec[8]
+        return {"stride": (stride, stride), "padding": (padding, padding)}
+
+    def torch_forward(self, torch, x, w, b):
+        stride, padding = self.spec[7], self.spec[8]
+        return torch.nn.functional.conv2d(x, w, b, stride=stride, padding=padding)

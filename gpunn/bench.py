@@ -1,0 +1,537 @@
+"""``gpunn bench``: time the reference training steps on gpunn's backends, against PyTorch.
+
+Every backend asked for, and the peer, runs the same workload (``gpunn.workloads``) in
+this one process: each is warmed up, then they take turns, one sample each per round,
+so drifts in machine load hit all of them alike. Rounds go on until every median is
+stable (its relative spread over the last few rounds is under ``--tolerance``), or
+``--max-rounds`` / ``--max-time`` is reached.
+
+The table gives, per workload and backend: the median time per training step, the
+fastest and slowest sample, samples (training examples) per second, the time relative
+to the peer (``vs torch``: below 1 is faster than PyTorch), and GFLOP/s of the step's
+matrix products and convolutions (``Workload.flops``), also as a fraction of this
+machine's NumPy float32 matmul rate (``sgemm``), measured in the same run.
+
+    gpunn bench --against torch --threads 2 --json bench.json
+    python -m gpunn.bench --workload mlp --backend numba --against torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gpunn import workloads
+
+PEERS = ("torch",)
+INSTALL_TORCH = "pip install torch"
+STABLE_WINDOW = 5  # rounds over which a median must hold still
+SGEMM_N = 1024
+
+
+class BenchError(Exception):
+    """A request that cannot run here (the message says why and what to do)."""
+
+
+@dataclass
+class Row:
+    """One line of the table (and one entry of the JSON ``results``)."""
+
+    workload: str
+    backend: str  # a gpunn backend, or the peer: "torch" (CPU) / "torch-cuda"
+    device: str  # "cpu" or "cuda"
+    is_peer: bool
+    batch: int
+    flops: float
+    samples_ms: list = field(default_factory=list, repr=False)
+    steps_per_sample: int = 1
+    rounds: int = 0
+    stable: bool = False
+    median_ms: float = 0.0
+    min_ms: float = 0.0
+    max_ms: float = 0.0
+    samples_per_s: float = 0.0
+    gflops: float | None = None
+    sgemm_fraction: float | None = None
+    ratio_to_peer: float | None = None
+    peer: str | None = None
+    loss: float | None = None
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries loaded in this process (threadpoolctl), else NumPy's build
+    configuration. Each: {"name", "version", "threads", "used_by"}."""
+    try:
+        import threadpoolctl
+    except ImportError:
+        return [_numpy_blas()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pools = threadpoolctl.threadpool_info()
+    out = []
+    for pool in pools:
+        if pool.get("user_api") != "blas":
+            continue
+        path = pool.get("filepath", "")
+        used_by = next((p for p in ("numpy", "scipy", "torch") if p in path), "")
+        name = pool.get("internal_api", "?")
+        if pool.get("architecture"):
+            name += f" ({pool['architecture']})"
+        out.append(
+            dict(
+                name=name,
+                version=pool.get("version"),
+                threads=pool.get("num_threads"),
+                used_by=used_by,
+            )
+        )
+    return out or [_numpy_blas()]
+
+
+def _numpy_blas() -> dict:
+    try:
+        config = np.show_config(mode="dicts")
+        blas = config["Build Dependencies"]["blas"]
+        return dict(
+            name=blas.get("name"), version=blas.get("version"), threads=None, used_by="numpy"
+        )
+    except Exception:  # older NumPy: no dict mode
+        return dict(name="unknown", version=None, threads=None, used_by="numpy")
+
+
+def describe_blas(pools: list[dict]) -> str:
+    parts = []
+    for p in pools:
+        text = p["name"] + (f" {p['version']}" if p.get("version") else "")
+        if p.get("threads"):
+            text += f", {p['threads']} threads"
+        if p.get("used_by"):
+            text += f" [{p['used_by']}]"
+        parts.append(text)
+    return "; ".join(dict.fromkeys(parts))
+
+
+def gpu_name(backends, torch) -> str | None:
+    """The GPU's name where a GPU backend runs, else None."""
+    if "cupy" not in backends:
+        return None
+    try:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    except Exception:
+        if torch is not None and torch.cuda.is_available():
+            return torch.cuda.get_device_name()
+    return "unknown CUDA device"
+
+
+def sgemm_gflops(threads: int, n: int = SGEMM_N, repeat: int = 7) -> float:
+    """NumPy float32 (n x n) @ (n x n) rate in GFLOP/s: the median of ``repeat`` runs."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), dtype=np.float32)
+    times = []
+    for k in range(repeat + 2):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        if k >= 2:  # two warm-up products
+            times.append(time.perf_counter() - t0)
+    return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+class Runner:
+    """One backend (or the peer) on one workload: warm-up, calibration, samples."""
+
+    def __init__(self, row: Row, workload):
+        self.row = row
+        self.w = workload
+
+    def warm_up(self, seconds: float = 0.2, steps: int = 3) -> float:
+        """Run at least ``steps`` steps and ``seconds``; return the seconds of the last."""
+        t_end = time.perf_counter() + seconds
+        k = 0
+        while k < steps or time.perf_counter() < t_end:
+            t0 = time.perf_counter()
+            self.w.step()
+            self.w.sync()
+            last = time.perf_counter() - t0
+            k += 1
+        return last
+
+    def sample(self) -> float:
+        """Milliseconds per step over ``steps_per_sample`` back-to-back steps."""
+        n = self.row.steps_per_sample
+        self.w.sync()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.w.step()
+        self.w.sync()
+        return (time.perf_counter() - t0) / n * 1e3
+
+
+def _medians_stable(history: list[float], tolerance: float) -> bool:
+    recent = history[-STABLE_WINDOW:]
+    if len(recent) < STABLE_WINDOW:
+        return False
+    mid = statistics.median(recent)
+    return (max(recent) - min(recent)) <= tolerance * mid
+
+
+def run_workload(runners, args, log) -> None:
+    """Warm every runner up, then sample them in turn until their medians settle."""
+    for r in runners:
+        last = r.warm_up()
+        r.row.steps_per_sample = max(1, round(args.sample_time / max(last, 1e-6)))
+    history = {id(r): [] for r in runners}
+    t_start = time.perf_counter()
+    for k in range(args.max_rounds):
+        order = runners[k % len(runners) :] + runners[: k % len(runners)]
+        for r in order:
+            gc.collect()
+            r.row.samples_ms.append(r.sample())
+            history[id(r)].append(statistics.median(r.row.samples_ms))
+        rounds = k + 1
+        stable = [_medians_stable(history[id(r)], args.tolerance) for r in runners]
+        if rounds >= args.min_rounds and all(stable):
+            break
+        if time.perf_counter() - t_start > args.max_time and rounds >= args.min_rounds:
+            break
+    for r, ok in zip(runners, stable):
+        r.row.rounds = rounds
+        r.row.stable = ok
+        if not ok:
+            recent = history[id(r)][-STABLE_WINDOW:]
+            spread = (max(recent) - min(recent)) / statistics.median(recent)
+            log(
+                f"note: {r.row.workload}/{r.row.backend}: median not stable after {rounds} "
+                f"rounds (spread {spread:.1%} over the last {len(recent)})"
+            )
+
+
+def summarise(rows: list[Row], sgemm: float) -> None:
+    for row in rows:
+        s = row.samples_ms
+        row.median_ms = statistics.median(s)
+        row.min_ms, row.max_ms = min(s), max(s)
+        row.samples_per_s = row.batch / (row.median_ms / 1e3)
+        if row.flops:
+            row.gflops = row.flops / (row.median_ms / 1e3) / 1e9
+            if row.device == "cpu" and sgemm:
+                row.sgemm_fraction = row.gflops / sgemm
+    peers = {(r.workload, r.device): r for r in rows if r.is_peer}
+    for row in rows:
+        peer = peers.get((row.workload, row.device))
+        if peer is not None and not row.is_peer:
+            row.peer = peer.backend
+            row.ratio_to_peer = row.median_ms / peer.median_ms
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def format_table(rows: list[Row], peer: str | None) -> str:
+    vs = f"vs {peer}" if peer else "vs peer"
+    head = (
+        "workload",
+        "backend",
+        "batch",
+        "ms/step",
+        "min-max ms",
+        "samples/s",
+        vs,
+        "GFLOP/s",
+        "% sgemm",
+        "rounds",
+    )
+    lines = []
+    for r in rows:
+        ratio = (
+            "peer" if r.is_peer else ("-" if r.ratio_to_peer is None else f"{r.ratio_to_peer:.2f}")
+        )
+        lines.append(
+            (
+                r.workload,
+                r.backend,
+                str(r.batch),
+                _ms(r.median_ms),
+                f"{_ms(r.min_ms)}-{_ms(r.max_ms)}",
+                f"{r.samples_per_s:,.0f}",
+                ratio,
+                "-" if r.gflops is None else f"{r.gflops:.1f}",
+                "-" if r.sgemm_fraction is None else f"{r.sgemm_fraction:.0%}",
+                f"{r.rounds}" + ("" if r.stable else "*"),
+            )
+        )
+    widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
+    left = {0, 1}
+
+    def fmt(cells):
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    out = [fmt(head), fmt(["-" * w for w in widths])]
+    out += [fmt(x) for x in lines]
+    return "\n".join(out)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.3g}" if v < 100 else f"{v:.0f}"
+
+
+def header_lines(info: dict) -> list[str]:
+    m = info["machine"]
+    v = info["versions"]
+    return [
+        "gpunn bench: one training step = forward, loss, backward, SGD update (float32)",
+        f"CPU      {m['cpu']} ({m['cpus']} CPUs available to this process)",
+        f"threads  {m['threads']} (gpunn.set_num_threads"
+        + (", torch.set_num_threads" if v.get("torch") else "")
+        + ", BLAS pools)",
+        f"BLAS     {m['blas']}",
+        f"GPU      {m['gpu'] or 'none used'}",
+        f"sgemm    {info['sgemm_gflops']:.1f} GFLOP/s (NumPy float32 {SGEMM_N}x{SGEMM_N} matmul, "
+        f"{m['threads']} threads, this run)",
+        "versions " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+    ]
+
+
+FOOTER = (
+    "ms/step: median over the rounds; min-max: fastest and slowest sample. vs {peer}: this "
+    "row's time / {peer}'s on the same device (below 1 is faster). GFLOP/s counts the "
+    "matrix products and convolutions of the step; % sgemm relates it to the sgemm line. "
+    "rounds marked * did not reach a stable median."
+)
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gpunn bench",
+        description="Time training steps of the reference workloads on gpunn's backends, "
+        "optionally against PyTorch, in one process.",
+    )
+    p.add_argument(
+        "--workload",
+        action="append",
+        choices=workloads.NAMES,
+        help="a reference workload (repeat for several; default: all)",
+    )
+    p.add_argument(
+        "--backend", action="append", help="a gpunn backend (repeat; default: all available)"
+    )
+    p.add_argument("--against", choices=PEERS, help="time PyTorch eager on the same workloads")
+    p.add_argument(
+        "--threads", type=int, help="CPU threads for gpunn, PyTorch and BLAS (default: gpunn's)"
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--scale", type=int, default=1, help="multiply every batch size (default 1)")
+    p.add_argument("--min-rounds", type=int, default=7, help="default 7")
+    p.add_argument("--max-rounds", type=int, default=60, help="default 60")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.03,
+        help="stop once each median moved less than this fraction over the last "
+        f"{STABLE_WINDOW} rounds (default 0.03)",
+    )
+    p.add_argument(
+        "--max-time",
+        type=float,
+        default=60.0,
+        help="seconds of sampling per workload before giving up on stability (default 60)",
+    )
+    p.add_argument(
+        "--sample-time",
+        type=float,
+        default=0.05,
+        help="seconds one sample should last; short steps repeat (default 0.05)",
+    )
+    return p
+
+
+def _import_peer(peer: str, backends: list[str]):
+    """The peer's module, or BenchError saying how to install it."""
+    try:
+        import torch
+    except ImportError as e:
+        raise BenchError(
+            f"gpunn bench: cannot compare against {peer}: PyTorch is not installed here "
+            f"({e}). Install it with `{INSTALL_TORCH}` (the CPU build is enough for the CPU "
+            "backends), or run without --against to time gpunn alone."
+        ) from e
+    if "cupy" in backends and not torch.cuda.is_available():
+        raise BenchError(
+            "gpunn bench: cannot compare the cupy backend against torch: this PyTorch has no "
+            f"CUDA device (torch {torch.__version__}). Install a CUDA build of PyTorch "
+            f"(`{INSTALL_TORCH}` on a machine with a CUDA driver), or drop --against."
+        )
+    return torch
+
+
+def _select_backends(asked) -> list[str]:
+    from gpunn.backends import available_backends, why_unavailable
+
+    if not asked:
+        return available_backends()
+    for name in asked:
+        reason = why_unavailable(name)
+        if reason is not None:
+            raise BenchError(f"gpunn bench: {reason}")
+    return list(dict.fromkeys(asked))
+
+
+def _versions(torch) -> dict:
+    import gpunn
+
+    out = {"gpunn": gpunn.__version__, "numpy": np.__version__}
+    try:
+        import numba
+
+        out["numba"] = numba.__version__
+    except ImportError:
+        pass
+    if torch is not None:
+        out["torch"] = torch.__version__
+    out["python"] = platform.python_version()
+    return out
+
+
+def _thread_limits(n: int):
+    try:
+        import threadpoolctl
+    except ImportError:
+        return contextlib.nullcontext()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return threadpoolctl.threadpool_limits(limits=n)
+
+
+def main(argv=None) -> int:
+    """Run ``gpunn bench`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    args = _parser().parse_args(argv)
+    out = sys.stdout
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)
+    import gpunn
+
+    try:
+        backends = _select_backends(args.backend)
+        torch = _import_peer(args.against, backends) if args.against else None
+    except BenchError as e:
+        log(str(e))
+        return 2
+    if args.scale < 1 or args.min_rounds < 1 or args.max_rounds < args.min_rounds:
+        log("gpunn bench: --scale and --min-rounds must be >= 1, --max-rounds >= --min-rounds")
+        return 2
+    names = list(dict.fromkeys(args.workload or workloads.NAMES))
+    threads = args.threads or gpunn.get_num_threads()
+    gpunn.set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+    with _thread_limits(threads):
+        pools = blas_info()
+        info = {
+            "command": "gpunn bench " + " ".join(sys.argv[1:] if argv is None else argv),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {
+                "cpu": cpu_name(),
+                "cpus": gpunn.threads.available_cpus(),
+                "threads": threads,
+                "blas": describe_blas(pools),
+                "blas_pools": pools,
+                "gpu": gpu_name(backends, torch),
+                "platform": platform.platform(),
+            },
+            "versions": _versions(torch),
+            "sgemm_gflops": sgemm_gflops(threads),
+            "peer": args.against,
+            "settings": {
+                "scale": args.scale,
+                "min_rounds": args.min_rounds,
+                "max_rounds": args.max_rounds,
+                "tolerance": args.tolerance,
+                "max_time": args.max_time,
+                "sample_time": args.sample_time,
+            },
+        }
+        print("\n".join(header_lines(info)), file=out, flush=True)
+        rows: list[Row] = []
+        for name in names:
+            runners = _runners(name, backends, torch, args.scale)
+            run_workload(runners, args, log)
+            for r in runners:
+                r.row.loss = float(r.w.loss())
+                if not np.isfinite(r.row.loss):
+                    log(f"warning: {name}/{r.row.backend}: loss is {r.row.loss}")
+            rows += [r.row for r in runners]
+            summarise(rows, info["sgemm_gflops"])
+            log(f"{name}: done ({runners[0].row.rounds} rounds)")
+    print(file=out)
+    print(format_table(rows, args.against), file=out)
+    print(file=out)
+    print(FOOTER.format(peer=args.against or "peer"), file=out, flush=True)
+    if args.json:
+        info["results"] = [
+            {k: v for k, v in asdict(r).items() if k != "samples_ms"} | {"samples_ms": r.samples_ms}
+            for r in rows
+        ]
+        folder = os.path.dirname(os.path.abspath(args.json))
+        os.makedirs(folder, exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}", file=out)
+    return 0
+
+
+def _runners(name, backends, torch, scale) -> list[Runner]:
+    runners = []
+    for be in backends:
+        device = "cuda" if be == "cupy" else "cpu"
+        w = workloads.build(name, be, scale)
+        runners.append(Runner(Row(name, be, device, False, w.batch, w.flops), w))
+    if torch is not None:
+        devices = dict.fromkeys("cuda" if be == "cupy" else "cpu" for be in backends)
+        for device in devices:
+            w = workloads.build_torch(name, device, scale)
+            label = "torch" if device == "cpu" else "torch-cuda"
+            runners.append(Runner(Row(name, label, device, True, w.batch, w.flops), w))
+    return runners
+
+
+if __name__ == "__main__":
+    sys.exit(main())

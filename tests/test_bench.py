@@ -1,0 +1,111 @@
+"""`gpunn bench` (gpunn.bench.main): the table and JSON on one tiny run, the refusal when
+the peer is missing, and the plot script's inputs. No timing is judged here."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+import gpunn
+from gpunn import bench
+
+FAST = ["--min-rounds", "2", "--max-rounds", "3", "--max-time", "1", "--sample-time", "0.002"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def _keep_thread_count(monkeypatch):
+    # main() sets gpunn's thread count; give it back afterwards
+    monkeypatch.setattr(gpunn.threads, "_num_threads", gpunn.threads._num_threads)
+
+
+def _run(argv, capsys):
+    status = bench.main(argv)
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def test_one_workload_numpy_no_peer(tmp_path, capsys):
+    path = tmp_path / "out" / "bench.json"
+    threads = str(gpunn.get_num_threads())
+    argv = ["--workload", "logreg", "--backend", "numpy", "--threads", threads, "--json", str(path)]
+    status, out, err = _run(argv + FAST, capsys)
+    assert status == 0, err
+    for word in ("CPU", "threads", "BLAS", "GPU", "sgemm", "GFLOP/s"):
+        assert word in out
+    table = out[out.index("workload") :].splitlines()
+    assert table[0].split()[:4] == ["workload", "backend", "batch", "ms/step"]
+    assert "vs peer" in table[0] and "samples/s" in table[0] and "min-max ms" in table[0]
+    (row,) = [line for line in table if line.startswith("logreg")]
+    assert row.split()[1:3] == ["numpy", "4096"]
+
+    data = json.loads(path.read_text())
+    assert data["peer"] is None
+    assert data["machine"]["threads"] == int(threads)
+    assert data["machine"]["cpu"] and data["machine"]["blas"]
+    assert data["sgemm_gflops"] > 0
+    assert data["versions"]["gpunn"] == gpunn.__version__
+    (result,) = data["results"]
+    assert result["workload"] == "logreg" and result["backend"] == "numpy"
+    assert result["batch"] == 4096 and not result["is_peer"]
+    assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
+    assert result["samples_per_s"] == pytest.approx(4096 / (result["median_ms"] / 1e3))
+    assert result["gflops"] > 0 and result["sgemm_fraction"] > 0
+    assert result["ratio_to_peer"] is None
+    assert 2 <= result["rounds"] <= 3 and len(result["samples_ms"]) == result["rounds"]
+
+
+def test_refuses_without_the_peer(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+    status, out, err = _run(
+        ["--workload", "logreg", "--backend", "numpy", "--against", "torch"], capsys
+    )
+    assert status == 2
+    assert "cannot compare against torch" in err and "pip install torch" in err
+    assert "ms/step" not in out  # nothing was timed
+
+
+def test_unavailable_backend_is_named(capsys):
+    status, _, err = _run(["--workload", "logreg", "--backend", "nosuch"], capsys)
+    assert status == 2 and "nosuch" in err
+
+
+def test_ratio_is_time_over_the_peers_time():
+    rows = [
+        bench.Row("mlp", "numpy", "cpu", False, 128, 1e9, samples_ms=[4.0, 2.0, 3.0]),
+        bench.Row("mlp", "torch", "cpu", True, 128, 1e9, samples_ms=[1.0, 1.5, 2.0]),
+    ]
+    bench.summarise(rows, sgemm=100.0)
+    ours, peer = rows
+    assert ours.median_ms == 3.0 and ours.ratio_to_peer == pytest.approx(2.0)
+    assert ours.peer == "torch" and peer.ratio_to_peer is None
+    assert ours.gflops == pytest.approx(1e9 / 3e-3 / 1e9)
+    assert ours.sgemm_fraction == pytest.approx(ours.gflops / 100.0)
+
+
+def test_plot_script_reads_bench_json(tmp_path):
+    pytest.importorskip("matplotlib")
+    spec = importlib.util.spec_from_file_location(
+        "plot_bench", os.path.join(ROOT, "benchmarks", "plot_bench.py")
+    )
+    plot_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plot_bench)
+    rows = [
+        bench.Row("mlp", "numpy", "cpu", False, 128, 1e9, samples_ms=[4.0]),
+        bench.Row("mlp", "torch", "cpu", True, 128, 1e9, samples_ms=[2.0]),
+    ]
+    bench.summarise(rows, sgemm=100.0)
+    data = {
+        "peer": "torch",
+        "machine": {"cpu": "test CPU", "threads": 2, "gpu": None},
+        "versions": {"gpunn": gpunn.__version__, "torch": "x"},
+        "results": [vars(r) for r in rows],
+    }
+    src = tmp_path / "bench.json"
+    src.write_text(json.dumps(data))
+    assert plot_bench.main([str(src), "-o", str(tmp_path / "bench.png")]) == 0
+    assert (tmp_path / "bench.png").stat().st_size > 0
+    table = plot_bench.markdown(plot_bench.load(str(src)))
+    assert "| mlp | 128 | 2 | 4 | 2.00 |" in table
