@@ -376,6 +376,8 @@ class Trainer:
         self._updating = False
         self._interrupt_pending = False
         self._point = None  # where an interrupted run would resume, see _mark
+        self._config_written = False
+        self._start_epoch = 0
 
     # -------------------------------------------------------------- helpers
     def say(self, text: str) -> None:
@@ -398,13 +400,12 @@ class Trainer:
     def _update(self, fn):
         """Run a parameter update; a Ctrl-C arriving meanwhile is held until it is done."""
         self._updating = True
-        try:
-            return fn()
-        finally:
-            self._updating = False
-            if self._interrupt_pending:
-                self._interrupt_pending = False
-                raise KeyboardInterrupt
+        result = fn()  # an exception leaves _updating set: the parameters may be torn
+        self._updating = False
+        if self._interrupt_pending:
+            self._interrupt_pending = False
+            raise KeyboardInterrupt
+        return result
 
     @contextlib.contextmanager
     def _sigint_guard(self):
@@ -440,6 +441,9 @@ class Trainer:
             state["order"] = np.asarray(order, dtype=np.int64)
             state["partial"] = partial
         gpunn.save(state, self.checkpoint_path)
+        if self.resume and not self._config_written:
+            self._write_config(self._start_epoch)
+        self._config_written = True
 
     def _restore(self):
         path = self.checkpoint_path
@@ -618,7 +622,9 @@ class Trainer:
                 start_epoch, start_batch, order, partial = self._restore()
                 kept = [m for m in read_metrics(self.out) if m["epoch"] <= start_epoch]
                 self.history = kept
-            self._write_config(start_epoch)
+            self._start_epoch = start_epoch
+            if not self.resume:  # a resumed run rewrites it with its first checkpoint
+                self._write_config(start_epoch)
             self._write_metrics()
             self.epoch = start_epoch
             return self._loop(start_epoch, start_batch, order, partial, x_val, y_val)
@@ -676,7 +682,11 @@ class Trainer:
             self._header(start_epoch, start_batch)
         epoch = start_epoch
         try:
-            with self._sigint_guard():
+            # overflow in a diverging run is reported once, as a non-finite loss, below
+            with (
+                self._sigint_guard(),
+                np.errstate(over="ignore", invalid="ignore", divide="ignore"),
+            ):
                 while stopped == "completed" and epoch < total_epochs:
                     self._run_epoch(epoch, order, start_batch, partial, x_val, y_val)
                     order, start_batch, partial = None, 0, None
@@ -732,7 +742,7 @@ class Trainer:
             f"{_fmt_rate(rate)} samples/s"
         )
         if bar is not None:
-            bar.set_postfix_str(line)
+            bar.set_postfix_str(line.rsplit(", ", 1)[0])  # the bar shows samples/s itself
             bar.close()
         else:
             self.say(f"epoch {epoch + 1}/{self.settings['epochs']}: {line}, {train_time:.2f} s")
@@ -791,7 +801,7 @@ class Trainer:
         ax2.set_ylabel("validation accuracy (%)")
         ax2.grid(alpha=0.3)
         fig.suptitle(f"{self.settings['model']} on {self.settings['data']}")
-        fig.tight_layout()
+        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.88, wspace=0.3)
         path = os.path.join(self.out, "curves.png")
         fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".curves", suffix=".png")
         os.close(fd)
