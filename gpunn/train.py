@@ -55,7 +55,7 @@ MODEL_INFO = {
 DEFAULTS = {
     "perceptron": {"epochs": 50, "batch_size": 64, "lr": 1.0, "optimizer": None},
     "logreg": {"epochs": 30, "batch_size": 32, "lr": 0.1, "optimizer": "sgd", "momentum": 0.0},
-    "mlp": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "hidden": [128]},
+    "mlp": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "hidden": [256, 128]},
     "cnn": {"epochs": 20, "batch_size": 32, "lr": 2e-3, "optimizer": "adam"},
     "rnn": {"epochs": 20, "batch_size": 64, "lr": 3e-3, "optimizer": "adam", "hidden": [64]},
     "lstm": {"epochs": 10, "batch_size": 64, "lr": 1e-2, "optimizer": "adam", "hidden": [64]},
