@@ -13,7 +13,7 @@ SIZES = {
     "lenet-conv2": (64, 6, 14, 14, 16, 5, 5, 1, 0),
     "32x32x32x32-k64-3x3": (32, 32, 32, 32, 64, 3, 3, 1, 1),
 }
-LARGE = ("32x32x32x32-k64-3x3",)
+LARGE = ("lenet-conv1", "32x32x32x32-k64-3x3")  # default grid: lenet-conv2
 
 
 class Conv2d(OpBenchmark):

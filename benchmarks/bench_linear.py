@@ -35,7 +35,7 @@ class Linear(OpBenchmark):
 class LinearReLU(Linear):
     """Y = relu(X @ W.T + b): the bias and activation fused into the linear op."""
 
-    params = [ALL, size_names(SIZES, LARGE), dtypes()]
+    params = [ALL, size_names(SIZES, LARGE + ("4096x100x1",)), dtypes()]
 
     def op_params(self, spec):
         return {"activation": "relu"}
@@ -52,7 +52,7 @@ class Matmul(OpBenchmark):
 
     op = "matmul"
     sizes = MATMUL_SIZES
-    params = [ALL, size_names(MATMUL_SIZES, LARGE), dtypes(float64=True)]
+    params = [ALL, size_names(MATMUL_SIZES, LARGE), dtypes()]
 
     def inputs(self, rng, spec, dtype):
         m, k, n = spec

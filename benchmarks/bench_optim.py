@@ -18,7 +18,7 @@ ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-4)
 
 class _Update:
     param_names = ["backend", "size", "dtype"]
-    params = [ALL, size_names(SIZES, LARGE), dtypes(float64=True)]
+    params = [ALL, size_names(SIZES, LARGE), dtypes()]
     timeout = 120.0
 
     def setup(self, backend, size, dtype):
@@ -51,6 +51,7 @@ class SGDMomentum(_Update):
     """SGD with momentum 0.9 and weight decay (every term of the update)."""
 
     slots = 1
+    params = [ALL, size_names(SIZES, LARGE), dtypes(float64=True)]  # float64 training uses SGD
 
     def gpunn_update(self, be, params, grads, bufs):
         be.sgd_update(params, grads, bufs, **SGD)

@@ -45,7 +45,7 @@ class CrossEntropy(_Rows):
     """Softmax cross-entropy with class-index targets (logits' gradient only)."""
 
     op = "cross_entropy"
-    params = [ALL, size_names(SIZES, CE_LARGE), dtypes(float64=True)]
+    params = [ALL, size_names(SIZES, CE_LARGE), dtypes()]
 
     def inputs(self, rng, spec, dtype):
         n, c = spec
@@ -59,7 +59,7 @@ class _Binary(OpBenchmark):
     """A loss of predictions P and float targets T, both (N, 1); gradient for P only."""
 
     sizes = BINARY_SIZES
-    params = [ALL, size_names(BINARY_SIZES, BINARY_LARGE), dtypes(float64=True)]
+    params = [ALL, size_names(BINARY_SIZES, BINARY_LARGE), dtypes()]
     grads = (True, False)
 
     def inputs(self, rng, spec, dtype):
@@ -68,6 +68,8 @@ class _Binary(OpBenchmark):
 
 class BinaryCrossEntropy(_Binary):
     op = "binary_cross_entropy"
+    # logistic regression's loss: trained in float64 too
+    params = [ALL, size_names(BINARY_SIZES, BINARY_LARGE), dtypes(float64=True)]
 
     def inputs(self, rng, spec, dtype):
         p = rng.uniform(0.01, 0.99, spec).astype(dtype)
@@ -87,7 +89,7 @@ class BinaryCrossEntropyWithLogits(_Binary):
 class MSE(_Binary):
     op = "mse"
     sizes = {"128x10": (128, 10), "4096x1000": (4096, 1000)}
-    params = [ALL, size_names(sizes, ("4096x1000",)), dtypes(float64=True)]
+    params = [ALL, size_names(sizes, ("4096x1000",)), dtypes()]
 
     def torch_forward(self, torch, p, t):
         return torch.nn.functional.mse_loss(p, t)

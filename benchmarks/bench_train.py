@@ -92,7 +92,7 @@ class _FirstStep:
     """Seconds from a fresh interpreter to the end of the first training step: import
     gpunn, build the workload, one step (JIT compilation or cache loading included)."""
 
-    params = [BACKENDS, WORKLOADS if FULL else ["lenet"]]
+    params = [BACKENDS, WORKLOADS if FULL else ["mlp"]]
     param_names = ["backend", "workload"]
     number = 1
     repeat = (1, 3, 60.0)
@@ -104,7 +104,8 @@ class _FirstStep:
         self.root = tempfile.mkdtemp(prefix="gpunn-bench-cache-")
 
     def teardown(self, backend, workload):
-        shutil.rmtree(self.root, ignore_errors=True)
+        if getattr(self, "root", None):  # absent when setup skipped
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class FirstStepColdCache(_FirstStep):

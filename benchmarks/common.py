@@ -32,6 +32,20 @@ FULL = os.environ.get("GPUNN_BENCH_FULL") == "1"
 THREADS = int(os.environ.get("GPUNN_BENCH_THREADS", "1"))
 
 
+def _preimport() -> None:
+    """asv forks every benchmark process from a server that has imported this suite, so
+    what is imported here is paid once instead of once per process (PyTorch alone takes
+    seconds): PyTorch, where installed. Never a backend: a CUDA context does not survive
+    ``fork``, and neither does an OpenMP thread pool (importing gpunn's Numba backend
+    starts Numba's threads). peakmem_ results include PyTorch's modules: compare them
+    within one environment (asv does), not across environments with and without it."""
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401
+
+
+_preimport()
+
+
 def skip(reason: str):
     """Raise asv's skip signal from ``setup``."""
     raise NotImplementedError(reason)
@@ -61,6 +75,8 @@ def torch_or_skip(device: str = "cpu"):
 def backend_or_skip(name: str):
     """gpunn's backend ``name`` set to ``THREADS`` threads; skips with the registry's
     reason when it cannot run here."""
+    if name in GPU and not _nvidia_device_present():
+        skip(f"no NVIDIA GPU here (backend {name!r})")  # without importing CuPy
     reason = why_unavailable(name)
     if reason is not None:
         skip(reason)
@@ -97,7 +113,7 @@ class Peer:
     def tensor(self, host, grad=False):
         if not isinstance(host, np.ndarray):
             return host
-        t = self.torch.from_numpy(np.ascontiguousarray(host)).to(self.device)
+        t = self.torch.from_numpy(np.array(host, order="C")).to(self.device)  # 0-d stays 0-d
         return t.requires_grad_(grad and host.dtype.kind == "f")
 
     def synchronize(self):
@@ -189,7 +205,7 @@ def _like(Y, convert, seed):
     if isinstance(Y, tuple):
         return tuple(_like(y, convert, seed + 1 + k) for k, y in enumerate(Y))
     host = np.asarray(Y if isinstance(Y, np.ndarray) else _host(Y))
-    return convert(r.standard_normal(host.shape).astype(host.dtype))
+    return convert(np.asarray(r.standard_normal(host.shape), dtype=host.dtype))
 
 
 def _host(Y):
