@@ -75,4 +75,71 @@ def cuda_compile(session):
 def bench(session):
     """A quick asv pass over the suite on the current environment (no timing judged)."""
     session.run("asv", "machine", "--yes")
-    session.run("asv", "run", "--python=same", "--quick", "--show-stderr", "--dry-run", *session.posargs)
+    session.run("asv", "check", "--python=same")
+    session.run(
+        "asv", "run", "--python=same", "--quick", "--show-stderr", "--dry-run", *session.posargs
+    )
+
+
+@nox.session(venv_backend="none")
+def bench_compare(session):
+    """asv continuous, main against the working tree; fails if a benchmark got slower by
+    more than the factor (1.5). `-- BASE [HEAD]` picks commits, other args go to asv.
+
+    The working tree (tracked and untracked files, as `git add -A` sees them) becomes a
+    commit object no branch points to; HEAD, the index and the files are left alone. asv
+    builds both commits into a virtualenv under .asv/env and prints the benchmarks that
+    changed: Ratio = after/before, `+` slower beyond the factor (the session fails), `-`
+    faster, `x` failed on head. benchmarks/README.md explains the table in full.
+    """
+    import subprocess
+    import tempfile
+
+    args = list(session.posargs)
+    revs = []
+    while args and not args[0].startswith("-") and len(revs) < 2:
+        revs.append(args.pop(0))
+    base = revs[0] if revs else "main"
+    head = revs[1] if len(revs) > 1 else None
+    if not any(a in ("-f", "--factor") or a.startswith("--factor=") for a in args):
+        args = ["--factor", "1.5", *args]
+
+    def git(*cmd, env=None):
+        done = subprocess.run(
+            ["git", *cmd], cwd=ROOT, env=env, check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    if head is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            env = dict(os.environ, GIT_INDEX_FILE=os.path.join(tmp, "index"))
+            git("read-tree", "HEAD", env=env)
+            git("add", "-A", env=env)
+            tree = git("write-tree", env=env)
+        env = dict(os.environ)
+        for who in ("AUTHOR", "COMMITTER"):
+            env.setdefault(f"GIT_{who}_NAME", "gpunn bench_compare")
+            env.setdefault(f"GIT_{who}_EMAIL", "bench@localhost")
+        head = git("commit-tree", tree, "-p", "HEAD", "-m", "bench_compare: working tree", env=env)
+        session.log(f"working tree snapshot: commit {head[:12]} (HEAD, index and files untouched)")
+    session.log(f"comparing {base} (before) with {head} (after); {' '.join(args)}")
+    session.run("asv", "machine", "--yes")
+    session.run("asv", "continuous", "--interleave-rounds", base, head, *args)
+
+
+@nox.session(venv_backend="none")
+def bench_publish(session):
+    """asv publish: the HTML site of the results in .asv/results, written to .asv/html
+    (git-ignored). `-- --preview` also serves it on a local port."""
+    preview = "--preview" in session.posargs
+    args = [a for a in session.posargs if a != "--preview"]
+    if not os.path.isdir(os.path.join(ROOT, ".asv", "results")):
+        session.error(
+            "no results in .asv/results yet: run `asv run` or `nox -s bench_compare` first"
+        )
+    session.run("asv", "publish", *args)
+    session.log(
+        "site written to .asv/html (open index.html, or `nox -s bench_publish -- --preview`)"
+    )
+    if preview:
+        session.run("asv", "preview")
