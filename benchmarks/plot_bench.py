@@ -32,6 +32,12 @@ def load(path: str) -> dict:
     return data
 
 
+def peer_label(data) -> str:
+    """The peer rows' name ("torch", "torch-cuda"), or "peer" when there are none."""
+    names = list(dict.fromkeys(r["backend"] for r in data["results"] if r["is_peer"]))
+    return "/".join(names) or data.get("peer") or "peer"
+
+
 def _layout(data):
     """(workloads in run order, gpunn backends in run order, {(workload, backend): row})."""
     rows = {(r["workload"], r["backend"]): r for r in data["results"]}
@@ -53,7 +59,7 @@ def plot(data: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     names, backends, rows = _layout(data)
-    peer = data.get("peer") or "peer"
+    peer = peer_label(data)
     width = 0.8 / max(len(backends), 1)
     fig, ax = plt.subplots(figsize=(1.9 * len(names) + 2.5, 4.2), dpi=120)
     ratios = []
@@ -99,7 +105,7 @@ def plot(data: dict, out: str) -> None:
 def markdown(data: dict) -> str:
     """One line per workload: the peer's ms/step, then each backend's ms/step and ratio."""
     names, backends, rows = _layout(data)
-    peer = data.get("peer") or "peer"
+    peer = peer_label(data)
     head = ["workload", "batch", f"{peer} ms/step"]
     for be in backends:
         head += [f"{be} ms/step", f"{be} / {peer}"]

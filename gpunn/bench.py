@@ -474,7 +474,7 @@ def main(argv=None) -> int:
                 "blas": describe_blas(pools),
                 "blas_pools": pools,
                 "gpu": gpu_name(backends, torch),
-                "platform": platform.platform(),
+                "system": f"{platform.system()} {platform.machine()}",
             },
             "versions": _versions(torch),
             "sgemm_gflops": sgemm_gflops(threads),
