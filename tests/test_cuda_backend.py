@@ -106,6 +106,30 @@ def test_elementwise_beyond_one_grid(be, ref, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_broadcast_beyond_one_grid(be, ref, dtype):
+    """4-d broadcasts (and a strided operand) whose output spans several grid strides, so
+    the kernels' coordinate walk carries across every dimension."""
+    rng = np.random.default_rng(6)
+    waves = _big(be) // (7 * 130 * 41) + 2
+    a = rng.uniform(0.5, 2.0, (waves, 1, 130, 82)).astype(dtype)[..., ::2]  # strided view
+    b = rng.uniform(-2.0, 2.0, (1, 7, 130, 1)).astype(dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    for op in ("add", "sub", "mul", "div", "pow"):
+
+        def run(k, op=op):
+            A, B = k.asarray(np.ascontiguousarray(a)), k.asarray(b)
+            if k is be:
+                A = k.asarray(np.ascontiguousarray(np.repeat(a, 2, axis=-1)))[..., ::2]
+            Y, saved = getattr(k, op + "_forward")(A, B)
+            dY = k.asarray(np.cos(np.asarray(k.to_numpy(Y))))
+            return [Y, *getattr(k, op + "_backward")(dY, saved, (True, True))]
+
+        got, want = _pair(be, ref, run)
+        for i, (g, w) in enumerate(zip(got, want)):
+            np.testing.assert_allclose(g, w, **tol, err_msg=f"{op} output {i}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_losses_and_rows_beyond_one_grid(be, ref, dtype):
     rng = np.random.default_rng(2)
     rows = _big(be, 1) // 8 * 3 + 5  # several blocks of 8 warps, several trips each

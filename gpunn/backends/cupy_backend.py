@@ -60,7 +60,7 @@ CUPY_ROUTINES = {
     "stack_forward": "cupy concatenate kernel",
     "stack_backward": "views of the gradient (no kernel)",
     "getitem_forward": "cupy indexing (view, or gather kernel)",
-    "getitem_backward": "cupy fill + copy, or cupyx.scatter_add for integer arrays",
+    "getitem_backward": "cupy fill + copy, or cupy.add.at for integer arrays",
     "step_backward": "cupy zeros (the step's gradient is zero)",
     "add_backward": "cupy sum to un-broadcast (none when shapes match)",
     "sub_backward": "gpunn neg kernel; cupy sum to un-broadcast",
@@ -610,9 +610,7 @@ class CupyBackend(Backend):
         if _is_basic_index(index):
             dX[index] = dY
         else:
-            import cupyx
-
-            cupyx.scatter_add(dX, index, dY)
+            cupy.add.at(dX, index, dY)
         return (dX,)
 
     def _device_index(self, index, shape):
@@ -967,9 +965,8 @@ class CupyBackend(Backend):
         HW = cupy.dot(H, W_hh.T)
         XW, C = _c(XW), _c(C)
         batch, hidden = C.shape
-        Hn = cupy.empty(C.shape, C.dtype)
-        Cn = cupy.empty(C.shape, C.dtype)
-        S = cupy.empty((5, batch, hidden), C.dtype)
+        out = cupy.empty((7, batch, hidden), C.dtype)  # H_new, C_new, then i, f, g, o, tanh(C_new)
+        Hn, Cn, S = out[0], out[1], out[2:]
         if C.size:
             self._launch(
                 "lstm_cell_forward",

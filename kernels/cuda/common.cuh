@@ -64,11 +64,12 @@ template <> struct other_float<float> { typedef double type; };
 template <> struct other_float<double> { typedef float type; };
 
 // ---------------------------------------------------------------- activations
-// sigmoid without overflow: exp is only ever taken of a non-positive number.
+// sigmoid without overflow: exp is only ever taken of a non-positive number, and both
+// signs take the same path (no divergence within a warp).
 template <typename T> __device__ __forceinline__ T sigmoid(T x) {
-  if (x >= T(0)) return T(1) / (T(1) + exp_(-x));
-  const T e = exp_(x);
-  return e / (T(1) + e);
+  const T e = exp_(-abs_(x));
+  const T r = T(1) / (T(1) + e);
+  return x >= T(0) ? r : e * r;
 }
 
 // Activation codes, as the launcher passes them (gpunn.kernels.cuda.loader.ACTIVATION_CODES).
@@ -190,6 +191,42 @@ __device__ __forceinline__ Coord4 coord4(long long i, long long d1, long long d2
   c.i0 = i / d1;
   return c;
 }
+
+// The coordinates of a grid-stride walk over such an output: start at flat index i, then
+// advance by the grid's total thread count, carrying between dimensions instead of
+// dividing at every element (integer division costs more than the memory traffic).
+struct Walk4 {
+  long long c0, c1, c2, c3;  // current coordinates
+  long long s0, s1, s2, s3;  // the stride, written in the same mixed radix
+  long long d1, d2, d3;
+  __device__ __forceinline__ Walk4(long long i, long long stride, long long d1_, long long d2_,
+                                   long long d3_)
+      : d1(d1_), d2(d2_), d3(d3_) {
+    const Coord4 c = coord4(i, d1, d2, d3);
+    const Coord4 s = coord4(stride, d1, d2, d3);
+    c0 = c.i0, c1 = c.i1, c2 = c.i2, c3 = c.i3;
+    s0 = s.i0, s1 = s.i1, s2 = s.i2, s3 = s.i3;
+  }
+  __device__ __forceinline__ void advance() {
+    c3 += s3;
+    c2 += s2;
+    c1 += s1;
+    c0 += s0;
+    if (c3 >= d3) c3 -= d3, ++c2;  // each digit is below twice its radix: one carry at most
+    if (c2 >= d2) c2 -= d2, ++c1;
+    if (c1 >= d1) c1 -= d1, ++c0;
+  }
+  __device__ __forceinline__ long long offset(long long t0, long long t1, long long t2,
+                                              long long t3) const {
+    return c0 * t0 + c1 * t1 + c2 * t2 + c3 * t3;
+  }
+};
+
+// A grid-stride loop over n elements that also walks their 4-d coordinates as ``w``.
+#define GPUNN_GRID_WALK(i, w, n, d1, d2, d3)                                             \
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;                        \
+  const long long i##_stride = (long long)blockDim.x * gridDim.x;                        \
+  for (gpunn::Walk4 w(i, i##_stride, d1, d2, d3); i < (n); i += i##_stride, w.advance())
 
 }  // namespace gpunn
 

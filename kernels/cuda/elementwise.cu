@@ -40,10 +40,9 @@ __device__ __forceinline__ void binary_map(const T* __restrict__ A, const T* __r
   if (flags & CONTIGUOUS) {
     GPUNN_GRID_STRIDE(i, n) { Y[i] = op(a_scalar ? a_val : A[i], b_scalar ? b_val : B[i]); }
   } else {
-    GPUNN_GRID_STRIDE(i, n) {
-      const Coord4 c = coord4(i, d1, d2, d3);
-      const T a = a_scalar ? a_val : A[c.offset(sa0, sa1, sa2, sa3)];
-      const T b = b_scalar ? b_val : B[c.offset(sb0, sb1, sb2, sb3)];
+    GPUNN_GRID_WALK(i, w, n, d1, d2, d3) {
+      const T a = a_scalar ? a_val : A[w.offset(sa0, sa1, sa2, sa3)];
+      const T b = b_scalar ? b_val : B[w.offset(sb0, sb1, sb2, sb3)];
       Y[i] = op(a, b);
     }
   }
@@ -93,10 +92,7 @@ __global__ void div_backward(const T* __restrict__ dY, const T* __restrict__ Y,
                              const T* __restrict__ B, T* __restrict__ dB, long long n,
                              long long d1, long long d2, long long d3, long long sb0,
                              long long sb1, long long sb2, long long sb3) {
-  GPUNN_GRID_STRIDE(i, n) {
-    const gpunn::Coord4 c = gpunn::coord4(i, d1, d2, d3);
-    dB[i] = -dY[i] * Y[i] / B[c.offset(sb0, sb1, sb2, sb3)];
-  }
+  GPUNN_GRID_WALK(i, w, n, d1, d2, d3) { dB[i] = -dY[i] * Y[i] / B[w.offset(sb0, sb1, sb2, sb3)]; }
 }
 
 // Both gradients of Y = A ** B before un-broadcasting, in one pass:
@@ -109,10 +105,9 @@ __global__ void pow_backward(const T* __restrict__ dY, const T* __restrict__ Y,
                              int need, long long n, long long d1, long long d2, long long d3,
                              long long sa0, long long sa1, long long sa2, long long sa3,
                              long long sb0, long long sb1, long long sb2, long long sb3) {
-  GPUNN_GRID_STRIDE(i, n) {
-    const gpunn::Coord4 c = gpunn::coord4(i, d1, d2, d3);
-    const T a = (flags & gpunn::A_SCALAR) ? a_val : A[c.offset(sa0, sa1, sa2, sa3)];
-    const T b = (flags & gpunn::B_SCALAR) ? b_val : B[c.offset(sb0, sb1, sb2, sb3)];
+  GPUNN_GRID_WALK(i, w, n, d1, d2, d3) {
+    const T a = (flags & gpunn::A_SCALAR) ? a_val : A[w.offset(sa0, sa1, sa2, sa3)];
+    const T b = (flags & gpunn::B_SCALAR) ? b_val : B[w.offset(sb0, sb1, sb2, sb3)];
     const T dy = dY[i];
     if (need & 1) dA[i] = dy * b * gpunn::pow_(a, b - T(1));
     if (need & 2) dB[i] = dy * Y[i] * gpunn::log_(a > T(0) ? a : T(1));

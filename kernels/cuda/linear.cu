@@ -10,14 +10,16 @@ template <typename T>
 __global__ void linear_forward(T* __restrict__ Z, const T* __restrict__ b, long long rows,
                                long long cols, int has_bias, int act) {
   const long long n = rows * cols;
-  const bool small = n <= 0x7fffffffLL;  // 32-bit column index when it fits (cheaper)
-  GPUNN_GRID_STRIDE(i, n) {
+  const long long stride = (long long)blockDim.x * gridDim.x;
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  // The column advances by stride % cols each trip: no division per element.
+  const long long col_step = stride % cols;
+  for (long long col = i % cols; i < n; i += stride) {
     T z = Z[i];
-    if (has_bias) {
-      const long long col = small ? (long long)((unsigned int)i % (unsigned int)cols) : i % cols;
-      z = z + b[col];
-    }
+    if (has_bias) z = z + b[col];
     Z[i] = gpunn::activate(z, act);
+    col += col_step;
+    if (col >= cols) col -= cols;
   }
 }
 
