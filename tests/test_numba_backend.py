@@ -57,9 +57,11 @@ def test_update_matches_reference(case, dtype):
     compare_update("numba", case, dtype, seed=14)
 
 
-@pytest.mark.parametrize("algorithm", ["direct", "im2col"])
+@pytest.mark.parametrize("algorithm", ["direct", "im2col", "im2col-image-by-image"])
 def test_both_convolution_algorithms(monkeypatch, algorithm):
-    monkeypatch.setattr(nb, "_CONV_ALGORITHM", algorithm)
+    monkeypatch.setattr(nb, "_CONV_ALGORITHM", algorithm.split("-")[0])
+    if algorithm.endswith("image"):
+        monkeypatch.setattr(nb, "CONV_CHUNK_BYTES", 1)  # chunks of one image
     for case in (c for c in OP_CASES if c.op == "conv2d"):
         for dtype in ("float32", "float64"):
             compare_op("numba", case, dtype, "strided", seed=15)

@@ -51,8 +51,8 @@ REFERENCE_OPS = {
 }
 
 #: Elements from which an op runs the parallel variant of its kernel (when Numba has a
-#: thread-safe threading layer and more than one thread).
-PARALLEL_MIN_SIZE = 1 << 16
+#: thread-safe threading layer and more than one thread); GPUNN_NUMBA_PARALLEL_MIN sets it.
+PARALLEL_MIN_SIZE = int(os.environ.get("GPUNN_NUMBA_PARALLEL_MIN", 1 << 16))
 
 _ACTIVATIONS = _lin.ACTIVATION_CODES
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -530,34 +530,46 @@ class NumbaBackend(Backend):
         if _conv_direct(c, k, kh * kw):
             _pick(_conv.conv2d_direct_forward, Y.size * c)(X, W, bias, sy, sx, ph, pw, Y)
         else:
-            p = oh * ow
-            cols = _workspace("cols", (c * kh * kw, n * p), dtype)
-            _pick(_conv.conv2d_im2col, cols.size)(X, kh, kw, sy, sx, ph, pw, oh, ow, cols)
-            yt = _workspace("yt", (k, n * p), dtype)
-            np.matmul(W.reshape(k, -1), cols, out=yt)
-            _pick(_conv.conv2d_forward, Y.size)(yt, bias, Y.reshape(n, k, p))
+            r, p = c * kh * kw, oh * ow
+            W2, Y3 = W.reshape(k, r), Y.reshape(n, k, p)
+            for n0, n1 in _chunks(n, r * p * dtype.itemsize):
+                cols = _workspace("cols", (r, (n1 - n0) * p), dtype)
+                _pick(_conv.conv2d_im2col, cols.size)(
+                    X[n0:n1], kh, kw, sy, sx, ph, pw, oh, ow, cols
+                )
+                yt = _workspace("yt", (k, (n1 - n0) * p), dtype)
+                np.matmul(W2, cols, out=yt)
+                _pick(_conv.conv2d_forward, yt.size)(yt, bias, Y3[n0:n1])
         return Y, (X, W, stride, padding, b is not None, (oh, ow))
 
     def conv2d_backward(self, dY, saved, needs):
         X, W, (sy, sx), (ph, pw), has_bias, (oh, ow) = saved
         n, c, h, w = X.shape
         k, _, kh, kw = W.shape
-        p, dtype = oh * ow, X.dtype
-        dyt = _workspace("dyt", (k, n * p), dtype)
-        db = np.empty(k, dtype) if has_bias and needs[2] else None
-        _pick(_conv.conv2d_backward, dyt.size)(
-            _c(dY).reshape(n, k, p), dyt, _EMPTY[dtype] if db is None else db
-        )
-        dX = dW = None
-        if needs[1]:
-            cols = _workspace("cols", (c * kh * kw, n * p), dtype)
-            _pick(_conv.conv2d_im2col, cols.size)(X, kh, kw, sy, sx, ph, pw, oh, ow, cols)
-            dW = (dyt @ cols.T).reshape(W.shape)
-        if needs[0]:
-            dcols = _workspace("dcols", (c * kh * kw, n * p), dtype)
-            np.matmul(W.reshape(k, -1).T, dyt, out=dcols)
-            dX = np.empty(X.shape, dtype)
-            _pick(_conv.conv2d_col2im, dcols.size)(dcols, kh, kw, sy, sx, ph, pw, oh, ow, dX)
+        r, p, dtype = c * kh * kw, oh * ow, X.dtype
+        W2, dY3 = W.reshape(k, r), _c(dY).reshape(n, k, p)
+        db = np.zeros(k, dtype) if has_bias and needs[2] else None
+        dWt = np.zeros((r, k), dtype) if needs[1] else None  # dW transposed: (C*kh*kw, K)
+        dX = np.empty(X.shape, dtype) if needs[0] else None
+        for n0, n1 in _chunks(n, r * p * dtype.itemsize):
+            cp = (n1 - n0) * p
+            dyt = _workspace("dyt", (k, cp), dtype)
+            _pick(_conv.conv2d_backward, dyt.size)(
+                dY3[n0:n1], dyt, _EMPTY[dtype] if db is None else db
+            )
+            if dWt is not None:
+                cols = _workspace("cols", (r, cp), dtype)
+                _pick(_conv.conv2d_im2col, cols.size)(
+                    X[n0:n1], kh, kw, sy, sx, ph, pw, oh, ow, cols
+                )
+                dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
+            if dX is not None:
+                dcols = _workspace("dcols", (r, cp), dtype)
+                np.matmul(W2.T, dyt, out=dcols)
+                _pick(_conv.conv2d_col2im, dcols.size)(
+                    dcols, kh, kw, sy, sx, ph, pw, oh, ow, dX[n0:n1]
+                )
+        dW = None if dWt is None else np.ascontiguousarray(dWt.T).reshape(W.shape)
         return dX, dW, db
 
     def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
@@ -644,38 +656,38 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
+        lr, momentum, weight_decay = float(lr), float(momentum), float(weight_decay)
         for p, g, buf in zip(params, grads, bufs):
-            T = p.dtype.type
+            if p.flags.c_contiguous and (buf is None or buf.flags.c_contiguous):
+                _pick(_opt.sgd_update, p.size)(
+                    p.reshape(-1),
+                    g.ravel(),
+                    _EMPTY[p.dtype] if buf is None else buf.reshape(-1),
+                    lr,
+                    momentum,
+                    weight_decay,
+                )
+                continue
             with _inplace(p) as pf, _inplace(buf) as bf:
                 _pick(_opt.sgd_update, pf.size)(
-                    pf,
-                    _flat(g),
-                    _EMPTY[p.dtype] if bf is None else bf,
-                    T(lr),
-                    T(momentum),
-                    T(weight_decay),
+                    pf, g.ravel(), _EMPTY[p.dtype] if bf is None else bf, lr, momentum, weight_decay
                 )
 
     def adam_update(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
-        step_size = lr / (1 - beta1**step)
-        bias2_sqrt = (1 - beta2**step) ** 0.5
+        beta1, beta2 = float(beta1), float(beta2)
+        scalars = (
+            beta1,
+            1 - beta1,
+            beta2,
+            1 - beta2,
+            lr / (1 - beta1**step),
+            (1 - beta2**step) ** 0.5,
+            float(eps),
+            float(weight_decay),
+        )
         for p, g, m, v in zip(params, grads, ms, vs):
-            T = p.dtype.type
             with _inplace(p) as pf, _inplace(m) as mf, _inplace(v) as vf:
-                _pick(_opt.adam_update, pf.size)(
-                    pf,
-                    _flat(g),
-                    mf,
-                    vf,
-                    T(beta1),
-                    T(1 - beta1),
-                    T(beta2),
-                    T(1 - beta2),
-                    T(step_size),
-                    T(bias2_sqrt),
-                    T(eps),
-                    T(weight_decay),
-                )
+                _pick(_opt.adam_update, pf.size)(pf, g.ravel(), mf, vf, *scalars)
 
 
 # ---------------------------------------------------------------------- helpers of the ops
@@ -792,6 +804,17 @@ def _pool_shape(x_shape, kernel_size, stride, padding):
     return n, c, oh, ow, (kh, kw, sy, sx, ph, pw)
 
 
+#: Bytes of im2col columns per chunk of images: the chunk's columns, products and
+#: gradients stay in cache instead of streaming a whole batch's matrix through memory.
+CONV_CHUNK_BYTES = 2 << 20
+
+
+def _chunks(n, bytes_per_image):
+    """[n0, n1) ranges covering n images, each about CONV_CHUNK_BYTES of columns."""
+    g = max(1, min(n, CONV_CHUNK_BYTES // max(bytes_per_image, 1)))
+    return [(n0, min(n, n0 + g)) for n0 in range(0, n, g)]
+
+
 #: Forced convolution algorithm ("direct" / "im2col") or None (choose by shape).
 _CONV_ALGORITHM: str | None = None
 
@@ -856,6 +879,9 @@ def kernel_report() -> dict:
 
 def info() -> dict:
     """Settings of this backend, for ``gpunn info``."""
+    from gpunn.backends import backend_object
+
+    backend_object("numba")  # applies the thread count
     return {
         "numba": numba.__version__,
         "threading_layer": _jit.THREADING_LAYER,

@@ -78,6 +78,26 @@ def cache_dir() -> str | None:
 
 
 # ---------------------------------------------------------------------- threading layer
+#: GNU OpenMP's spin count for Numba's threads, unless the user set OMP_WAIT_POLICY or
+#: GOMP_SPINCOUNT. libgomp's default (300000 spins, milliseconds) keeps an idle Numba
+#: thread burning a core after each parallel loop, right when BLAS's threads need it.
+GOMP_SPINCOUNT = "10000"
+
+
+def _launch_threads() -> None:
+    """Start Numba's threads; libgomp reads its settings from the environment when it
+    loads, so a spin count is set just for that moment (other OpenMP copies, such as
+    PyTorch's, load later with the user's environment)."""
+    user_set = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & set(os.environ)
+    if not user_set:
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT
+    try:
+        _numba_parallel._launch_threads()
+    finally:
+        if not user_set:
+            os.environ.pop("GOMP_SPINCOUNT", None)
+
+
 def _choose_threading_layer() -> str:
     try:
         return numba.threading_layer()  # Numba's threads already run: keep their layer
@@ -86,10 +106,10 @@ def _choose_threading_layer() -> str:
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"  # TBB, else OpenMP
     try:
-        _numba_parallel._launch_threads()
+        _launch_threads()
     except ValueError:  # no thread-safe layer could be loaded
         numba.config.THREADING_LAYER = "workqueue"
-        _numba_parallel._launch_threads()
+        _launch_threads()
     return numba.threading_layer()
 
 

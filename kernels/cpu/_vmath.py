@@ -54,6 +54,19 @@ def _float_to_bits(typingctx, x):
     return sig, codegen
 
 
+@intrinsic
+def select(typingctx, cond, a, b):
+    """``a if cond else b`` as one LLVM select: no branch, so loops over it vectorise and
+    inlining it leaves no control flow behind."""
+    if not isinstance(cond, types.Boolean) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return a(cond, a, b), codegen
+
+
 # ---------------------------------------------------------------------- exp core
 # exp(x) = 2**n * exp(r), n = round(x / ln 2), |r| <= ln(2)/2, ln 2 split in two parts so
 # that n * LN2_HI is exact. expm1(r) = r + r^2/2! + ... : degree 7 for float32 (error
@@ -61,7 +74,7 @@ def _float_to_bits(typingctx, x):
 _INV_FACT = tuple(1.0 / math.factorial(k) for k in range(2, 14))
 
 
-@njit
+@njit(inline="always")
 def _exp_core32(x):
     """(scale, q, top): exp(x) = scale * (1 + q) * (2 if top else 1), x clamped to range."""
     xc = min(max(x, np.float32(-87.5)), np.float32(88.75))
@@ -89,7 +102,7 @@ def _exp_core32(x):
     return scale, q, top
 
 
-@njit
+@njit(inline="always")
 def _exp_core64(x):
     xc = min(max(x, -709.0), 709.79)
     n = np.floor(xc * 1.4426950408889634 + 0.5)
@@ -142,17 +155,17 @@ def vtanh(x):
     raise NotImplementedError("vtanh is callable from Numba kernels only")
 
 
-@overload(vexp)
+@overload(vexp, inline="always")
 def _vexp(x):
     if x == types.float32:
 
         def impl(x):
             s, q, top = _exp_core32(x)
             y = s + s * q
-            y = y * np.float32(2.0) if top else y
-            y = np.float32(0.0) if x < np.float32(-87.5) else y
-            y = np.float32(np.inf) if x > np.float32(88.72284) else y
-            return x if x != x else y
+            y = select(top, y * np.float32(2.0), y)
+            y = select(x < np.float32(-87.5), np.float32(0.0), y)
+            y = select(x > np.float32(88.72284), np.float32(np.inf), y)
+            return select(x != x, x, y)
 
         return impl
     if x == types.float64:
@@ -160,25 +173,25 @@ def _vexp(x):
         def impl(x):
             s, q, top = _exp_core64(x)
             y = s + s * q
-            y = y * 2.0 if top else y
-            y = 0.0 if x < -709.0 else y
-            y = np.inf if x > 709.782712893384 else y
-            return x if x != x else y
+            y = select(top, y * 2.0, y)
+            y = select(x < -709.0, 0.0, y)
+            y = select(x > 709.782712893384, np.inf, y)
+            return select(x != x, x, y)
 
         return impl
 
 
-@overload(vexpm1)
+@overload(vexpm1, inline="always")
 def _vexpm1(x):
     if x == types.float32:
 
         def impl(x):
             s, q, top = _exp_core32(x)
             y = s * q + (s - np.float32(1.0))  # = 2**n * expm1(r) + (2**n - 1), exact at n = 0
-            y = (s + s * q) * np.float32(2.0) if top else y
-            y = np.float32(-1.0) if x < np.float32(-87.5) else y
-            y = np.float32(np.inf) if x > np.float32(88.72284) else y
-            return x if x != x else y
+            y = select(top, (s + s * q) * np.float32(2.0), y)
+            y = select(x < np.float32(-87.5), np.float32(-1.0), y)
+            y = select(x > np.float32(88.72284), np.float32(np.inf), y)
+            return select(x != x, x, y)
 
         return impl
     if x == types.float64:
@@ -186,10 +199,10 @@ def _vexpm1(x):
         def impl(x):
             s, q, top = _exp_core64(x)
             y = s * q + (s - 1.0)
-            y = (s + s * q) * 2.0 if top else y
-            y = -1.0 if x < -709.0 else y
-            y = np.inf if x > 709.782712893384 else y
-            return x if x != x else y
+            y = select(top, (s + s * q) * 2.0, y)
+            y = select(x < -709.0, -1.0, y)
+            y = select(x > 709.782712893384, np.inf, y)
+            return select(x != x, x, y)
 
         return impl
 
@@ -197,20 +210,20 @@ def _vexpm1(x):
 # ---------------------------------------------------------------------- log
 # log(x) = e*ln 2 + log(m), m in [sqrt(1/2), sqrt(2)), log(m) = 2 atanh(s), s = (m-1)/(m+1),
 # |s| <= 0.1716: 2 (s + s^3/3 + s^5/5 + ...), to s^9 for float32, s^21 for float64.
-@overload(vlog)
+@overload(vlog, inline="always")
 def _vlog(x):
     if x == types.float32:
 
         def impl(x):
             tiny = x < np.float32(1.1754944e-38)
-            xs = x * np.float32(8388608.0) if tiny else x  # denormals: scale by 2**23 first
+            xs = select(tiny, x * np.float32(8388608.0), x)  # denormals: scale by 2**23 first
             bits = _float_to_bits(xs)
             e = np.float32(np.int32(((bits >> 23) & 0xFF) - 127))
             m = _bits_to_float(np.int32((bits & 0x7FFFFF) | 0x3F800000))
             big = m > np.float32(1.4142135)
-            m = m * np.float32(0.5) if big else m
-            e = e + np.float32(1.0) if big else e
-            e = e - np.float32(23.0) if tiny else e
+            m = select(big, m * np.float32(0.5), m)
+            e = select(big, e + np.float32(1.0), e)
+            e = select(tiny, e - np.float32(23.0), e)
             s = (m - np.float32(1.0)) / (m + np.float32(1.0))
             z = s * s
             p = np.float32(1.0 / 9.0)
@@ -219,24 +232,24 @@ def _vlog(x):
             p = np.float32(1.0 / 3.0) + z * p
             log_m = s * np.float32(2.0) + s * np.float32(2.0) * z * p
             y = e * np.float32(0.693145751953125) + (log_m + e * np.float32(1.428606765330187e-06))
-            y = np.float32(-np.inf) if x == np.float32(0.0) else y
-            y = np.float32(np.nan) if x < np.float32(0.0) else y
-            y = x if x == np.float32(np.inf) else y
-            return x if x != x else y
+            y = select(x == np.float32(0.0), np.float32(-np.inf), y)
+            y = select(x < np.float32(0.0), np.float32(np.nan), y)
+            y = select(x == np.float32(np.inf), x, y)
+            return select(x != x, x, y)
 
         return impl
     if x == types.float64:
 
         def impl(x):
             tiny = x < 2.2250738585072014e-308
-            xs = x * 4503599627370496.0 if tiny else x  # 2**52
+            xs = select(tiny, x * 4503599627370496.0, x)  # 2**52
             bits = _float_to_bits(xs)
             e = np.float64(np.int32(((bits >> 52) & 0x7FF) - 1023))
             m = _bits_to_float(np.int64((bits & 0xFFFFFFFFFFFFF) | 0x3FF0000000000000))
             big = m > 1.4142135623730951
-            m = m * 0.5 if big else m
-            e = e + 1.0 if big else e
-            e = e - 52.0 if tiny else e
+            m = select(big, m * 0.5, m)
+            e = select(big, e + 1.0, e)
+            e = select(tiny, e - 52.0, e)
             s = (m - 1.0) / (m + 1.0)
             z = s * s
             p = 1.0 / 21.0
@@ -251,10 +264,10 @@ def _vlog(x):
             p = 1.0 / 3.0 + z * p
             log_m = 2.0 * s + 2.0 * s * z * p
             y = e * 6.93147180369123816490e-01 + (log_m + e * 1.90821492927058770002e-10)
-            y = -np.inf if x == 0.0 else y
-            y = np.nan if x < 0.0 else y
-            y = x if x == np.inf else y
-            return x if x != x else y
+            y = select(x == 0.0, -np.inf, y)
+            y = select(x < 0.0, np.nan, y)
+            y = select(x == np.inf, x, y)
+            return select(x != x, x, y)
 
         return impl
 
@@ -266,13 +279,13 @@ def _log1p_impl(T):
         w = one + x
         # log(w) * x / (w - 1) corrects the rounding of 1 + x (Goldberg's trick)
         y = vlog(w) * (x / (w - one))
-        y = x if w == one else y
-        return y if w != np.inf else w
+        y = select(w == one, x, y)
+        return select(w != np.inf, y, w)
 
     return impl
 
 
-@overload(vlog1p)
+@overload(vlog1p, inline="always")
 def _vlog1p(x):
     if x == types.float32:
         return _log1p_impl(np.float32)
@@ -288,12 +301,12 @@ def _sigmoid_impl(T):
     def impl(x):
         z = vexp(-abs(x))  # in (0, 1]: never overflows
         s = one / (one + z)
-        return s if x >= zero else z * s
+        return select(x >= zero, s, z * s)
 
     return impl
 
 
-@overload(vsigmoid)
+@overload(vsigmoid, inline="always")
 def _vsigmoid(x):
     if x == types.float32:
         return _sigmoid_impl(np.float32)
@@ -310,13 +323,13 @@ def _tanh_impl(T, clamp):
         a = min(abs(x), big)
         e = vexpm1(two * a)
         t = e / (e + two)
-        y = t if x >= zero else -t
-        return x if x != x else y
+        y = select(x >= zero, t, -t)
+        return select(x != x, x, y)
 
     return impl
 
 
-@overload(vtanh)
+@overload(vtanh, inline="always")
 def _vtanh(x):
     if x == types.float32:
         return _tanh_impl(np.float32, 10.0)

@@ -4,7 +4,7 @@ each derivative is written in terms of the forward output ``y`` (what the backen
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
-from gpunn.kernels.cpu._vmath import vsigmoid, vtanh
+from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
 
 
@@ -39,14 +39,14 @@ def relu_forward(x, out):
     zero = x.dtype.type(0)
     for i in prange(out.size):
         v = x[i]
-        out[i] = zero if v < zero else v  # NaN stays NaN, as np.maximum
+        out[i] = select(v < zero, zero, v)  # NaN stays NaN, as np.maximum
 
 
 @kernel(parallel=True)
 def relu_backward(dy, y, dx):
     zero = y.dtype.type(0)
     for i in prange(dx.size):
-        dx[i] = dy[i] if y[i] > zero else zero
+        dx[i] = select(y[i] > zero, dy[i], zero)
 
 
 @kernel(parallel=True)
@@ -54,7 +54,7 @@ def step_forward(x, out):
     zero = x.dtype.type(0)
     one = x.dtype.type(1)
     for i in prange(out.size):
-        out[i] = one if x[i] >= zero else zero
+        out[i] = select(x[i] >= zero, one, zero)
 
 
 @kernel

@@ -1,109 +1,107 @@
-"""2-D convolution (cross-correlation, NCHW) as im2col + one BLAS product, and back.
+"""2-D convolution (cross-correlation, NCHW) as im2col + BLAS products, and back.
 
-The backend runs three products on BLAS around these kernels, with P = out_h * out_w and
-R = C * kh * kw:
+The backend walks the batch in chunks of G images whose column matrix stays in cache
+(P = out_h * out_w, R = C * kh * kw), and runs the products on BLAS:
 
-* forward: ``cols (R, N*P) = im2col(x)``; ``Yt (K, N*P) = W (K, R) @ cols``;
-  ``y (N, K, P) = Yt`` transposed, plus the bias (``conv2d_forward``).
-* backward: ``dYt (K, N*P)`` = dy transposed, and the bias gradient, in one pass
-  (``conv2d_backward``); ``dW = dYt @ cols.T``; ``dcols = W.T @ dYt``;
-  ``dx = col2im(dcols)`` (adds the overlapping windows back, crops the padding).
+* forward: ``cols (R, G*P) = im2col(x[chunk])``; ``Yt (K, G*P) = W (K, R) @ cols``;
+  ``y[chunk] (G, K, P) = Yt`` transposed, plus the bias (``conv2d_forward``).
+* backward: ``dYt (K, G*P)`` = dy[chunk] transposed, with the bias gradient added up in
+  the same pass (``conv2d_backward``); ``dW += cols @ dYt.T``; ``dcols = W.T @ dYt``;
+  ``dx[chunk] = col2im(dcols)`` (adds the overlapping windows back, drops the padding).
 
-One product each for the whole batch keeps BLAS efficient; the transposes ride along
-passes that are needed anyway (the bias). ``conv2d_direct_forward`` computes the forward
-without BLAS: faster for very few channels (a first layer on grey images).
+``conv2d_direct_forward`` computes the forward without BLAS: faster for very few
+channels (a first layer on grey images), where the products are too thin for BLAS.
+
+Loops run over views indexed from 0, so Numba drops its negative-index check and LLVM
+can vectorise the copies.
 """
 
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
-from numba import prange
+from numba import njit, prange
+
+
+@njit(inline="always")
+def _valid(size, k, s, p, j):
+    """[lo, hi): the outputs o whose input o*s + j - p lies in [0, size), k outputs in all."""
+    lo = 0
+    while lo < k and lo * s + j - p < 0:
+        lo += 1
+    hi = k
+    while hi > lo and (hi - 1) * s + j - p >= size:
+        hi -= 1
+    return lo, hi
 
 
 @kernel(parallel=True)
 def conv2d_im2col(x, kh, kw, sy, sx, ph, pw, oh, ow, cols):
     """cols[(c*kh + i)*kw + j, n*P + oy*ow + ox] = x[n, c, oy*sy + i - ph, ox*sx + j - pw],
-    zero outside x. x (N, C, H, W); cols (C*kh*kw, N*oh*ow)."""
-    n_, c_, h, w = x.shape
-    p = oh * ow
+    zero outside x. x (G, C, H, W); cols (C*kh*kw, G*oh*ow)."""
+    g_, c_, h, w = x.shape
     zero = x.dtype.type(0)
+    rows = cols.reshape(cols.shape[0], g_ * oh, ow)
     for r in prange(c_ * kh * kw):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
-        # the output columns whose input column ox*sx + j - pw falls inside [0, w)
-        lo = 0
-        while lo < ow and lo * sx + j - pw < 0:
-            lo += 1
-        hi = ow
-        while hi > lo and (hi - 1) * sx + j - pw >= w:
-            hi -= 1
-        dst = cols[r]
-        for n in range(n_):
+        lo, hi = _valid(w, ow, sx, pw, j)
+        plane = rows[r]
+        for n in range(g_):
+            xn = x[n, c]
             for oy in range(oh):
-                base = n * p + oy * ow
+                dst = plane[n * oh + oy]
                 yy = oy * sy + i - ph
                 if yy < 0 or yy >= h:
-                    for ox in range(ow):
-                        dst[base + ox] = zero
+                    dst[:] = zero
                     continue
-                src = x[n, c, yy]
-                for ox in range(lo):
-                    dst[base + ox] = zero
+                src = xn[yy]
+                dst[:lo] = zero
                 if sx == 1:
-                    off = j - pw
-                    for ox in range(lo, hi):
-                        dst[base + ox] = src[ox + off]
+                    dst[lo:hi] = src[lo + j - pw : hi + j - pw]
                 else:
-                    for ox in range(lo, hi):
-                        dst[base + ox] = src[ox * sx + j - pw]
-                for ox in range(hi, ow):
-                    dst[base + ox] = zero
+                    for q in range(lo, hi):
+                        dst[q] = src[q * sx + j - pw]
+                dst[hi:] = zero
 
 
 @kernel(parallel=True)
 def conv2d_col2im(dcols, kh, kw, sy, sx, ph, pw, oh, ow, dx):
-    """dx[n, c] = sum over the window offsets of dcols, the adjoint of conv2d_im2col.
-    dx (N, C, H, W) is overwritten."""
-    n_, c_, h, w = dx.shape
-    p = oh * ow
+    """dx (G, C, H, W), overwritten: every window offset's share of dcols added back where
+    conv2d_im2col read it (the adjoint of conv2d_im2col)."""
+    g_, c_, h, w = dx.shape
     zero = dx.dtype.type(0)
-    for nc in prange(n_ * c_):
+    rows = dcols.reshape(dcols.shape[0], g_ * oh, ow)
+    for nc in prange(g_ * c_):
         n = nc // c_
         c = nc % c_
         plane = dx[n, c]
-        for yy in range(h):
-            for xx in range(w):
-                plane[yy, xx] = zero
+        plane[:] = zero
         for i in range(kh):
             for j in range(kw):
-                src = dcols[(c * kh + i) * kw + j]
-                lo = 0
-                while lo < ow and lo * sx + j - pw < 0:
-                    lo += 1
-                hi = ow
-                while hi > lo and (hi - 1) * sx + j - pw >= w:
-                    hi -= 1
+                lo, hi = _valid(w, ow, sx, pw, j)
+                src_plane = rows[(c * kh + i) * kw + j]
                 for oy in range(oh):
                     yy = oy * sy + i - ph
                     if yy < 0 or yy >= h:
                         continue
-                    row = plane[yy]
-                    base = n * p + oy * ow
+                    src = src_plane[n * oh + oy]
                     if sx == 1:
-                        off = j - pw
-                        for ox in range(lo, hi):
-                            row[ox + off] += src[base + ox]
+                        dst = plane[yy, lo + j - pw : hi + j - pw]
+                        seg = src[lo:hi]
+                        for q in range(hi - lo):
+                            dst[q] += seg[q]
                     else:
-                        for ox in range(lo, hi):
-                            row[ox * sx + j - pw] += src[base + ox]
+                        row = plane[yy]
+                        for q in range(lo, hi):
+                            row[q * sx + j - pw] += src[q]
 
 
 @kernel(parallel=True)
 def conv2d_forward(yt, b, y):
-    """y (N, K, P) = yt (K, N*P) transposed, plus b (K,) (empty: no bias)."""
-    n_, k_, p = y.shape
-    for nk in prange(n_ * k_):
+    """y (G, K, P) = yt (K, G*P) transposed, plus b (K,) (empty: no bias)."""
+    g_, k_, p = y.shape
+    for nk in prange(g_ * k_):
         n = nk // k_
         k = nk % k_
         src = yt[k, n * p : (n + 1) * p]
@@ -113,26 +111,25 @@ def conv2d_forward(yt, b, y):
             for q in range(p):
                 dst[q] = src[q] + bk
         else:
-            for q in range(p):
-                dst[q] = src[q]
+            dst[:] = src
 
 
 @kernel(parallel=True, fastmath=True)
 def conv2d_backward(dy, dyt, db):
-    """dyt (K, N*P) = dy (N, K, P) transposed; db (K,) = sums of dy over N and P when db
+    """dyt (K, G*P) = dy (G, K, P) transposed; db (K,) += sums of dy over G and P when db
     is not empty."""
-    n_, k_, p = dy.shape
+    g_, k_, p = dy.shape
     for k in prange(k_):
-        dst = dyt[k]
         s = dy.dtype.type(0)
-        for n in range(n_):
+        for n in range(g_):
             src = dy[n, k]
+            dst = dyt[k, n * p : (n + 1) * p]
             for q in range(p):
                 v = src[q]
-                dst[n * p + q] = v
+                dst[q] = v
                 s += v
         if db.size:
-            db[k] = s
+            db[k] += s
 
 
 @kernel(parallel=True, fastmath=True)
@@ -147,31 +144,24 @@ def conv2d_direct_forward(x, wt, b, sy, sx, ph, pw, y):
         n = nk // k_
         k = nk % k_
         out = y[n, k]
-        bk = b[k] if b.size else zero
-        for oy in range(oh):
-            for ox in range(ow):
-                out[oy, ox] = bk
+        out[:] = b[k] if b.size else zero
         for c in range(c_):
             plane = x[n, c]
             for i in range(kh):
-                for oy in range(oh):
-                    yy = oy * sy + i - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    src = plane[yy]
-                    dst = out[oy]
-                    for j in range(kw):
-                        wv = wt[k, c, i, j]
-                        lo = 0
-                        while lo < ow and lo * sx + j - pw < 0:
-                            lo += 1
-                        hi = ow
-                        while hi > lo and (hi - 1) * sx + j - pw >= w:
-                            hi -= 1
+                for j in range(kw):
+                    wv = wt[k, c, i, j]
+                    lo, hi = _valid(w, ow, sx, pw, j)
+                    for oy in range(oh):
+                        yy = oy * sy + i - ph
+                        if yy < 0 or yy >= h:
+                            continue
                         if sx == 1:
-                            off = j - pw
-                            for ox in range(lo, hi):
-                                dst[ox] += wv * src[ox + off]
+                            src = plane[yy, lo + j - pw : hi + j - pw]
+                            dst = out[oy, lo:hi]
+                            for q in range(hi - lo):
+                                dst[q] += wv * src[q]
                         else:
-                            for ox in range(lo, hi):
-                                dst[ox] += wv * src[ox * sx + j - pw]
+                            src_row = plane[yy]
+                            dst_row = out[oy]
+                            for q in range(lo, hi):
+                                dst_row[q] += wv * src_row[q * sx + j - pw]

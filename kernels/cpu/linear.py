@@ -9,58 +9,46 @@
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
-from gpunn.kernels.cpu._vmath import vsigmoid, vtanh
+from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
 
 ACTIVATION_CODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
 
 
-@numba.njit
-def _act_rows(z, r0, r1, b, act):
-    """z[r0:r1] = act(z[r0:r1] + b) for a 2-D z; b holds z.shape[1] values or none."""
-    m = z.shape[1]
-    zero = z.dtype.type(0)
-    for r in range(r0, r1):
-        row = z[r]
-        if b.size:
-            for j in range(m):
-                row[j] += b[j]
-        if act == 1:
-            for j in range(m):
-                v = row[j]
-                row[j] = zero if v < zero else v
-        elif act == 2:
-            for j in range(m):
-                row[j] = vsigmoid(row[j])
-        elif act == 3:
-            for j in range(m):
-                row[j] = vtanh(row[j])
+# Loops run over views from index 0: Numba then knows the index is not negative and
+# leaves out its wraparound check, which would keep LLVM from vectorising the loop.
 
 
 @kernel(parallel=True)
 def linear_forward(z, b, act):
-    """In place: z (N, M) = act(z + b); b (M,) or empty."""
+    """In place: z (N, M) = act(z + b); b (M,) or empty. Blocks of whole rows, about 4096
+    elements each (long enough for the vectorised loops)."""
     n, m = z.shape
-    if m == 1:  # a column (logistic regression): one flat loop over the rows
-        flat = z.reshape(n)
-        bias = b[0] if b.size else z.dtype.type(0)
-        zero = z.dtype.type(0)
-        for i in prange(n):
-            v = flat[i] + bias
-            if act == 1:
-                v = zero if v < zero else v
-            elif act == 2:
-                v = vsigmoid(v)
-            elif act == 3:
-                v = vtanh(v)
-            flat[i] = v
-        return
-    chunk = 16
-    for c in prange((n + chunk - 1) // chunk):
-        _act_rows(z, c * chunk, min(n, (c + 1) * chunk), b, act)
+    flat = z.reshape(n * m)
+    zero = z.dtype.type(0)
+    rows = max(1, 4096 // max(m, 1))
+    nblocks = (n + rows - 1) // rows
+    for blk in prange(nblocks):
+        r0 = blk * rows
+        r1 = min(n, r0 + rows)
+        if b.size:
+            for r in range(r0, r1):
+                row = z[r]
+                for j in range(m):
+                    row[j] += b[j]
+        seg = flat[r0 * m : r1 * m]
+        if act == 1:
+            for i in range(seg.size):
+                v = seg[i]
+                seg[i] = select(v < zero, zero, v)
+        elif act == 2:
+            for i in range(seg.size):
+                seg[i] = vsigmoid(seg[i])
+        elif act == 3:
+            for i in range(seg.size):
+                seg[i] = vtanh(seg[i])
 
 
 @kernel(parallel=True, fastmath=True)
@@ -71,31 +59,38 @@ def linear_backward(dy, y, act, dz, db, nchunks):
     n, m = dy.shape
     zero = dy.dtype.type(0)
     one = dy.dtype.type(1)
-    nchunks = min(n, nchunks)
-    partial = np.zeros((max(nchunks, 1), m), dtype=dy.dtype)
+    nchunks = max(1, min(n, nchunks))
+    partial = np.zeros((nchunks, m), dtype=dy.dtype)
     for c in prange(nchunks):
         r0 = c * n // nchunks
         r1 = (c + 1) * n // nchunks
-        acc = partial[c]
-        for r in range(r0, r1):
-            g = dy[r]
-            h = y[r]
-            out = dz[r]
-            if act == 1:
-                for j in range(m):
-                    out[j] = g[j] if h[j] > zero else zero
-            elif act == 2:
-                for j in range(m):
-                    out[j] = g[j] * h[j] * (one - h[j])
-            elif act == 3:
-                for j in range(m):
-                    out[j] = g[j] * (one - h[j] * h[j])
-            if db.size:
-                for j in range(m):
-                    acc[j] += out[j]
+        g = dy.reshape(n * m)[r0 * m : r1 * m]
+        h = y.reshape(n * m)[r0 * m : r1 * m]
+        out = dz.reshape(n * m)[r0 * m : r1 * m]
+        if act == 1:
+            for i in range(out.size):
+                out[i] = select(h[i] > zero, g[i], zero)
+        elif act == 2:
+            for i in range(out.size):
+                out[i] = g[i] * h[i] * (one - h[i])
+        elif act == 3:
+            for i in range(out.size):
+                out[i] = g[i] * (one - h[i] * h[i])
+        if db.size:
+            acc = partial[c]
+            if m == 1:
+                s = zero
+                for i in range(out.size):
+                    s += out[i]
+                acc[0] = s
+            else:
+                for r in range(r0, r1):
+                    row = dz[r]
+                    for j in range(m):
+                        acc[j] += row[j]
     if db.size:
         for j in range(m):
-            db[j] = zero
-        for c in range(nchunks):
-            for j in range(m):
-                db[j] += partial[c, j]
+            s = zero
+            for c in range(nchunks):
+                s += partial[c, j]
+            db[j] = s

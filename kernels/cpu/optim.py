@@ -1,6 +1,7 @@
 """Optimizer updates, in place, one pass per parameter, with PyTorch's formulas (and the
-reference's order of operations, so float32 results round alike). Scalars arrive cast
-to the parameter's dtype. Arrays are 1-D views of the parameter and its state.
+reference's order of operations, so float32 results round alike). Scalars arrive as
+Python floats and are cast to the parameter's dtype first (as NumPy does with a Python
+scalar). Arrays are 1-D views of the parameter and its state.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from numba import prange
 def sgd_update(p, g, buf, lr, momentum, weight_decay):
     """g' = g + weight_decay*p; with momentum (buf not empty): buf = momentum*buf + g',
     p -= lr*buf; else p -= lr*g'."""
-    zero = p.dtype.type(0)
+    t = p.dtype.type
+    lr, momentum, weight_decay = t(lr), t(momentum), t(weight_decay)
+    zero = t(0)
     for i in prange(p.size):
         d = g[i]
         if weight_decay != zero:
@@ -42,7 +45,11 @@ def adam_update(
 ):
     """m = beta1*m + (1-beta1)*g; v = beta2*v + (1-beta2)*g*g;
     p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), step_size = lr / (1 - beta1^t)."""
-    zero = p.dtype.type(0)
+    t = p.dtype.type
+    beta1, one_minus_beta1, beta2 = t(beta1), t(one_minus_beta1), t(beta2)
+    one_minus_beta2, step_size, bias2_sqrt = t(one_minus_beta2), t(step_size), t(bias2_sqrt)
+    eps, weight_decay = t(eps), t(weight_decay)
+    zero = t(0)
     for i in prange(p.size):
         d = g[i]
         if weight_decay != zero:

@@ -2,7 +2,9 @@
 the recurrent product ``H @ W_hh.T`` (run on BLAS by the backend), and one pass back.
 
 LSTM gates are in PyTorch's order i, f, g, o along the 4*hidden axis; ``acts`` keeps the
-activated gates for the backward, ``tanh_c`` the tanh of the new cell state.
+activated gates for the backward, ``tanh_c`` the tanh of the new cell state. Each row is
+cut into per-gate views indexed from 0 (so Numba drops its negative-index check and the
+loops vectorise).
 """
 
 from __future__ import annotations
@@ -36,24 +38,24 @@ def lstm_cell_forward(xw, hw, c, acts, c_new, h_new, tanh_c):
         a = acts[r]
         x = xw[r]
         h = hw[r]
-        for j in range(hidden):
-            a[j] = vsigmoid(x[j] + h[j])
-        for j in range(hidden, 2 * hidden):
-            a[j] = vsigmoid(x[j] + h[j])
-        for j in range(2 * hidden, 3 * hidden):
-            a[j] = vtanh(x[j] + h[j])
-        for j in range(3 * hidden, 4 * hidden):
-            a[j] = vsigmoid(x[j] + h[j])
+        for k in (0, 1, 3):  # sigmoid gates i, f, o
+            ak, xk, hk = a[k * hidden : (k + 1) * hidden], x[k * hidden :], h[k * hidden :]
+            for j in range(hidden):
+                ak[j] = vsigmoid(xk[j] + hk[j])
+        a_g, x_g, h_g = a[2 * hidden : 3 * hidden], x[2 * hidden :], h[2 * hidden :]
+        for j in range(hidden):  # cell candidate g
+            a_g[j] = vtanh(x_g[j] + h_g[j])
+        a_i, a_f, a_o = a[:hidden], a[hidden : 2 * hidden], a[3 * hidden :]
         cr = c[r]
         cn = c_new[r]
         tc = tanh_c[r]
         hn = h_new[r]
         for j in range(hidden):
-            v = a[hidden + j] * cr[j] + a[j] * a[2 * hidden + j]
+            v = a_f[j] * cr[j] + a_i[j] * a_g[j]
             cn[j] = v
             t = vtanh(v)
             tc[j] = t
-            hn[j] = a[3 * hidden + j] * t
+            hn[j] = a_o[j] * t
 
 
 @kernel(parallel=True)
@@ -64,21 +66,36 @@ def lstm_cell_backward(dh, dc, c, acts, tanh_c, dg, dc_prev):
     one = c.dtype.type(1)
     for r in prange(b_):
         a = acts[r]
+        a_i, a_f, a_g, a_o = (
+            a[:hidden],
+            a[hidden : 2 * hidden],
+            a[2 * hidden : 3 * hidden],
+            a[3 * hidden :],
+        )
         out = dg[r]
+        d_i, d_f, d_g, d_o = (
+            out[:hidden],
+            out[hidden : 2 * hidden],
+            out[2 * hidden : 3 * hidden],
+            out[3 * hidden :],
+        )
         g_h = dh[r]
         g_c = dc[r]
         cr = c[r]
         tc = tanh_c[r]
         for j in range(hidden):
-            i_ = a[j]
-            f_ = a[hidden + j]
-            g_ = a[2 * hidden + j]
-            o_ = a[3 * hidden + j]
+            i_ = a_i[j]
+            f_ = a_f[j]
+            g_ = a_g[j]
+            o_ = a_o[j]
             t = tc[j]
             d_c = g_c[j] + g_h[j] * o_ * (one - t * t)
-            out[j] = d_c * g_ * i_ * (one - i_)
-            out[hidden + j] = d_c * cr[j] * f_ * (one - f_)
-            out[2 * hidden + j] = d_c * i_ * (one - g_ * g_)
-            out[3 * hidden + j] = g_h[j] * t * o_ * (one - o_)
-            if dc_prev.size:
-                dc_prev[r, j] = d_c * f_
+            d_i[j] = d_c * g_ * i_ * (one - i_)
+            d_f[j] = d_c * cr[j] * f_ * (one - f_)
+            d_g[j] = d_c * i_ * (one - g_ * g_)
+            d_o[j] = g_h[j] * t * o_ * (one - o_)
+        if dc_prev.size:
+            prev = dc_prev[r]
+            for j in range(hidden):
+                t = tc[j]
+                prev[j] = (g_c[j] + g_h[j] * a_o[j] * (one - t * t)) * a_f[j]

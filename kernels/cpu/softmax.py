@@ -20,9 +20,10 @@ def softmax_forward(x, y, log):
     """y = softmax(x) (log-softmax when ``log``) over axis 1 of (outer, n, inner) arrays."""
     outer, n, inner = x.shape
     if inner == 1:
+        x2, y2 = x.reshape(outer, n), y.reshape(outer, n)
         for o in prange(outer):
-            xr = x[o, :, 0]
-            yr = y[o, :, 0]
+            xr = x2[o]
+            yr = y2[o]
             mx = x.dtype.type(-np.inf)
             for k in range(n):
                 mx = max(mx, xr[k])
@@ -73,10 +74,11 @@ def softmax_backward(dy, y, dx, log):
     Over axis 1 of (outer, n, inner) arrays."""
     outer, n, inner = y.shape
     if inner == 1:
+        g2, y2, d2 = dy.reshape(outer, n), y.reshape(outer, n), dx.reshape(outer, n)
         for o in prange(outer):
-            g = dy[o, :, 0]
-            yr = y[o, :, 0]
-            out = dx[o, :, 0]
+            g = g2[o]
+            yr = y2[o]
+            out = d2[o]
             s = y.dtype.type(0)
             if log:
                 for k in range(n):
