@@ -17,7 +17,7 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 T_TESTS=${T_TESTS:-120}
 T_BENCH=${T_BENCH:-120}
-T_OTHER=${T_OTHER:-60}
+T_OTHER=${T_OTHER:-120}
 start=$(date +%s)
 stamp() { echo "[$(($(date +%s) - start))s] $*"; }
 
