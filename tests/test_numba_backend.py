@@ -67,6 +67,29 @@ def test_both_convolution_algorithms(monkeypatch, algorithm):
             compare_op("numba", case, dtype, "strided", seed=15)
 
 
+@pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0)])
+def test_max_pool_ties_infinities_and_nan_follow_the_reference(padding):
+    """The first maximum in row-major window order wins (padding counts as -inf), as the
+    reference's argmax: ties, -inf inputs and NaN send the gradient to the same cell."""
+    be, ref = backend_object("numba"), backend_object("numpy")
+    rng = np.random.default_rng(1)
+    for dtype in (np.float32, np.float64):
+        x = rng.integers(0, 3, (2, 3, 7, 6)).astype(dtype)  # many ties
+        x[0, 0, :3, :3] = -np.inf
+        x[1, 2, 2, 2] = np.nan
+        x[1, 1, 4:, 3:] = np.nan
+        args = dict(kernel_size=(3, 2), stride=(2, 1), padding=padding)
+        y, s = be.max_pool2d_forward(x, **args)
+        y_ref, s_ref = ref.max_pool2d_forward(x, **args)
+        np.testing.assert_array_equal(y, y_ref)
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_allclose(  # overlapping windows add up in another order
+            be.max_pool2d_backward(dy, s, (True,))[0],
+            ref.max_pool2d_backward(dy, s_ref, (True,))[0],
+            rtol=1e-6 if dtype == np.float32 else 1e-14,
+        )
+
+
 def test_large_inputs_take_the_parallel_path_and_match():
     """Sizes above PARALLEL_MIN_SIZE, with shapes that do not divide evenly."""
     be, ref = backend_object("numba"), backend_object("numpy")

@@ -528,15 +528,15 @@ class NumbaBackend(Backend):
         bias = _EMPTY[dtype] if b is None else b.ravel()
         Y = np.empty((n, k, oh, ow), dtype)
         if _conv_direct(c, k, kh * kw):
-            _pick(_conv.conv2d_direct_forward, Y.size * c)(X, W, bias, sy, sx, ph, pw, Y)
+            xp = _padded(X, ph, pw, 0.0)
+            _pick(_conv.conv2d_direct_forward, Y.size * c)(xp, W, bias, sy, sx, Y)
         else:
             r, p = c * kh * kw, oh * ow
             W2, Y3 = W.reshape(k, r), Y.reshape(n, k, p)
             for n0, n1 in _chunks(n, r * p * dtype.itemsize):
+                xp = _padded(X[n0:n1], ph, pw, 0.0)
                 cols = _workspace("cols", (r, (n1 - n0) * p), dtype)
-                _pick(_conv.conv2d_im2col, cols.size)(
-                    X[n0:n1], kh, kw, sy, sx, ph, pw, oh, ow, cols
-                )
+                _pick(_conv.conv2d_im2col, cols.size)(xp, kh, kw, sy, sx, oh, ow, cols)
                 yt = _workspace("yt", (k, (n1 - n0) * p), dtype)
                 np.matmul(W2, cols, out=yt)
                 _pick(_conv.conv2d_forward, yt.size)(yt, bias, Y3[n0:n1])
@@ -558,26 +558,34 @@ class NumbaBackend(Backend):
                 dY3[n0:n1], dyt, _EMPTY[dtype] if db is None else db
             )
             if dWt is not None:
+                xp = _padded(X[n0:n1], ph, pw, 0.0)
                 cols = _workspace("cols", (r, cp), dtype)
-                _pick(_conv.conv2d_im2col, cols.size)(
-                    X[n0:n1], kh, kw, sy, sx, ph, pw, oh, ow, cols
-                )
+                _pick(_conv.conv2d_im2col, cols.size)(xp, kh, kw, sy, sx, oh, ow, cols)
                 dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
             if dX is not None:
                 dcols = _workspace("dcols", (r, cp), dtype)
                 np.matmul(W2.T, dyt, out=dcols)
+                dx = dX[n0:n1]
+                dxp = (
+                    dx
+                    if not (ph or pw)
+                    else _workspace("dxpad", (n1 - n0, c, h + 2 * ph, w + 2 * pw), dtype)
+                )
                 _pick(_conv.conv2d_col2im, dcols.size)(
-                    dcols, kh, kw, sy, sx, ph, pw, oh, ow, dX[n0:n1]
+                    dcols, kh, kw, sy, sx, ph, pw, oh, ow, dxp, dx
                 )
         dW = None if dWt is None else np.ascontiguousarray(dWt.T).reshape(W.shape)
         return dX, dW, db
 
     def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
         X = _c(X)
-        n, c, oh, ow, args = _pool_shape(X.shape, kernel_size, stride, padding)
+        n, c, oh, ow, (kh, kw, sy, sx, ph, pw) = _pool_shape(X.shape, kernel_size, stride, padding)
         Y = np.empty((n, c, oh, ow), X.dtype)
         arg = np.empty((n, c, oh, ow), np.int32)
-        _pick(_pool.max_pool2d_forward, X.size)(X, *args, Y, arg)
+        xp = _padded(X, ph, pw, -math.inf)
+        _pick(_pool.max_pool2d_forward, X.size)(
+            xp, kh, kw, sy, sx, ph, pw, X.shape[2], X.shape[3], Y, arg
+        )
         return Y, (X.shape, arg)
 
     def max_pool2d_backward(self, dY, saved, needs):
@@ -589,14 +597,19 @@ class NumbaBackend(Backend):
     def avg_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
         X = _c(X)
         n, c, oh, ow, args = _pool_shape(X.shape, kernel_size, stride, padding)
+        kh, kw, sy, sx, ph, pw = args
         Y = np.empty((n, c, oh, ow), X.dtype)
-        _pick(_pool.avg_pool2d_forward, X.size)(X, *args, Y)
+        _pick(_pool.avg_pool2d_forward, X.size)(_padded(X, ph, pw, 0.0), kh, kw, sy, sx, Y)
         return Y, (X.shape, args)
 
     def avg_pool2d_backward(self, dY, saved, needs):
-        x_shape, args = saved
+        x_shape, (kh, kw, sy, sx, ph, pw) = saved
+        n, c, h, w = x_shape
         dX = np.empty(x_shape, dY.dtype)
-        _pick(_pool.avg_pool2d_backward, dX.size)(_c(dY), *args, dX)
+        dxp = (
+            dX if not (ph or pw) else _workspace("dxpad", (n, c, h + 2 * ph, w + 2 * pw), dY.dtype)
+        )
+        _pick(_pool.avg_pool2d_backward, dX.size)(_c(dY), kh, kw, sy, sx, ph, pw, dxp, dX)
         return (dX,)
 
     # ------------------------------------------------------------------ dropout
@@ -795,6 +808,17 @@ def _expand(dY, x_shape, plan, count):
         )
         cur = out
     return cur.reshape(x_shape)
+
+
+def _padded(X, ph, pw, value):
+    """X (contiguous) with a border of ``value``: X itself without padding, else a copy in
+    this thread's workspace."""
+    if not (ph or pw):
+        return X
+    n, c, h, w = X.shape
+    xp = _workspace("xpad", (n, c, h + 2 * ph, w + 2 * pw), X.dtype)
+    _pick(_conv.conv2d_pad, xp.size)(X, ph, pw, value, xp)
+    return xp
 
 
 def _pool_shape(x_shape, kernel_size, stride, padding):

@@ -1,47 +1,56 @@
 """Max and average pooling over (N, C, H, W), forward and backward, parallel over planes.
 
+The backend pads the input first (-inf for max, 0 for average, with the same border as
+the pooling's padding), so the loops have no bounds tests: for each window offset
+(i, j) they sweep a whole output row against the strided view ``xp[n, c, oy*sy + i,
+j::sx]``, which vectorises.
+
 Max pooling keeps the FIRST maximum in row-major window order, padding counting as -inf
-(so a window's answer and its gradient's destination match NumPy's argmax), and records
-where it was: the flat index y*W + x inside the plane, or -1 for a padding cell. Average
-pooling divides by kh*kw, zero padding included (PyTorch's default).
+(NumPy's argmax over the window; a NaN wins over numbers, the first NaN over later ones),
+and records where it was: the flat index y*W + x in the unpadded plane, or -1 for a
+padding cell. Average pooling divides by kh*kw, zero padding included (PyTorch's default).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._vmath import select
 from numba import prange
 
 
 @kernel(parallel=True)
-def max_pool2d_forward(x, kh, kw, sy, sx, ph, pw, y, arg):
-    """y (N, C, oh, ow) = window maxima; arg (same shape, int32) = their flat positions."""
-    n_, c_, h, w = x.shape
+def max_pool2d_forward(xp, kh, kw, sy, sx, ph, pw, h, w, y, arg):
+    """y (N, C, oh, ow) = window maxima of the padded xp; arg (int32, same shape) = their
+    flat positions in the unpadded (h, w) plane, -1 for padding."""
+    n_, c_ = xp.shape[0], xp.shape[1]
     oh, ow = y.shape[2], y.shape[3]
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = x[n, c]
-        out = y[n, c]
-        where = arg[n, c]
+        plane = xp[n, c]
         for oy in range(oh):
-            for ox in range(ow):
-                best = x.dtype.type(-np.inf)
-                at = np.int32(-1)
-                first = True
-                for i in range(kh):
-                    yy = oy * sy + i - ph
-                    for j in range(kw):
-                        xx = ox * sx + j - pw
-                        inside = 0 <= yy < h and 0 <= xx < w
-                        v = plane[yy, xx] if inside else x.dtype.type(-np.inf)
-                        # first maximum wins; a NaN wins over numbers (as argmax)
-                        if first or v > best or (v != v and best == best):
-                            best = v
-                            at = np.int32(yy * w + xx) if inside else np.int32(-1)
-                            first = False
-                out[oy, ox] = best
-                where[oy, ox] = at
+            best = y[n, c, oy]
+            at = arg[n, c, oy]
+            for i in range(kh):
+                yy = oy * sy + i - ph  # row in the unpadded plane
+                for j in range(kw):
+                    src = plane[oy * sy + i, j::sx]
+                    base = yy * w + j - pw
+                    if i == 0 and j == 0:
+                        row_ok = 0 <= yy < h
+                        for ox in range(ow):
+                            best[ox] = src[ox]
+                            col = ox * sx + j - pw
+                            ok = row_ok and 0 <= col < w
+                            at[ox] = select(ok, np.int32(base + ox * sx), np.int32(-1))
+                    else:
+                        for ox in range(ow):
+                            v = src[ox]
+                            b = best[ox]
+                            take = (v > b) | ((v != v) & (b == b))
+                            best[ox] = select(take, v, b)
+                            at[ox] = select(take, np.int32(base + ox * sx), at[ox])
 
 
 @kernel(parallel=True)
@@ -54,45 +63,44 @@ def max_pool2d_backward(dy, arg, dx):
         n = nc // c_
         c = nc % c_
         plane = dx[n, c].reshape(h * w)
-        g = dy[n, c]
-        where = arg[n, c]
         for q in range(h * w):
             plane[q] = zero
-        for oy in range(oh):
-            for ox in range(ow):
-                at = where[oy, ox]
-                if at >= 0:
-                    plane[at] += g[oy, ox]
+        g = dy[n, c].reshape(oh * ow)
+        where = arg[n, c].reshape(oh * ow)
+        for q in range(oh * ow):
+            at = where[q]
+            if at >= 0:
+                plane[at] += g[q]
 
 
 @kernel(parallel=True)
-def avg_pool2d_forward(x, kh, kw, sy, sx, ph, pw, y):
-    """y (N, C, oh, ow) = window sums / (kh*kw), padding cells counting as zeros."""
-    n_, c_, h, w = x.shape
+def avg_pool2d_forward(xp, kh, kw, sy, sx, y):
+    """y (N, C, oh, ow) = window sums of the zero-padded xp / (kh*kw)."""
+    n_, c_ = xp.shape[0], xp.shape[1]
     oh, ow = y.shape[2], y.shape[3]
-    count = x.dtype.type(kh * kw)
+    zero = y.dtype.type(0)
+    count = y.dtype.type(kh * kw)
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = x[n, c]
-        out = y[n, c]
+        plane = xp[n, c]
         for oy in range(oh):
+            acc = y[n, c, oy]
             for ox in range(ow):
-                s = x.dtype.type(0)
-                for i in range(kh):
-                    yy = oy * sy + i - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    for j in range(kw):
-                        xx = ox * sx + j - pw
-                        if 0 <= xx < w:
-                            s += plane[yy, xx]
-                out[oy, ox] = s / count
+                acc[ox] = zero
+            for i in range(kh):
+                for j in range(kw):
+                    src = plane[oy * sy + i, j::sx]
+                    for ox in range(ow):
+                        acc[ox] += src[ox]
+            for ox in range(ow):
+                acc[ox] /= count
 
 
 @kernel(parallel=True)
-def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dx):
-    """dx (N, C, H, W), overwritten: each dy / (kh*kw) added over its window's cells."""
+def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dxp, dx):
+    """dx (N, C, H, W) = each dy / (kh*kw) added over its window, accumulated in the padded
+    scratch dxp (dx itself without padding), then cropped."""
     n_, c_, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
     zero = dx.dtype.type(0)
@@ -100,19 +108,23 @@ def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dx):
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = dx[n, c]
+        plane = dxp[n, c]
+        for yy in range(plane.shape[0]):
+            row = plane[yy]
+            for q in range(row.size):
+                row[q] = zero
         g = dy[n, c]
-        for yy in range(h):
-            for xx in range(w):
-                plane[yy, xx] = zero
         for oy in range(oh):
-            for ox in range(ow):
-                share = g[oy, ox] / count
-                for i in range(kh):
-                    yy = oy * sy + i - ph
-                    if yy < 0 or yy >= h:
-                        continue
-                    for j in range(kw):
-                        xx = ox * sx + j - pw
-                        if 0 <= xx < w:
-                            plane[yy, xx] += share
+            gr = g[oy]
+            for i in range(kh):
+                for j in range(kw):
+                    dst = plane[oy * sy + i, j::sx]
+                    for ox in range(ow):
+                        dst[ox] += gr[ox] / count
+        if ph or pw:
+            out = dx[n, c]
+            for yy in range(h):
+                s = plane[yy + ph, pw : pw + w]
+                d = out[yy]
+                for q in range(w):
+                    d[q] = s[q]
