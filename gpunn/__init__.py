@@ -6,6 +6,7 @@ import numpy as _np
 from gpunn import distributed, functional, models, nn, optim, testing
 from gpunn.autograd import enable_grad, is_grad_enabled, no_grad
 from gpunn.backends import available_backends, get_backend, set_backend, use_backend
+from gpunn.cuda import set_tf32
 from gpunn.errors import (
     BackendError,
     CheckpointError,
@@ -58,6 +59,7 @@ __all__ = [
     "save",
     "set_backend",
     "set_num_threads",
+    "set_tf32",
     "tensor",
     "testing",
     "use_backend",
