@@ -1,8 +1,9 @@
 """Step time of gpunn (numba backend, or any other) against PyTorch eager on the CPU.
 
 One step = forward, loss, backward, SGD update (or forward + backward for the op
-workloads). Each workload is timed as the median of repeated runs after warm-up, with
-the same thread count for both frameworks. Run:
+workloads). After warm-up (which includes Numba's compilation), gpunn and PyTorch steps
+are timed alternately, so that both see the same machine load, and each is summarised
+by its median; both run with the same thread count. Run:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/numba_vs_torch.py
 
@@ -203,29 +204,36 @@ def torch_step(name, x_host, y_host):
     return step
 
 
-def median_time(step, repeat, warmup=3, min_time=0.05):
-    """Median seconds per call over ``repeat`` rounds; each round runs enough calls to last
-    about ``min_time``."""
-    for _ in range(warmup):
-        step()
+def _inner_count(step, min_time):
     t0 = time.perf_counter()
     step()
     once = max(time.perf_counter() - t0, 1e-6)
-    inner = max(1, int(min_time / once))
-    rounds = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            step()
-        rounds.append((time.perf_counter() - t0) / inner)
-    return statistics.median(rounds)
+    return max(1, int(min_time / once))
+
+
+def paired_times(gpunn_fn, torch_fn, rounds, warmup=3, min_time=0.02):
+    """Per-step seconds of both, measured alternately (gpunn, torch, gpunn, ...) so that
+    both see the same machine load; each sample averages enough steps to last about
+    ``min_time``. Returns two lists of ``rounds`` samples."""
+    for _ in range(warmup):
+        gpunn_fn()
+        torch_fn()
+    ng, nt = _inner_count(gpunn_fn, min_time), _inner_count(torch_fn, min_time)
+    tg, tt = [], []
+    for _ in range(rounds):
+        for fn, n, out in ((gpunn_fn, ng, tg), (torch_fn, nt, tt)):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            out.append((time.perf_counter() - t0) / n)
+    return tg, tt
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default="numba")
-    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--repeat", type=int, default=21, help="paired samples per workload")
     parser.add_argument("--only", default=",".join(WORKLOADS))
     args = parser.parse_args(argv)
 
@@ -242,12 +250,8 @@ def main(argv=None):
         x_host, y_host = _data(name, rng)
         g = gpunn_step(name, args.backend, x_host, y_host)
         t = torch_step(name, x_host, y_host)
-        # interleave to share any drift in machine load between the two
-        tg, tt = [], []
-        for _ in range(3):
-            tg.append(median_time(g, args.repeat // 3 or 1))
-            tt.append(median_time(t, args.repeat // 3 or 1))
-        tg, tt = statistics.median(tg), statistics.median(tt)
+        samples_g, samples_t = paired_times(g, t, args.repeat)
+        tg, tt = statistics.median(samples_g), statistics.median(samples_t)
         ratio = tg / tt
         flag = "ok" if ratio <= TARGETS[name] else "MISS"
         print(

@@ -505,16 +505,17 @@ class NumbaBackend(Backend):
         Z = _c(Z)
         if labels.dtype != np.int64 or not labels.flags.c_contiguous:
             labels = np.ascontiguousarray(labels, dtype=np.int64)
-        lse = np.empty(Z.shape[0], Z.dtype)
-        total = _pick(_sm.cross_entropy_forward, Z.size)(Z, labels, lse)
-        return _mean(total, Z.shape[0], Z.dtype), (Z, labels, lse)
+        E = np.empty(Z.shape, Z.dtype)
+        inv_sum = np.empty(Z.shape[0], Z.dtype)
+        total = _pick(_sm.cross_entropy_forward, Z.size)(Z, labels, E, inv_sum)
+        return _mean(total, Z.shape[0], Z.dtype), (E, inv_sum, labels)
 
     def cross_entropy_backward(self, dY, saved, needs):
-        Z, labels, lse = saved
-        dtype = Z.dtype
-        g = _scalar(dY, dtype) / dtype.type(max(Z.shape[0], 1))
-        dZ = np.empty(Z.shape, dtype)
-        _pick(_sm.cross_entropy_backward, Z.size)(Z, labels, lse, g, dZ)
+        E, inv_sum, labels = saved
+        dtype = E.dtype
+        g = _scalar(dY, dtype) / dtype.type(max(E.shape[0], 1))
+        dZ = np.empty(E.shape, dtype)
+        _pick(_sm.cross_entropy_backward, E.size)(E, inv_sum, labels, g, dZ)
         return (dZ, None)
 
     # ------------------------------------------------------------------ convolution and pooling
@@ -844,11 +845,11 @@ _CONV_ALGORITHM: str | None = None
 
 
 def _conv_direct(channels, filters, taps):
-    """Direct convolution for tiny channel counts, where a BLAS product has too little
-    work to be efficient; im2col + BLAS everywhere else."""
-    if _CONV_ALGORITHM is not None:
-        return _CONV_ALGORITHM == "direct"
-    return channels * filters <= 8
+    """Whether to run the direct convolution kernel instead of im2col + BLAS. Measured
+    (float32, one thread): im2col + BLAS was faster on every shape tried, LeNet's first
+    layer (1 -> 6 channels, 5x5, 28x28) included (3 ms against 7 ms for a batch of 64),
+    so the direct kernel only runs when ``_CONV_ALGORITHM`` asks for it."""
+    return _CONV_ALGORITHM == "direct"
 
 
 # ---------------------------------------------------------------------- warm-up

@@ -1,9 +1,8 @@
 """Max and average pooling over (N, C, H, W), forward and backward, parallel over planes.
 
 The backend pads the input first (-inf for max, 0 for average, with the same border as
-the pooling's padding), so the loops have no bounds tests: for each window offset
-(i, j) they sweep a whole output row against the strided view ``xp[n, c, oy*sy + i,
-j::sx]``, which vectorises.
+the pooling's padding), so the window loops have no bounds tests. (Windows are small:
+a plain scalar loop per window measured faster than sweeping output rows per offset.)
 
 Max pooling keeps the FIRST maximum in row-major window order, padding counting as -inf
 (NumPy's argmax over the window; a NaN wins over numbers, the first NaN over later ones),
@@ -13,9 +12,7 @@ padding cell. Average pooling divides by kh*kw, zero padding included (PyTorch's
 
 from __future__ import annotations
 
-import numpy as np
 from gpunn.kernels.cpu._jit import kernel
-from gpunn.kernels.cpu._vmath import select
 from numba import prange
 
 
@@ -29,28 +26,36 @@ def max_pool2d_forward(xp, kh, kw, sy, sx, ph, pw, h, w, y, arg):
         n = nc // c_
         c = nc % c_
         plane = xp[n, c]
+        out = y[n, c]
+        where = arg[n, c]
         for oy in range(oh):
-            best = y[n, c, oy]
-            at = arg[n, c, oy]
-            for i in range(kh):
-                yy = oy * sy + i - ph  # row in the unpadded plane
-                for j in range(kw):
-                    src = plane[oy * sy + i, j::sx]
-                    base = yy * w + j - pw
-                    if i == 0 and j == 0:
-                        row_ok = 0 <= yy < h
-                        for ox in range(ow):
-                            best[ox] = src[ox]
-                            col = ox * sx + j - pw
-                            ok = row_ok and 0 <= col < w
-                            at[ox] = select(ok, np.int32(base + ox * sx), np.int32(-1))
-                    else:
-                        for ox in range(ow):
-                            v = src[ox]
-                            b = best[ox]
-                            take = (v > b) | ((v != v) & (b == b))
-                            best[ox] = select(take, v, b)
-                            at[ox] = select(take, np.int32(base + ox * sx), at[ox])
+            y0 = oy * sy
+            for ox in range(ow):
+                x0 = ox * sx
+                best = plane[y0, x0]
+                bi = y0
+                bj = x0
+                nan = False
+                for i in range(kh):
+                    for j in range(kw):
+                        v = plane[y0 + i, x0 + j]
+                        nan |= v != v
+                        if v > best:  # strict: the first maximum stays
+                            best = v
+                            bi = y0 + i
+                            bj = x0 + j
+                if nan:  # the first NaN wins (argmax): rescan backwards, keep the last seen
+                    for i in range(kh - 1, -1, -1):
+                        for j in range(kw - 1, -1, -1):
+                            v = plane[y0 + i, x0 + j]
+                            if v != v:
+                                best = v
+                                bi = y0 + i
+                                bj = x0 + j
+                yy = bi - ph
+                xx = bj - pw
+                out[oy, ox] = best
+                where[oy, ox] = yy * w + xx if 0 <= yy < h and 0 <= xx < w else -1
 
 
 @kernel(parallel=True)
@@ -78,23 +83,21 @@ def avg_pool2d_forward(xp, kh, kw, sy, sx, y):
     """y (N, C, oh, ow) = window sums of the zero-padded xp / (kh*kw)."""
     n_, c_ = xp.shape[0], xp.shape[1]
     oh, ow = y.shape[2], y.shape[3]
-    zero = y.dtype.type(0)
     count = y.dtype.type(kh * kw)
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
         plane = xp[n, c]
+        out = y[n, c]
         for oy in range(oh):
-            acc = y[n, c, oy]
+            y0 = oy * sy
             for ox in range(ow):
-                acc[ox] = zero
-            for i in range(kh):
-                for j in range(kw):
-                    src = plane[oy * sy + i, j::sx]
-                    for ox in range(ow):
-                        acc[ox] += src[ox]
-            for ox in range(ow):
-                acc[ox] /= count
+                x0 = ox * sx
+                s = y.dtype.type(0)
+                for i in range(kh):
+                    for j in range(kw):
+                        s += plane[y0 + i, x0 + j]
+                out[oy, ox] = s / count
 
 
 @kernel(parallel=True)

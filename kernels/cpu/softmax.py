@@ -109,35 +109,38 @@ def softmax_backward(dy, y, dx, log):
 
 # ---------------------------------------------------------------------- cross-entropy
 @kernel(parallel=True, fastmath=True)
-def cross_entropy_forward(z, labels, lse):
-    """Sum over rows of logsumexp(z[r]) - z[r, labels[r]]; lse[r] = logsumexp(z[r]) is kept
-    for the backward. z (N, C), labels (N,) integers."""
+def cross_entropy_forward(z, labels, e, inv_sum):
+    """Sum over rows of logsumexp(z[r]) - z[r, labels[r]]. Keeps for the backward
+    e = exp(z - rowmax) and inv_sum[r] = 1 / sum(e[r]), so softmax = e * inv_sum.
+    z, e (N, C); labels (N,) integers."""
     n, c = z.shape
     total = 0.0
     for r in prange(n):
         zr = z[r]
+        er = e[r]
         mx = z.dtype.type(-np.inf)
         for k in range(c):
             mx = max(mx, zr[k])
         s = z.dtype.type(0)
         for k in range(c):
-            s += vexp(zr[k] - mx)
-        v = mx + vlog(s)
-        lse[r] = v
-        total += v - zr[labels[r]]
+            v = vexp(zr[k] - mx)
+            er[k] = v
+            s += v
+        inv_sum[r] = z.dtype.type(1) / s
+        total += (mx + vlog(s)) - zr[labels[r]]
     return total
 
 
 @kernel(parallel=True)
-def cross_entropy_backward(z, labels, lse, g, dz):
-    """dz = (softmax(z) - onehot(labels)) * g, softmax(z) = exp(z - lse) per row."""
-    n, c = z.shape
+def cross_entropy_backward(e, inv_sum, labels, g, dz):
+    """dz = (softmax(z) - onehot(labels)) * g with softmax(z) = e * inv_sum per row."""
+    n, c = e.shape
     for r in prange(n):
-        zr = z[r]
+        er = e[r]
         out = dz[r]
-        m = lse[r]
+        scale = inv_sum[r] * g
         for k in range(c):
-            out[k] = vexp(zr[k] - m) * g
+            out[k] = er[k] * scale
         out[labels[r]] -= g
 
 
