@@ -324,6 +324,16 @@ class Backend:
         n, axis = saved
         return tuple(self.xp.take(dY, k, axis=axis) if needs[k] else None for k in range(n))
 
+    def unstack_forward(self, X, axis=0):
+        """Split X along ``axis`` into ``X.shape[axis]`` arrays (views): the inverse of stack.
+        One op for a whole sequence, so the backward is one stack rather than one scatter
+        into a full-size zero array per step."""
+        lead = (slice(None),) * axis
+        return tuple(X[lead + (k,)] for k in range(X.shape[axis])), axis
+
+    def unstack_backward(self, dY, saved, needs):
+        return (self.xp.stack(dY, axis=saved),)
+
     def getitem_forward(self, X, index):
         return X[index], (X.shape, index)
 

@@ -59,6 +59,8 @@ CUPY_ROUTINES = {
     "transpose_backward": "view (no kernel)",
     "stack_forward": "cupy concatenate kernel",
     "stack_backward": "views of the gradient (no kernel)",
+    "unstack_forward": "views of the input (no kernel)",
+    "unstack_backward": "cupy concatenate kernel",
     "getitem_forward": "cupy indexing (view, or gather kernel)",
     "getitem_backward": "cupy fill + copy, or cupy.add.at for integer arrays",
     "step_backward": "cupy zeros (the step's gradient is zero)",
@@ -590,6 +592,14 @@ class CupyBackend(Backend):
 
     def transpose_backward(self, dY, saved, needs):
         return (dY.transpose(tuple(np.argsort(saved))),)
+
+    def unstack_forward(self, X, axis=0):
+        """Views of X, one per index along ``axis``: no copy."""
+        lead = (slice(None),) * axis
+        return tuple(X[lead + (k,)] for k in range(X.shape[axis])), axis
+
+    def unstack_backward(self, dY, saved, needs):
+        return (cupy.stack(dY, axis=saved),)
 
     def stack_forward(self, *Xs, axis=0):
         return cupy.stack(Xs, axis=axis), (len(Xs), axis)

@@ -50,9 +50,13 @@ REFERENCE_OPS = {
     ),
 }
 
-#: Elements from which an op runs the parallel variant of its kernel (when Numba has a
-#: thread-safe threading layer and more than one thread); GPUNN_NUMBA_PARALLEL_MIN sets it.
-PARALLEL_MIN_SIZE = int(os.environ.get("GPUNN_NUMBA_PARALLEL_MIN", 1 << 16))
+#: Work (elements, times _HEAVY for kernels that evaluate exp/log/tanh per element) from
+#: which an op runs the parallel variant of its kernel, when Numba has a thread-safe
+#: threading layer and more than one thread; GPUNN_NUMBA_PARALLEL_MIN sets it. Each
+#: parallel loop ends in a barrier, and barriers alternating with BLAS's own threads
+#: cost dearly on a busy machine: only loops with plenty of work are split.
+PARALLEL_MIN_SIZE = int(os.environ.get("GPUNN_NUMBA_PARALLEL_MIN", 1 << 18))
+_HEAVY = 4
 
 _ACTIVATIONS = _lin.ACTIVATION_CODES
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -172,9 +176,9 @@ def _binary(kern, A, B):
     return out
 
 
-def _unary(kern, X):
+def _unary(kern, X, cost=1):
     out = np.empty(X.shape, X.dtype)
-    _pick(kern, X.size)(X.ravel(), out.reshape(-1))
+    _pick(kern, X.size * cost)(X.ravel(), out.reshape(-1))
     return out
 
 
@@ -276,14 +280,14 @@ class NumbaBackend(Backend):
         return (_unary(_ew.neg_forward, dY),)
 
     def exp_forward(self, X):
-        Y = _unary(_ew.exp_forward, X)
+        Y = _unary(_ew.exp_forward, X, _HEAVY)
         return Y, Y
 
     def exp_backward(self, dY, saved, needs):
         return (_binary(_ew.mul_forward, dY, saved),)
 
     def log_forward(self, X):
-        return _unary(_ew.log_forward, X), X
+        return _unary(_ew.log_forward, X, _HEAVY), X
 
     def log_backward(self, dY, saved, needs):
         return (_binary(_ew.div_forward, dY, saved),)
@@ -306,7 +310,7 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ activations
     def sigmoid_forward(self, X):
-        Y = _unary(_act.sigmoid_forward, X)
+        Y = _unary(_act.sigmoid_forward, X, _HEAVY)
         return Y, Y
 
     def sigmoid_backward(self, dY, saved, needs):
@@ -315,7 +319,7 @@ class NumbaBackend(Backend):
         return (dX,)
 
     def tanh_forward(self, X):
-        Y = _unary(_act.tanh_forward, X)
+        Y = _unary(_act.tanh_forward, X, _HEAVY)
         return Y, Y
 
     def tanh_backward(self, dY, saved, needs):
@@ -360,7 +364,7 @@ class NumbaBackend(Backend):
         code = _ACTIVATIONS[activation]
         if code or b is not None:
             bias = _EMPTY[Z.dtype] if b is None else b.ravel()
-            _pick(_lin.linear_forward, Z.size)(Z, bias, code)
+            _pick(_lin.linear_forward, Z.size * (_HEAVY if code > 1 else 1))(Z, bias, code)
         return Z, (X, W, Z, code, b is not None)
 
     def linear_backward(self, dY, saved, needs):
@@ -404,6 +408,13 @@ class NumbaBackend(Backend):
 
     def transpose_backward(self, dY, saved, needs):
         return (dY.transpose(saved),)
+
+    def unstack_forward(self, X, axis=0):
+        lead = (slice(None),) * axis
+        return tuple(X[lead + (k,)] for k in range(X.shape[axis])), axis
+
+    def unstack_backward(self, dY, saved, needs):
+        return (np.stack(dY, axis=saved),)
 
     def stack_forward(self, *Xs, axis=0):
         return np.stack(Xs, axis=axis), (len(Xs), axis)
@@ -450,7 +461,7 @@ class NumbaBackend(Backend):
         axis %= X.ndim
         shape3 = _around(X.shape, axis)
         Y = np.empty(X.shape, X.dtype)
-        _pick(_sm.softmax_forward, X.size)(_c(X).reshape(shape3), Y.reshape(shape3), log)
+        _pick(_sm.softmax_forward, X.size * _HEAVY)(_c(X).reshape(shape3), Y.reshape(shape3), log)
         return Y, (Y, shape3)
 
     def _softmax_grad(self, dY, saved, log):
@@ -484,7 +495,7 @@ class NumbaBackend(Backend):
     def binary_cross_entropy_forward(self, P, T):
         shape = P.shape
         P, T = P.ravel(), T.ravel()
-        total = _pick(_sm.binary_cross_entropy_forward, P.size)(P, T)
+        total = _pick(_sm.binary_cross_entropy_forward, P.size * _HEAVY)(P, T)
         return _mean(total, P.size, P.dtype), (P, T, shape)
 
     def binary_cross_entropy_backward(self, dY, saved, needs):
@@ -494,7 +505,7 @@ class NumbaBackend(Backend):
     def binary_cross_entropy_with_logits_forward(self, Z, T):
         shape = Z.shape
         Z, T = Z.ravel(), T.ravel()
-        total = _pick(_sm.binary_cross_entropy_with_logits_forward, Z.size)(Z, T)
+        total = _pick(_sm.binary_cross_entropy_with_logits_forward, Z.size * _HEAVY)(Z, T)
         return _mean(total, Z.size, Z.dtype), (Z, T, shape)
 
     def binary_cross_entropy_with_logits_backward(self, dY, saved, needs):
@@ -507,7 +518,7 @@ class NumbaBackend(Backend):
             labels = np.ascontiguousarray(labels, dtype=np.int64)
         E = np.empty(Z.shape, Z.dtype)
         inv_sum = np.empty(Z.shape[0], Z.dtype)
-        total = _pick(_sm.cross_entropy_forward, Z.size)(Z, labels, E, inv_sum)
+        total = _pick(_sm.cross_entropy_forward, Z.size * _HEAVY)(Z, labels, E, inv_sum)
         return _mean(total, Z.shape[0], Z.dtype), (E, inv_sum, labels)
 
     def cross_entropy_backward(self, dY, saved, needs):
@@ -528,30 +539,29 @@ class NumbaBackend(Backend):
         dtype = X.dtype
         bias = _EMPTY[dtype] if b is None else b.ravel()
         Y = np.empty((n, k, oh, ow), dtype)
+        xp = _padded(X, ph, pw, 0.0, keep=True)  # kept for the backward's im2col
         if _conv_direct(c, k, kh * kw):
-            xp = _padded(X, ph, pw, 0.0)
             _pick(_conv.conv2d_direct_forward, Y.size * c)(xp, W, bias, sy, sx, Y)
         else:
             r, p = c * kh * kw, oh * ow
             W2, Y3 = W.reshape(k, r), Y.reshape(n, k, p)
             for n0, n1 in _chunks(n, r * p * dtype.itemsize):
-                xp = _padded(X[n0:n1], ph, pw, 0.0)
                 cols = _workspace("cols", (r, (n1 - n0) * p), dtype)
-                _pick(_conv.conv2d_im2col, cols.size)(xp, kh, kw, sy, sx, oh, ow, cols)
+                _pick(_conv.conv2d_im2col, cols.size)(xp[n0:n1], kh, kw, sy, sx, oh, ow, cols)
                 yt = _workspace("yt", (k, (n1 - n0) * p), dtype)
                 np.matmul(W2, cols, out=yt)
                 _pick(_conv.conv2d_forward, yt.size)(yt, bias, Y3[n0:n1])
-        return Y, (X, W, stride, padding, b is not None, (oh, ow))
+        return Y, (xp, X.shape, W, stride, padding, b is not None, (oh, ow))
 
     def conv2d_backward(self, dY, saved, needs):
-        X, W, (sy, sx), (ph, pw), has_bias, (oh, ow) = saved
-        n, c, h, w = X.shape
+        xp, x_shape, W, (sy, sx), (ph, pw), has_bias, (oh, ow) = saved
+        n, c, h, w = x_shape
         k, _, kh, kw = W.shape
-        r, p, dtype = c * kh * kw, oh * ow, X.dtype
+        r, p, dtype = c * kh * kw, oh * ow, xp.dtype
         W2, dY3 = W.reshape(k, r), _c(dY).reshape(n, k, p)
         db = np.zeros(k, dtype) if has_bias and needs[2] else None
         dWt = np.zeros((r, k), dtype) if needs[1] else None  # dW transposed: (C*kh*kw, K)
-        dX = np.empty(X.shape, dtype) if needs[0] else None
+        dX = np.empty(x_shape, dtype) if needs[0] else None
         for n0, n1 in _chunks(n, r * p * dtype.itemsize):
             cp = (n1 - n0) * p
             dyt = _workspace("dyt", (k, cp), dtype)
@@ -559,9 +569,8 @@ class NumbaBackend(Backend):
                 dY3[n0:n1], dyt, _EMPTY[dtype] if db is None else db
             )
             if dWt is not None:
-                xp = _padded(X[n0:n1], ph, pw, 0.0)
                 cols = _workspace("cols", (r, cp), dtype)
-                _pick(_conv.conv2d_im2col, cols.size)(xp, kh, kw, sy, sx, oh, ow, cols)
+                _pick(_conv.conv2d_im2col, cols.size)(xp[n0:n1], kh, kw, sy, sx, oh, ow, cols)
                 dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
             if dX is not None:
                 dcols = _workspace("dcols", (r, cp), dtype)
@@ -634,7 +643,7 @@ class NumbaBackend(Backend):
         H, W_hh = _blas(H), _blas(W_hh)
         H_new = H @ W_hh.T
         flat = H_new.reshape(-1)
-        _pick(_rec.rnn_cell_forward, flat.size)(XW.ravel(), flat, flat)
+        _pick(_rec.rnn_cell_forward, flat.size * _HEAVY)(XW.ravel(), flat, flat)
         return H_new, (H, W_hh, H_new)
 
     def rnn_cell_backward(self, dY, saved, needs):
@@ -652,7 +661,9 @@ class NumbaBackend(Backend):
         C_new = np.empty(C.shape, dtype)
         H_new = np.empty(C.shape, dtype)
         tanh_C = np.empty(C.shape, dtype)
-        _pick(_rec.lstm_cell_forward, acts.size)(_c(XW), acts, C, acts, C_new, H_new, tanh_C)
+        _pick(_rec.lstm_cell_forward, acts.size * _HEAVY)(
+            _c(XW), acts, C, acts, C_new, H_new, tanh_C
+        )
         return (H_new, C_new), (H, C, W_hh, acts, tanh_C)
 
     def lstm_cell_backward(self, dY, saved, needs):
@@ -811,13 +822,14 @@ def _expand(dY, x_shape, plan, count):
     return cur.reshape(x_shape)
 
 
-def _padded(X, ph, pw, value):
+def _padded(X, ph, pw, value, keep=False):
     """X (contiguous) with a border of ``value``: X itself without padding, else a copy in
-    this thread's workspace."""
+    this thread's workspace (a new array with ``keep``)."""
     if not (ph or pw):
         return X
     n, c, h, w = X.shape
-    xp = _workspace("xpad", (n, c, h + 2 * ph, w + 2 * pw), X.dtype)
+    shape = (n, c, h + 2 * ph, w + 2 * pw)
+    xp = np.empty(shape, X.dtype) if keep else _workspace("xpad", shape, X.dtype)
     _pick(_conv.conv2d_pad, xp.size)(X, ph, pw, value, xp)
     return xp
 
@@ -829,9 +841,11 @@ def _pool_shape(x_shape, kernel_size, stride, padding):
     return n, c, oh, ow, (kh, kw, sy, sx, ph, pw)
 
 
-#: Bytes of im2col columns per chunk of images: the chunk's columns, products and
-#: gradients stay in cache instead of streaming a whole batch's matrix through memory.
-CONV_CHUNK_BYTES = 2 << 20
+#: Bytes of im2col columns per chunk of images: bounds the scratch memory for large
+#: batches. (Cache-sized chunks measured no faster on one thread, and the more chunks,
+#: the more hand-overs between Numba's threads and BLAS's, which cost dearly on a busy
+#: machine: 2 MB chunks made a 2-thread step 4x slower than one 38 MB chunk.)
+CONV_CHUNK_BYTES = 64 << 20
 
 
 def _chunks(n, bytes_per_image):

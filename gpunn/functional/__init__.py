@@ -13,7 +13,7 @@ from gpunn.functional.losses import (
     mse_loss,
 )
 from gpunn.functional.recurrent import lstm_cell, rnn_cell
-from gpunn.functional.shape import getitem, mean, reshape, stack, sum, transpose
+from gpunn.functional.shape import getitem, mean, reshape, stack, sum, transpose, unstack
 
 __all__ = [
     "add",
@@ -48,4 +48,5 @@ __all__ = [
     "sum",
     "tanh",
     "transpose",
+    "unstack",
 ]

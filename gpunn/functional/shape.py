@@ -86,3 +86,14 @@ def stack(tensors, axis=0):
         raise ShapeError(f"stack: tensors must share one shape, got {sorted(shapes)}")
     axis = axis % (tensors[0].ndim + 1)
     return apply("stack", *tensors, axis=axis)
+
+
+def unstack(x, axis=0):
+    """Split ``x`` along ``axis`` into a tuple of ``x.shape[axis]`` tensors (the inverse of
+    :func:`stack`). Cheaper than indexing step by step: its backward is one stack."""
+    check_float("unstack", x)
+    if x.ndim == 0:
+        raise ShapeError("unstack: needs a tensor with at least one dimension")
+    axis = axis % x.ndim
+    outs = apply("unstack", x, axis=axis)
+    return outs if isinstance(outs, tuple) else (outs,)

@@ -90,8 +90,8 @@ class RNN(_Recurrent):
             w_hh = getattr(self, f"weight_hh_l{k}")
             h = h0[k]
             hs = []
-            for t in range(x.shape[0]):
-                h = F.rnn_cell(xw[t], h, w_hh)
+            for xw_t in F.unstack(xw, 0):
+                h = F.rnn_cell(xw_t, h, w_hh)
                 hs.append(h)
             finals.append(h)
             x = F.stack(hs, axis=0)
@@ -119,8 +119,8 @@ class LSTM(_Recurrent):
             w_hh = getattr(self, f"weight_hh_l{k}")
             h, c = h0[k], c0[k]
             hs = []
-            for t in range(x.shape[0]):
-                h, c = F.lstm_cell(xw[t], h, c, w_hh)
+            for xw_t in F.unstack(xw, 0):
+                h, c = F.lstm_cell(xw_t, h, c, w_hh)
                 hs.append(h)
             h_finals.append(h)
             c_finals.append(c)

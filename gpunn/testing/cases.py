@@ -169,6 +169,14 @@ def _shape_cases():
         OpCase("getitem-slice", "getitem", one(x345), {"index": (slice(None), slice(1, 3))}),
         OpCase("getitem-step", "getitem", one(x345), {"index": (Ellipsis, slice(None, None, 2))}),
         OpCase("getitem-array", "getitem", one(x345), {"index": np.array([0, 2, 0])}),
+        OpCase("unstack-0", "unstack", one(x345), {"axis": 0}),
+        OpCase("unstack-2", "unstack", one(x345), {"axis": 2}),
+        OpCase(
+            "unstack-len1",
+            "unstack",
+            lambda rng, dt: [rng.standard_normal((1, 4)).astype(dt)],
+            {"axis": 0},
+        ),
         OpCase(
             "stack-0",
             "stack",
