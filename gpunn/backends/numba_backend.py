@@ -562,6 +562,7 @@ class NumbaBackend(Backend):
         db = np.zeros(k, dtype) if has_bias and needs[2] else None
         dWt = np.zeros((r, k), dtype) if needs[1] else None  # dW transposed: (C*kh*kw, K)
         dX = np.empty(x_shape, dtype) if needs[0] else None
+        Wt = np.ascontiguousarray(W2.T) if dX is not None else None  # faster BLAS operand
         for n0, n1 in _chunks(n, r * p * dtype.itemsize):
             cp = (n1 - n0) * p
             dyt = _workspace("dyt", (k, cp), dtype)
@@ -574,7 +575,7 @@ class NumbaBackend(Backend):
                 dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
             if dX is not None:
                 dcols = _workspace("dcols", (r, cp), dtype)
-                np.matmul(W2.T, dyt, out=dcols)
+                np.matmul(Wt, dyt, out=dcols)
                 dx = dX[n0:n1]
                 dxp = (
                     dx
@@ -841,11 +842,12 @@ def _pool_shape(x_shape, kernel_size, stride, padding):
     return n, c, oh, ow, (kh, kw, sy, sx, ph, pw)
 
 
-#: Bytes of im2col columns per chunk of images: bounds the scratch memory for large
-#: batches. (Cache-sized chunks measured no faster on one thread, and the more chunks,
-#: the more hand-overs between Numba's threads and BLAS's, which cost dearly on a busy
-#: machine: 2 MB chunks made a 2-thread step 4x slower than one 38 MB chunk.)
-CONV_CHUNK_BYTES = 64 << 20
+#: Bytes of im2col columns per chunk of images: bounds the scratch memory a thread keeps
+#: (``clear_workspaces`` frees it). Cache-sized chunks measured no faster on one thread,
+#: and the more chunks, the more hand-overs between Numba's threads and BLAS's, which
+#: cost dearly on a busy machine: 2 MB chunks made a 2-thread step 4x slower than one
+#: 38 MB chunk.
+CONV_CHUNK_BYTES = 32 << 20
 
 
 def _chunks(n, bytes_per_image):
