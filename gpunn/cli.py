@@ -59,7 +59,12 @@ def _add_train(sub) -> None:
             "train well in seconds; with --resume, the settings saved in DIR. Writes "
             "DIR/config.json, DIR/metrics.jsonl, DIR/checkpoint and DIR/curves.png."
         ),
-        epilog=f"models: {models}.",
+        epilog=(
+            f"models: {models}. data: breast_cancer, digits (scikit-learn, pip install "
+            "'gpunn[data]'); mnist, fashion_mnist (IDX files in $GPUNN_DATA, downloaded on "
+            "first use); adding, parity (synthetic sequences). Ctrl-C saves a checkpoint; "
+            "--resume continues it exactly."
+        ),
     )
     p.add_argument("--model", choices=MODELS, help="the model (default: logreg)")
     p.add_argument("--data", choices=DATASETS, help="the data set (default: breast_cancer)")
@@ -162,7 +167,11 @@ def _add_graph(sub) -> None:
     from gpunn.train import DATASETS, MODELS
 
     p.add_argument("--model", choices=MODELS, help="draw this model's loss on a small batch")
-    p.add_argument("--data", choices=DATASETS, help="the data set for --model (default: its)")
+    p.add_argument(
+        "--data",
+        choices=DATASETS,
+        help="the data set for --model (default: breast_cancer for perceptron/logreg, else digits)",
+    )
     p.add_argument("--batch", type=_positive_int, default=2, help="batch size for --model")
     p.add_argument("--out", "-o", default=None, help="output .dot file (default: graph.dot)")
     p.add_argument(

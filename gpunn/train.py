@@ -72,6 +72,8 @@ OVERRIDES = {
     ("lstm", "fashion_mnist"): {"epochs": 5, "batch_size": 128, "lr": 3e-3, "hidden": [128]},
     ("logreg", "parity"): {"epochs": 10},
     ("mlp", "adding"): {"lr": 3e-3, "hidden": [128, 64]},
+    ("rnn", "adding"): {"epochs": 30, "lr": 3e-3},
+    ("lstm", "adding"): {"epochs": 15, "lr": 3e-3},
 }
 DEFAULT_MOMENTUM = 0.9  # for sgd on models other than logistic regression
 EVAL_BATCH = 512
@@ -219,6 +221,8 @@ def resolve_settings(options: dict, saved: dict | None = None) -> dict:
     if not float(settings["lr"]) > 0:
         raise TrainError(f"--lr must be > 0, got {settings['lr']}")
     settings["lr"] = float(settings["lr"])
+    if settings.get("momentum") is not None and not 0 <= float(settings["momentum"]) < 1:
+        raise TrainError(f"--momentum must be in [0, 1), got {settings['momentum']}")
     settings["seed"] = int(settings.get("seed") or 0)
     return settings
 

@@ -44,7 +44,7 @@ def parity(n: int, length: int, seed: int = 0):
     return bits.astype(np.float32)[:, :, None], (bits.sum(axis=1) % 2).astype(np.int64)
 
 
-def load_adding(n_train: int = 5000, n_val: int = 1000, length: int = 20, seed: int = 0):
+def load_adding(n_train: int = 5000, n_val: int = 1000, length: int = 10, seed: int = 0):
     """The adding problem as a regression data set (see :func:`adding_problem`)."""
     x_train, y_train = adding_problem(n_train, length, seed)
     x_val, y_val = adding_problem(n_val, length, seed + 1)
