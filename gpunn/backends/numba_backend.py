@@ -642,9 +642,13 @@ class NumbaBackend(Backend):
     # ------------------------------------------------------------------ recurrent cells
     def rnn_cell_forward(self, XW, H, W_hh):
         H, W_hh = _blas(H), _blas(W_hh)
-        H_new = H @ W_hh.T
-        flat = H_new.reshape(-1)
-        _pick(_rec.rnn_cell_forward, flat.size * _HEAVY)(XW.ravel(), flat, flat)
+        HW = H @ W_hh.T
+        # a separate output: written over HW in place, the loop would not vectorise (LLVM
+        # sees two arrays that overlap and falls back to its scalar loop)
+        H_new = np.empty(HW.shape, HW.dtype)
+        _pick(_rec.rnn_cell_forward, HW.size * _HEAVY)(
+            XW.ravel(), HW.reshape(-1), H_new.reshape(-1)
+        )
         return H_new, (H, W_hh, H_new)
 
     def rnn_cell_backward(self, dY, saved, needs):
@@ -657,14 +661,13 @@ class NumbaBackend(Backend):
 
     def lstm_cell_forward(self, XW, H, C, W_hh):
         H, W_hh, C = _blas(H), _blas(W_hh), _c(C)
-        acts = H @ W_hh.T  # the recurrent product; the kernel overwrites it with the gates
-        dtype = acts.dtype
+        HW = H @ W_hh.T  # the recurrent product, (B, 4*hidden)
+        dtype = HW.dtype
+        acts = np.empty(HW.shape, dtype)  # not HW itself: see rnn_cell_forward
         C_new = np.empty(C.shape, dtype)
         H_new = np.empty(C.shape, dtype)
         tanh_C = np.empty(C.shape, dtype)
-        _pick(_rec.lstm_cell_forward, acts.size * _HEAVY)(
-            _c(XW), acts, C, acts, C_new, H_new, tanh_C
-        )
+        _pick(_rec.lstm_cell_forward, acts.size * _HEAVY)(_c(XW), HW, C, acts, C_new, H_new, tanh_C)
         return (H_new, C_new), (H, C, W_hh, acts, tanh_C)
 
     def lstm_cell_backward(self, dY, saved, needs):

@@ -16,7 +16,7 @@ from numba import prange
 
 @kernel(parallel=True)
 def rnn_cell_forward(xw, hw, h_new):
-    """h_new = tanh(xw + hw); hw = H @ W_hh.T. 1-D arrays (h_new may be hw itself)."""
+    """h_new = tanh(xw + hw); hw = H @ W_hh.T. 1-D arrays."""
     for i in prange(h_new.size):
         h_new[i] = vtanh(xw[i] + hw[i])
 
@@ -32,7 +32,7 @@ def rnn_cell_backward(dy, h_new, dz):
 @kernel(parallel=True)
 def lstm_cell_forward(xw, hw, c, acts, c_new, h_new, tanh_c):
     """acts (B, 4H) = activated gates of xw + hw; c_new = f*c + i*g; tanh_c = tanh(c_new);
-    h_new = o*tanh_c. acts may be hw itself (overwritten in place)."""
+    h_new = o*tanh_c. Outputs must not overlap inputs (the loops would not vectorise)."""
     b_, hidden = c.shape
     for r in prange(b_):
         a = acts[r]
