@@ -90,7 +90,8 @@ def bench_compare(session):
     commit object no branch points to; HEAD, the index and the files are left alone. asv
     builds both commits into a virtualenv under .asv/env and prints the benchmarks that
     changed: Ratio = after/before, `+` slower beyond the factor (the session fails), `-`
-    faster, `x` failed on head. benchmarks/README.md explains the table in full.
+    faster, `x` failed on head. CPU rows are timed in CPU seconds (GPUNN_BENCH_TIMER=
+    process; `wall` restores wall-clock). benchmarks/README.md explains the table.
     """
     import subprocess
     import tempfile
@@ -124,7 +125,9 @@ def bench_compare(session):
         session.log(f"working tree snapshot: commit {head[:12]} (HEAD, index and files untouched)")
     session.log(f"comparing {base} (before) with {head} (after); {' '.join(args)}")
     session.run("asv", "machine", "--yes")
-    session.run("asv", "continuous", "--interleave-rounds", base, head, *args)
+    # CPU seconds, not wall seconds, on CPU-only machines: other programs' load is not ours
+    timer = {"GPUNN_BENCH_TIMER": os.environ.get("GPUNN_BENCH_TIMER", "process")}
+    session.run("asv", "continuous", "--interleave-rounds", base, head, *args, env=timer)
 
 
 @nox.session(venv_backend="none")

@@ -5,7 +5,17 @@ Sizes: "mlp" is the parameter set of the reference MLP (784-256-256-10, 270k val
 six arrays), "4x1024x1024" (GPUNN_BENCH_FULL=1) four large matrices.
 """
 
-from .common import ALL, PEERS, Peer, backend_or_skip, check_dtype, dtypes, rng, size_names
+from .common import (
+    ALL,
+    PEERS,
+    TIMER,
+    Peer,
+    backend_or_skip,
+    check_dtype,
+    dtypes,
+    rng,
+    size_names,
+)
 
 SIZES = {
     "mlp": [(256, 784), (256,), (256, 256), (256,), (10, 256), (10,)],
@@ -20,6 +30,7 @@ class _Update:
     param_names = ["backend", "size", "dtype"]
     params = [ALL, size_names(SIZES, LARGE), dtypes()]
     timeout = 120.0
+    timer = staticmethod(TIMER)
 
     def setup(self, backend, size, dtype):
         check_dtype(backend, dtype)

@@ -21,6 +21,7 @@ from .common import (
     GPU,
     PEERS,
     THREADS,
+    TIMER,
     Peer,
     backend_or_skip,
     skip,
@@ -39,6 +40,7 @@ class TrainStep:
     params = [ALL, WORKLOADS, [1, 8]]
     param_names = ["backend", "workload", "scale"]
     timeout = 300.0
+    timer = staticmethod(TIMER)
 
     def setup(self, backend, workload, scale):
         if scale != 1 and backend not in GPU and not FULL:

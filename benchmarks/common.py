@@ -15,6 +15,8 @@ from __future__ import annotations
 import abc
 import importlib.util
 import os
+import time
+import timeit
 
 import numpy as np
 
@@ -46,15 +48,32 @@ def _preimport() -> None:
 _preimport()
 
 
+def _nvidia_device_present() -> bool:
+    """True when the kernel driver lists an NVIDIA GPU: a cheap test that avoids importing
+    PyTorch or CuPy just to learn that CUDA is absent."""
+    return os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia/gpus")
+
+
+def _timer():
+    """Wall-clock seconds, or with GPUNN_BENCH_TIMER=process this process's CPU seconds.
+
+    CPU time does not count the moments other programs hold the core, so comparisons on a
+    shared machine stop flagging their load as regressions (`nox -s bench_compare` uses
+    it). It equals the step's time only for single-threaded CPU work: it is ignored with
+    GPUNN_BENCH_THREADS > 1 and where a GPU is present (waiting for a GPU costs no CPU).
+    """
+    wanted = os.environ.get("GPUNN_BENCH_TIMER", "wall")
+    if wanted == "process" and THREADS == 1 and not _nvidia_device_present():
+        return time.process_time
+    return timeit.default_timer
+
+
+TIMER = _timer()
+
+
 def skip(reason: str):
     """Raise asv's skip signal from ``setup``."""
     raise NotImplementedError(reason)
-
-
-def _nvidia_device_present() -> bool:
-    """True when the kernel driver lists an NVIDIA GPU: a cheap test that avoids importing
-    PyTorch just to learn that CUDA is absent."""
-    return os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia/gpus")
 
 
 def torch_or_skip(device: str = "cpu"):
@@ -138,6 +157,7 @@ class OpBenchmark(abc.ABC):
     sizes: dict = {}
     param_names = ["backend", "size", "dtype"]
     timeout = 120.0
+    timer = staticmethod(TIMER)
 
     grads: tuple | None = None  # which inputs get gradients; None: every float array
 
