@@ -118,6 +118,9 @@ def _cmd_train(args) -> int:
     except TrainingInterrupted as e:
         print(f"\ngpunn train: {e.message}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except KeyboardInterrupt:  # a second Ctrl-C while the checkpoint was being written
+        print("\ngpunn train: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except TrainingDiverged as e:
         print(f"gpunn train: {e}", file=sys.stderr)
         return EXIT_FAILED

@@ -73,7 +73,7 @@ OVERRIDES = {
     ("logreg", "parity"): {"epochs": 10},
     ("mlp", "adding"): {"lr": 3e-3, "hidden": [128, 64]},
     ("rnn", "adding"): {"epochs": 30, "lr": 3e-3},
-    ("lstm", "adding"): {"epochs": 15, "lr": 3e-3},
+    ("lstm", "adding"): {"epochs": 10, "lr": 3e-3},
 }
 DEFAULT_MOMENTUM = 0.9  # for sgd on models other than logistic regression
 EVAL_BATCH = 512
