@@ -355,6 +355,38 @@ def test_threading_layer_is_thread_safe_or_kernels_are_serial():
     assert _jit.PARALLEL == (_jit.THREADING_LAYER != "workqueue")
 
 
+def test_workqueue_layer_runs_serial_kernels_from_two_threads():
+    """With the workqueue layer (not thread-safe: it aborts the process), gpunn compiles no
+    parallel loops, so two training threads still run."""
+    code = textwrap.dedent("""
+        import threading
+        import numpy as np
+        import gpunn
+        from gpunn import functional as F, nn, optim
+        from gpunn.kernels.cpu import _jit
+        gpunn.set_backend("numba")
+        print("LAYER", _jit.THREADING_LAYER, _jit.PARALLEL)
+        def train(out, k):
+            model = nn.Linear(300, 300)
+            opt = optim.SGD(model.parameters(), lr=0.01)
+            x = gpunn.tensor(np.ones((400, 300), np.float32))
+            for _ in range(20):
+                opt.zero_grad()
+                F.tanh(model(x, activation="sigmoid")).mean().backward()
+                opt.step()
+            out[k] = True
+        out = {}
+        ts = [threading.Thread(target=train, args=(out, k)) for k in range(2)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        print("DONE", sorted(out))
+    """)
+    proc = _run_python(code, {"NUMBA_THREADING_LAYER": "workqueue"})
+    assert proc.returncode == 0, proc.stderr
+    assert "LAYER workqueue False" in proc.stdout
+    assert "DONE [0, 1]" in proc.stdout
+
+
 # ---------------------------------------------------------------------- the disk cache
 def _run_python(code, env_extra, timeout=300):
     env = dict(os.environ)
