@@ -41,6 +41,8 @@ _LAUNCHER_RANK_VARS = (
 )
 _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS")
 _CHECKIN_TAG = 7031
+# Before MPI_Abort: time for the launcher to forward what this rank wrote to stderr.
+_FLUSH_GRACE_S = 0.5
 
 _world = None
 
@@ -141,6 +143,7 @@ class World:
         sys.stderr.write(f"gpunn.distributed: rank {self.rank} of {self.size}: {message}\n")
         sys.stderr.flush()
         if self.comm is not None and self.size > 1:
+            time.sleep(_FLUSH_GRACE_S)
             self.comm.Abort(code)
         raise DistributedError(message)
 
@@ -219,6 +222,7 @@ def _install_excepthook(world: World) -> None:
                 f"{world.size} ranks\n"
             )
             sys.stderr.flush()
+            time.sleep(_FLUSH_GRACE_S)
             world.comm.Abort(1)
 
     sys.excepthook = hook
