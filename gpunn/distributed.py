@@ -342,6 +342,11 @@ class DataParallel(Module):
         return buckets
 
     def forward(self, *args, **kwargs):
+        return self.run(self.module, *args, **kwargs)
+
+    def run(self, fn, *args, **kwargs):
+        """``fn(*args)`` for a forward through another entry point of the wrapped model
+        (e.g. ``model.logits``), with the same checks as calling the wrapper."""
         pending = [b for b, ready in enumerate(self._ready) if ready]
         if pending:
             bucket = self._buckets[pending[0]]
@@ -352,7 +357,7 @@ class DataParallel(Module):
                 f"{[names.get(id(p), '?') for p in waiting]} without a gradient; every "
                 "parameter must take part in each step"
             )
-        return self.module(*args, **kwargs)
+        return fn(*args, **kwargs)
 
     def _grad_ready(self, p) -> None:
         b = self._bucket_of[id(p)]

@@ -32,6 +32,7 @@ import numpy as np
 
 import gpunn
 from gpunn import data as gdata
+from gpunn import distributed as dist
 from gpunn import functional as F
 from gpunn import models, optim
 from gpunn.backends import available_backends, backend_object, why_unavailable
@@ -363,8 +364,16 @@ def _fmt_rate(rate: float) -> str:
 class Trainer:
     """One run of the training job; :func:`train` builds and runs it."""
 
-    def __init__(self, settings, split, out, resume, explicit, callbacks, progress, stream):
+    def __init__(
+        self, settings, split, out, resume, explicit, callbacks, progress, stream, world=None
+    ):
         self.settings = settings
+        # Under an MPI launcher every rank trains on its shard of each batch; rank 0 alone
+        # prints and writes files.
+        self.world = world
+        self.writer = world is None or world.rank == 0
+        self.net = None  # the DataParallel wrapper when several ranks train
+        self.ranks = 1
         self.split = split
         self.out = out
         self.resume = resume
@@ -385,7 +394,8 @@ class Trainer:
 
     # -------------------------------------------------------------- helpers
     def say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if self.writer:
+            print(text, file=self.stream, flush=True)
 
     def _emit(self, event: str) -> None:
         for cb in self.callbacks:
@@ -435,6 +445,8 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def _save_checkpoint(self, epoch, batch=0, order=None, rng_state=None, partial=None):
+        if not self.writer:
+            return
         state = {f"model.{k}": v for k, v in self.model.state_dict().items()}
         if self.optimizer is not None:
             state.update({f"optimizer.{k}": v for k, v in self.optimizer.state_dict().items()})
@@ -521,9 +533,8 @@ class Trainer:
         return loss, hits
 
     def _forward(self, x):
-        if self.settings["model"] == "logreg":
-            return self.model.logits(x)
-        return self.model(x)
+        fn = self.model.logits if self.settings["model"] == "logreg" else self.model
+        return self.net.run(fn, x) if self.net is not None else fn(x)
 
     def evaluate(self, x_host, y_host) -> tuple[float, float]:
         """(mean loss, accuracy) on host arrays, in evaluation mode, without a graph. For
@@ -561,6 +572,8 @@ class Trainer:
         try:
             for b, idx in enumerate(loader.batch_indices(order, start), start=start):
                 self.batch = b
+                if self.net is not None:  # this rank's share of the global batch
+                    global_count, idx = len(idx), idx[self.world.rank :: self.world.size]
                 x, y = loader.fetch(idx)
                 if s["model"] == "perceptron":
                     mistakes = self._update(lambda x=x, y=y: self.model.fit_epoch(x, y, s["lr"]))
@@ -575,11 +588,12 @@ class Trainer:
                     self._update(self.optimizer.step)
                 loss_sum += value * len(idx)
                 seen += len(idx)
+                step = global_count if self.net is not None else len(idx)
                 self.loss = loss_sum / seen
                 elapsed = before + time.perf_counter() - t0
                 self._mark(epoch, b + 1, order, loss_sum, seen, elapsed)
                 if bar is not None:
-                    bar.update(len(idx))
+                    bar.update(step)
                     bar.set_postfix_str(f"loss {self.loss:.4f}", refresh=False)
                 self._emit("batch_end")
         except BaseException:
@@ -590,7 +604,7 @@ class Trainer:
         return loss_sum / max(seen, 1), seen, train_time, bar
 
     def _bar(self, epoch, total, initial):
-        if not self.progress:
+        if not self.progress or not self.writer:
             return None
         try:
             from tqdm import tqdm
@@ -618,8 +632,12 @@ class Trainer:
         with gpunn.use_backend(s["backend"]):
             self.model = build_model(s, self.split, x_train)
             self.optimizer = build_optimizer(s, self.model)
+            if self.world is not None and self.world.size > 1 and s["model"] != "perceptron":
+                # the perceptron rule is sequential: every rank runs it whole, rank 0 writes
+                self.net = dist.DataParallel(self.model, world=self.world)
+                self.ranks = self.world.size
             self.loader = gdata.DataLoader(
-                gdata.TensorDataset(x_train, y_train), s["batch_size"], shuffle=True
+                gdata.TensorDataset(x_train, y_train), s["batch_size"] * self.ranks, shuffle=True
             )
             start_epoch, start_batch, order, partial = 0, 0, None, None
             if self.resume:
@@ -634,6 +652,8 @@ class Trainer:
             return self._loop(start_epoch, start_batch, order, partial, x_val, y_val)
 
     def _write_config(self, start_epoch):
+        if not self.writer:
+            return
         cfg = dict(self.settings)
         cfg.update(
             gpunn_version=gpunn.__version__,
@@ -646,10 +666,14 @@ class Trainer:
         _write_text(os.path.join(self.out, "config.json"), json.dumps(cfg, indent=2) + "\n")
 
     def _write_metrics(self):
+        if not self.writer:
+            return
         lines = "".join(json.dumps(m) + "\n" for m in self.history)
         _write_text(os.path.join(self.out, "metrics.jsonl"), lines)
 
     def _append_metrics(self, record):
+        if not self.writer:
+            return
         self.history.append(record)
         with open(os.path.join(self.out, "metrics.jsonl"), "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -663,6 +687,8 @@ class Trainer:
             f"{len(split.x_val)} val samples of {shape}), backend {s['backend']}, {how} "
             f"lr {s['lr']:g}, batch {s['batch_size']}, {s['epochs']} epochs -> {self.out}"
         )
+        if self.ranks > 1:
+            text += f"\ndata parallel on {self.ranks} ranks: batch {s['batch_size']} per rank"
         if start_epoch or start_batch:
             at = f"epoch {start_epoch + 1}" + (f", batch {start_batch + 1}" if start_batch else "")
             text += f"\nresuming from {self.checkpoint_path} at {at}"
@@ -728,7 +754,7 @@ class Trainer:
             if bar is not None:
                 bar.close()
             raise _Diverged(val_loss, (epoch + 1, len(self.loader), len(self.loader)))
-        rate = seen / train_time if train_time > 0 else float("inf")
+        rate = seen * self.ranks / train_time if train_time > 0 else float("inf")
         record = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -775,6 +801,8 @@ class Trainer:
         )
 
     def _write_curves(self):
+        if not self.writer:
+            return
         global _curves_warned
         if not self.history:
             return
@@ -908,8 +936,15 @@ def train(
     except BackendError as e:
         raise TrainError(str(e)) from None
     check_compatible(settings["model"], split if split is not None else settings["data"])
+    world = dist.init() if dist.launched() else None
+    if world is not None and world.rank != 0:
+        progress, stream = False, open(os.devnull, "w")  # noqa: SIM115 (lives for the run)
     check_writable(out)
-    if not resume and os.path.exists(os.path.join(out, "checkpoint")):
+    if (
+        (world is None or world.rank == 0)
+        and not resume
+        and os.path.exists(os.path.join(out, "checkpoint"))
+    ):
         print(
             f"gpunn train: {out} holds an earlier run; starting afresh over it "
             "(pass --resume to continue it instead)",
@@ -922,5 +957,5 @@ def train(
         split = gdata.load(settings["data"])
     check_compatible(settings["model"], split)
     backend_object(settings["backend"])
-    trainer = Trainer(settings, split, out, resume, explicit, callbacks, progress, stream)
+    trainer = Trainer(settings, split, out, resume, explicit, callbacks, progress, stream, world)
     return trainer.run()

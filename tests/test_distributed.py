@@ -129,3 +129,43 @@ def test_a_collective_that_times_out_names_the_missing_rank():
     run = mpirun(WORKER, "hang", timeout=60)
     assert run.returncode != 0
     assert "rank(s) [1] never arrived" in run.stderr
+
+
+@needs_mpi
+def test_gpunn_train_on_two_ranks_writes_once_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    cmd = [
+        MPIEXEC,
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "gpunn.cli",
+        "train",
+        "--model",
+        "mlp",
+        "--data",
+        "digits",
+        "--backend",
+        "numpy",
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("gpunn train: mlp on digits") == 1  # rank 0 alone prints
+    assert "data parallel on 2 ranks" in first.stdout
+    written = set(os.listdir(out)) - {"curves.png"}  # the plot needs the optional matplotlib
+    assert written == {"checkpoint", "config.json", "metrics.jsonl"}
+    cmd[cmd.index("--epochs") + 1] = "2"
+    second = subprocess.run(
+        cmd + ["--resume"], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert second.returncode == 0, second.stderr
+    assert "resuming from" in second.stdout
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
