@@ -12,25 +12,28 @@ class LeNet5(nn.Module):
 
     conv 6@5x5 (padding 2) -> ReLU -> max-pool 2 -> conv 16@5x5 -> ReLU -> max-pool 2 ->
     linear 120 -> ReLU -> linear 84 -> ReLU -> linear num_classes.
-    Input (N, in_channels, image_size, image_size), 28x28 as in MNIST; for small images
-    (below 16 pixels, e.g. 8x8 digits) the second convolution is padded too so the
-    feature map stays non-empty. Output (N, num_classes) logits.
+    Input (N, in_channels, image_size, image_size), 28x28 as in MNIST. Small images (below
+    16 pixels, e.g. 8x8 digits) would shrink to nothing, so there the second convolution is
+    padded too and only the first is pooled: 8x8 -> 4x4 feature maps of 16 channels.
+    Output (N, num_classes) logits.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28):
         super().__init__()
-        pad2 = 0 if image_size >= 16 else 2
+        small = image_size < 16
+        self.pool2 = not small
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
-        self.conv2 = nn.Conv2d(6, 16, 5, padding=pad2)
-        side = image_size // 2
-        side = (side + 2 * pad2 - 4) // 2
+        self.conv2 = nn.Conv2d(6, 16, 5, padding=2 if small else 0)
+        side = image_size // 2 if small else (image_size // 2 - 4) // 2
         self.fc1 = nn.Linear(16 * side * side, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
 
     def forward(self, x):
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.conv2(x))
+        if self.pool2:
+            x = F.max_pool2d(x, 2)
         x = x.reshape(x.shape[0], -1)
         x = self.fc1(x, activation="relu")
         x = self.fc2(x, activation="relu")
