@@ -84,7 +84,7 @@ def bench(session):
 @nox.session(venv_backend="none")
 def bench_compare(session):
     """asv continuous, main against the working tree; fails if a benchmark got slower by
-    more than the factor (1.5). `-- BASE [HEAD]` picks commits, other args go to asv.
+    more than the factor (2). `-- BASE [HEAD]` picks commits, other args go to asv.
 
     The working tree (tracked and untracked files, as `git add -A` sees them) becomes a
     commit object no branch points to; HEAD, the index and the files are left alone. asv
@@ -103,7 +103,7 @@ def bench_compare(session):
     base = revs[0] if revs else "main"
     head = revs[1] if len(revs) > 1 else None
     if not any(a in ("-f", "--factor") or a.startswith("--factor=") for a in args):
-        args = ["--factor", "1.5", *args]
+        args = ["--factor", "2", *args]
 
     def git(*cmd, env=None):
         done = subprocess.run(
