@@ -183,7 +183,7 @@ def init(timeout: float = 300.0) -> World:
         return _world
     try:
         from mpi4py import MPI
-    except ImportError as e:
+    except (ImportError, RuntimeError) as e:  # no mpi4py, or no MPI library behind it
         if launched():
             raise DistributedError(
                 "gpunn.distributed: started by an MPI launcher but mpi4py is not installed: "
