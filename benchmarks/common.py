@@ -76,6 +76,18 @@ def skip(reason: str):
     raise NotImplementedError(reason)
 
 
+def pin_blas_threads() -> None:
+    """Hold every BLAS/OpenMP pool of this process to THREADS threads (threadpoolctl).
+    The environment variables set in ``benchmarks/__init__`` do not reach a library that
+    was loaded before the suite was imported; in asv's virtualenvs some processes ended up
+    with a second OpenBLAS thread, and each small product then waited ~4 ms for it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=THREADS)
+
+
 def torch_or_skip(device: str = "cpu"):
     """The ``torch`` module, set to ``THREADS`` threads; skips when PyTorch is missing or,
     for ``device="cuda"``, when it has no CUDA device."""
@@ -88,6 +100,7 @@ def torch_or_skip(device: str = "cpu"):
     if device == "cuda" and not torch.cuda.is_available():
         skip("PyTorch has no CUDA device here")
     torch.set_num_threads(THREADS)
+    pin_blas_threads()
     return torch
 
 
@@ -100,6 +113,7 @@ def backend_or_skip(name: str):
     if reason is not None:
         skip(reason)
     gpunn.set_num_threads(THREADS)
+    pin_blas_threads()
     return backend_object(name)
 
 
