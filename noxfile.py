@@ -43,16 +43,21 @@ def build(session):
     (wheel,) = glob.glob(os.path.join(out, "*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         names = zf.namelist()
-        top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
+        top = {
+            n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))
+        }
         toplevel = [n for n in names if n.endswith("top_level.txt")]
         declared = zf.read(toplevel[0]).decode().split() if toplevel else sorted(top)
     if top != {"gpunn"} or declared != ["gpunn"]:
-        session.error(f"wheel top-level packages are {sorted(top)} (top_level.txt: {declared}); expected only gpunn")
+        session.error(
+            f"wheel top-level packages are {sorted(top)} (top_level.txt: {declared}); expected only gpunn"
+        )
     if any(n.startswith("kernels/") for n in names):
         session.error("wheel contains a top-level kernels/ folder")
     sources = sorted(glob.glob(os.path.join(ROOT, "kernels", "cuda", "*.cu")))
     missing = [
-        os.path.basename(s) for s in sources
+        os.path.basename(s)
+        for s in sources
         if f"gpunn/kernels/cuda/{os.path.basename(s)}" not in names
     ]
     if missing:
