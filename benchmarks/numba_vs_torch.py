@@ -31,17 +31,8 @@ TARGETS = {
 
 
 def _data(name, rng):
-    """Host arrays (float32 inputs, targets) for a workload."""
-    if name == "logreg":
-        return rng.standard_normal((4096, 100)).astype(np.float32), rng.integers(
-            0, 2, (4096, 1)
-        ).astype(np.float32)
-    if name == "mlp":
-        return rng.standard_normal((128, 784)).astype(np.float32), rng.integers(0, 10, 128)
-    if name == "lenet":
-        return rng.standard_normal((64, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 64)
-    if name == "lstm":
-        return rng.standard_normal((35, 64, 128)).astype(np.float32), rng.integers(0, 10, 64)
+    """Host arrays for the op workloads (the reference workloads make their own data in
+    gpunn.workloads)."""
     if name == "conv2d":
         return rng.standard_normal((32, 32, 32, 32)).astype(np.float32), rng.standard_normal(
             (32, 64, 32, 32)
@@ -53,155 +44,46 @@ def _data(name, rng):
 
 # ---------------------------------------------------------------------- gpunn
 def gpunn_step(name, backend, x_host, y_host):
-    """A closure running one step of ``name`` on gpunn ``backend``."""
+    """A closure running one forward + backward of op workload ``name`` on gpunn ``backend``."""
     import gpunn
     from gpunn import functional as F
-    from gpunn import nn, optim
+    from gpunn import nn
 
     gpunn.manual_seed(0)
     with gpunn.use_backend(backend):
-        x = gpunn.tensor(x_host)
+        x = gpunn.tensor(x_host, requires_grad=True)
         y = gpunn.tensor(y_host)
-        if name == "logreg":
-            fc = nn.Linear(100, 1)
-            params = list(fc.parameters())
-
-            def loss_fn():
-                return F.binary_cross_entropy(fc(x, activation="sigmoid"), y)
-
-        elif name == "mlp":
-            fc1, fc2, fc3 = nn.Linear(784, 256), nn.Linear(256, 256), nn.Linear(256, 10)
-            params = [*fc1.parameters(), *fc2.parameters(), *fc3.parameters()]
-
-            def loss_fn():
-                h = fc2(fc1(x, activation="relu"), activation="relu")
-                return F.cross_entropy(fc3(h), y)
-
-        elif name == "lenet":
-            c1, c2 = nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(6, 16, 5)
-            f1, f2, f3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
-            mods = (c1, c2, f1, f2, f3)
-            params = [p for m in mods for p in m.parameters()]
-
-            def loss_fn():
-                h = F.max_pool2d(F.relu(c1(x)), 2)
-                h = F.max_pool2d(F.relu(c2(h)), 2)
-                h = h.reshape(h.shape[0], -1)
-                h = f2(f1(h, activation="relu"), activation="relu")
-                return F.cross_entropy(f3(h), y)
-
-        elif name == "lstm":
-            lstm, head = nn.LSTM(128, 256), nn.Linear(256, 10)
-            params = [*lstm.parameters(), *head.parameters()]
-
-            def loss_fn():
-                out, (h, c) = lstm(x)
-                return F.cross_entropy(head(h[0]), y)
-
-        elif name == "conv2d":
+        if name == "conv2d":
             conv = nn.Conv2d(32, 64, 3, padding=1)
-            x.requires_grad = True
-            params = list(conv.parameters())
-
-            def run():
-                out = conv(x)
-                out.backward(y)
-
-            return run
-
-        elif name == "softmax_ce":
-            x.requires_grad = True
-
-            def run():
-                F.cross_entropy(x, y).backward()
-
-            return run
-
-        opt = optim.SGD(params, lr=0.01)
-
-        def step():
-            opt.zero_grad()
-            loss_fn().backward()
-            opt.step()
-
-        return step
+            return lambda: conv(x).backward(y)
+        return lambda: F.cross_entropy(x, y).backward()
 
 
 # ---------------------------------------------------------------------- torch
 def torch_step(name, x_host, y_host):
+    """The same op workload in PyTorch."""
     import torch
     import torch.nn.functional as TF
     from torch import nn
 
     torch.manual_seed(0)
-    x = torch.from_numpy(x_host)
+    x = torch.from_numpy(x_host).requires_grad_(True)
     y = torch.from_numpy(y_host)
-    if name == "logreg":
-        model = nn.Linear(100, 1)
-
-        def loss_fn():
-            return TF.binary_cross_entropy(torch.sigmoid(model(x)), y)
-
-    elif name == "mlp":
-        model = nn.Sequential(
-            nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
-        )
-
-        def loss_fn():
-            return TF.cross_entropy(model(x), y)
-
-    elif name == "lenet":
-        model = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(400, 120),
-            nn.ReLU(),
-            nn.Linear(120, 84),
-            nn.ReLU(),
-            nn.Linear(84, 10),
-        )
-
-        def loss_fn():
-            return TF.cross_entropy(model(x), y)
-
-    elif name == "lstm":
-        lstm, head = nn.LSTM(128, 256), nn.Linear(256, 10)
-        model = nn.ModuleList([lstm, head])
-
-        def loss_fn():
-            out, (h, c) = lstm(x)
-            return TF.cross_entropy(head(h[0]), y)
-
-    elif name == "conv2d":
+    if name == "conv2d":
         conv = nn.Conv2d(32, 64, 3, padding=1)
-        x.requires_grad_(True)
+        return lambda: conv(x).backward(y)
+    return lambda: TF.cross_entropy(x, y).backward()
 
-        def run():
-            conv(x).backward(y)
 
-        return run
+def steps(name, backend):
+    """(gpunn step, PyTorch step) for ``name``: a reference workload from gpunn.workloads
+    (forward, loss, backward, SGD update) or an op workload (forward + backward)."""
+    from gpunn import workloads
 
-    elif name == "softmax_ce":
-        x.requires_grad_(True)
-
-        def run():
-            TF.cross_entropy(x, y).backward()
-
-        return run
-
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-
-    def step():
-        opt.zero_grad()
-        loss_fn().backward()
-        opt.step()
-
-    return step
+    if name in workloads.NAMES:
+        return workloads.build(name, backend).step, workloads.build_torch(name).step
+    x_host, y_host = _data(name, np.random.default_rng(0))
+    return gpunn_step(name, backend, x_host, y_host), torch_step(name, x_host, y_host)
 
 
 def _inner_count(step, min_time):
@@ -243,13 +125,10 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     gpunn.set_num_threads(args.threads)
-    rng = np.random.default_rng(0)
     print(f"threads={args.threads} backend={args.backend} torch={torch.__version__}")
     print(f"{'workload':<12}{'gpunn ms':>10}{'torch ms':>10}{'ratio':>8}{'target':>8}")
     for name in args.only.split(","):
-        x_host, y_host = _data(name, rng)
-        g = gpunn_step(name, args.backend, x_host, y_host)
-        t = torch_step(name, x_host, y_host)
+        g, t = steps(name, args.backend)
         samples_g, samples_t = paired_times(g, t, args.repeat)
         tg, tt = statistics.median(samples_g), statistics.median(samples_t)
         ratio = tg / tt
