@@ -14,8 +14,9 @@ convention, so that every backend can be enumerated, compared and timed op by op
 
 Validation of shapes and dtypes happens before a backend is called (in
 ``gpunn.functional``); a backend may assume its inputs fit the op. Accelerated
-backends subclass :class:`Backend` and override ops with their own kernels;
-``native_ops()`` says which, and a test holds every backend to its list.
+backends subclass :class:`Backend` and override ops with their own kernels; what
+computes each op of each backend is declared in ``gpunn.backends.kinds``, and a test
+holds every backend class to its table.
 
 This class is also the reference: plain array code that mirrors the formulas,
 written against ``self.xp`` (NumPy here). Clarity beats speed in this file.
@@ -118,10 +119,11 @@ class Backend:
         return sorted(n for n in dir(Backend) if n.endswith(suffixes))
 
     def native_ops(self) -> list[str]:
-        """The ops this backend implements itself rather than inheriting the reference."""
-        if type(self).name == "numpy":
-            return self.ops()
-        return [n for n in self.ops() if getattr(type(self), n) is not getattr(Backend, n)]
+        """The ops this backend runs on gpunn's own kernels: those of kind ``kernel`` in
+        ``gpunn.backends.kinds`` (none for the NumPy reference)."""
+        from gpunn.backends.kinds import ops_of_kind
+
+        return ops_of_kind(self.name, "kernel")
 
     # ------------------------------------------------------------------ elementwise
     # Binary ops take arrays or Python scalars (at least one array) and broadcast.

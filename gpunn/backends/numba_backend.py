@@ -1,4 +1,4 @@
-"""The Numba CPU backend: every op of the contract on gpunn's own kernels.
+"""The Numba CPU backend: gpunn's own Numba kernels, BLAS for matrix products.
 
 Arrays are NumPy ndarrays. Each op makes its inputs contiguous, allocates its outputs and
 hands both to a kernel from ``gpunn.kernels.cpu`` (one module per op family); matrix
@@ -12,7 +12,9 @@ of them ahead of time for float32 and float64. Threads: ``gpunn.set_num_threads(
 ``GPUNN_NUM_THREADS`` set Numba's thread count (clamped to the threads Numba launched)
 and, when threadpoolctl is installed, BLAS's.
 
-Which ops fall back to the NumPy reference, and why, is data: :data:`REFERENCE_OPS`.
+What computes each op (a gpunn kernel, BLAS, a view, or the inherited reference) is
+declared in ``gpunn.backends.kinds``; ops whose reference code is already right for NumPy
+arrays (reshapes, stacking, indexing) are inherited, not repeated here.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gpunn.kernels.cpu import _jit  # isort: skip
 import numba  # noqa: E402
 
 from gpunn import threads as _threads  # noqa: E402
-from gpunn.backends.base import Backend, _is_basic_index  # noqa: E402
+from gpunn.backends.base import Backend  # noqa: E402
 from gpunn.kernels.cpu import activations as _act  # noqa: E402
 from gpunn.kernels.cpu import conv as _conv  # noqa: E402
 from gpunn.kernels.cpu import dropout as _drop  # noqa: E402
@@ -40,15 +42,6 @@ from gpunn.kernels.cpu import pooling as _pool  # noqa: E402
 from gpunn.kernels.cpu import recurrent as _rec  # noqa: E402
 from gpunn.kernels.cpu import shape as _shape  # noqa: E402
 from gpunn.kernels.cpu import softmax as _sm  # noqa: E402
-
-#: Ops that call the NumPy reference, each with the reason. Every other op is native.
-REFERENCE_OPS = {
-    "getitem_backward": (
-        "advanced indexes other than one integer array on the first axis (boolean masks, "
-        "several index arrays) scatter with the reference's np.add.at; basic indexes and "
-        "x[int_array] use the backend's own code"
-    ),
-}
 
 #: Work (elements, times _HEAVY for kernels that evaluate exp/log/tanh per element) from
 #: which an op runs the parallel variant of its kernel, when Numba has a thread-safe
@@ -206,13 +199,6 @@ class NumbaBackend(Backend):
     def add_forward(self, A, B):
         return _binary(_ew.add_forward, A, B), (_shape_of(A), _shape_of(B))
 
-    def add_backward(self, dY, saved, needs):
-        a_shape, b_shape = saved
-        return (
-            self.unbroadcast(dY, a_shape) if needs[0] else None,
-            self.unbroadcast(dY, b_shape) if needs[1] else None,
-        )
-
     def sub_forward(self, A, B):
         return _binary(_ew.sub_forward, A, B), (_shape_of(A), _shape_of(B))
 
@@ -302,12 +288,6 @@ class NumbaBackend(Backend):
         _pick(_ew.cast_forward, dY.size)(dY.ravel(), out.reshape(-1))
         return (out,)
 
-    def unbroadcast(self, G, shape):
-        """Sum G over broadcast axes (NumPy's reduction); G itself when shapes match."""
-        if G.shape == tuple(shape):
-            return G
-        return super().unbroadcast(G, shape)
-
     # ------------------------------------------------------------------ activations
     def sigmoid_forward(self, X):
         Y = _unary(_act.sigmoid_forward, X, _HEAVY)
@@ -396,12 +376,6 @@ class NumbaBackend(Backend):
     def mean_backward(self, dY, saved, needs):
         return (_expand(dY, *saved),)
 
-    def reshape_forward(self, X, shape):
-        return X.reshape(shape), X.shape
-
-    def reshape_backward(self, dY, saved, needs):
-        return (dY.reshape(saved),)
-
     def transpose_forward(self, X, axes):
         inverse = tuple(int(a) for a in np.argsort(axes)) if axes is not None else None
         return X.transpose(axes), inverse
@@ -409,40 +383,27 @@ class NumbaBackend(Backend):
     def transpose_backward(self, dY, saved, needs):
         return (dY.transpose(saved),)
 
-    def unstack_forward(self, X, axis=0):
-        lead = (slice(None),) * axis
-        return tuple(X[lead + (k,)] for k in range(X.shape[axis])), axis
-
-    def unstack_backward(self, dY, saved, needs):
-        return (np.stack(dY, axis=saved),)
-
-    def stack_forward(self, *Xs, axis=0):
-        return np.stack(Xs, axis=axis), (len(Xs), axis)
-
     def stack_backward(self, dY, saved, needs):
         n, axis = saved
         lead = (slice(None),) * axis
         return tuple(dY[lead + (k,)] if needs[k] else None for k in range(n))
 
-    def getitem_forward(self, X, index):
-        return X[index], (X.shape, index)
-
     def getitem_backward(self, dY, saved, needs):
+        """One scatter-add kernel for every kind of index: rows of a one-dimensional integer
+        index on the first axis, else the flat positions the index selects (found by
+        indexing an array of positions the same way), one element per row."""
         shape, index = saved
-        if _is_basic_index(index):
-            dX = np.zeros(shape, dY.dtype)
-            dX[index] = dY
-            return (dX,)
         if isinstance(index, np.ndarray) and index.ndim == 1 and index.dtype.kind in "iu":
             rows, width = shape[0], math.prod(shape[1:])
-            dX = np.empty(shape, dY.dtype)
-            _shape.getitem_backward(
-                _c(dY).reshape(index.size, width),
-                np.ascontiguousarray(index, dtype=np.int64),
-                dX.reshape(rows, width),
-            )
-            return (dX,)
-        return super().getitem_backward(dY, saved, needs)  # REFERENCE_OPS
+            positions = np.ascontiguousarray(index, dtype=np.int64)
+        else:
+            rows, width = math.prod(shape), 1
+            positions = np.arange(rows, dtype=np.int64).reshape(shape)[index].reshape(-1)
+        dX = np.empty(shape, dY.dtype)
+        _shape.getitem_backward(
+            _c(dY).reshape(positions.size, width), positions, dX.reshape(rows, width)
+        )
+        return (dX,)
 
     # ------------------------------------------------------------------ softmax family
     def softmax_forward(self, X, axis=-1):
@@ -935,7 +896,6 @@ def info() -> dict:
         "cache": _jit.cache_dir() or ("numba default" if _jit.CACHE else "off"),
         "cache_problem": _jit.cache_problem,
         "kernels": len(_jit.REGISTRY),
-        "reference_ops": sorted(REFERENCE_OPS),
     }
 
 
