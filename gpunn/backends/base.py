@@ -371,12 +371,12 @@ class Backend:
         return (dY - self.xp.exp(Y) * dY.sum(axis=axis, keepdims=True),)
 
     # ------------------------------------------------------------------ losses (0-d means)
-    def mse_forward(self, P, T):
+    def mse_loss_forward(self, P, T):
         """mean((P - T)^2); P and T of one shape."""
         D = P - T
         return self.xp.asarray((D * D).mean()), D
 
-    def mse_backward(self, dY, saved, needs):
+    def mse_loss_backward(self, dY, saved, needs):
         D = saved
         dP = dY * 2 * D / D.size
         return (dP if needs[0] else None, -dP if needs[1] else None)

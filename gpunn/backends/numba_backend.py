@@ -434,13 +434,13 @@ class NumbaBackend(Backend):
         return dX
 
     # ------------------------------------------------------------------ losses (0-d means)
-    def mse_forward(self, P, T):
+    def mse_loss_forward(self, P, T):
         shape = P.shape
         P, T = P.ravel(), T.ravel()
         total = _pick(_sm.mse_forward, P.size)(P, T)
         return _mean(total, P.size, P.dtype), (P, T, shape)
 
-    def mse_backward(self, dY, saved, needs):
+    def mse_loss_backward(self, dY, saved, needs):
         P, T, shape = saved
         dtype = P.dtype
         # reference: dP = dY * 2 * D / N, dT = -dP
