@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunn.kernels.codes import ACTIVATIONS  # noqa: F401 (the activation names, one table)
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
 
 # splitmix64 constants: the counter-based generator behind dropout masks. Every
 # backend computes the same mask from the same (seed, element index).

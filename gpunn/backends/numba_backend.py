@@ -32,11 +32,13 @@ import numba  # noqa: E402
 
 from gpunn import threads as _threads  # noqa: E402
 from gpunn.backends.base import Backend  # noqa: E402
+from gpunn.kernels.codes import ACTIVATION_CODES  # noqa: E402
 from gpunn.kernels.cpu import activations as _act  # noqa: E402
 from gpunn.kernels.cpu import conv as _conv  # noqa: E402
 from gpunn.kernels.cpu import dropout as _drop  # noqa: E402
 from gpunn.kernels.cpu import elementwise as _ew  # noqa: E402
 from gpunn.kernels.cpu import linear as _lin  # noqa: E402
+from gpunn.kernels.cpu import losses as _loss  # noqa: E402
 from gpunn.kernels.cpu import optim as _opt  # noqa: E402
 from gpunn.kernels.cpu import pooling as _pool  # noqa: E402
 from gpunn.kernels.cpu import recurrent as _rec  # noqa: E402
@@ -51,7 +53,6 @@ from gpunn.kernels.cpu import softmax as _sm  # noqa: E402
 PARALLEL_MIN_SIZE = int(os.environ.get("GPUNN_NUMBA_PARALLEL_MIN", 1 << 18))
 _HEAVY = 4
 
-_ACTIVATIONS = _lin.ACTIVATION_CODES
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 _EMPTY = {_F32: np.empty(0, _F32), _F64: np.empty(0, _F64)}
 _EMPTY2 = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}
@@ -341,7 +342,7 @@ class NumbaBackend(Backend):
     def linear_forward(self, X, W, b, activation=None):
         X, W = _blas(X), _blas(W)
         Z = X @ W.T  # BLAS; a new C-contiguous (N, out) array
-        code = _ACTIVATIONS[activation]
+        code = ACTIVATION_CODES[activation]
         if code or b is not None:
             bias = _EMPTY[Z.dtype] if b is None else b.ravel()
             _pick(_lin.linear_forward, Z.size * (_HEAVY if code > 1 else 1))(Z, bias, code)
@@ -407,37 +408,35 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ softmax family
     def softmax_forward(self, X, axis=-1):
-        return self._softmax(X, axis, False)
+        return self._softmax(_sm.softmax_forward, X, axis)
 
     def softmax_backward(self, dY, saved, needs):
-        return (self._softmax_grad(dY, saved, False),)
+        return (self._softmax_grad(_sm.softmax_backward, dY, saved),)
 
     def log_softmax_forward(self, X, axis=-1):
-        return self._softmax(X, axis, True)
+        return self._softmax(_sm.log_softmax_forward, X, axis)
 
     def log_softmax_backward(self, dY, saved, needs):
-        return (self._softmax_grad(dY, saved, True),)
+        return (self._softmax_grad(_sm.log_softmax_backward, dY, saved),)
 
-    def _softmax(self, X, axis, log):
+    def _softmax(self, kern, X, axis):
         axis %= X.ndim
         shape3 = _around(X.shape, axis)
         Y = np.empty(X.shape, X.dtype)
-        _pick(_sm.softmax_forward, X.size * _HEAVY)(_c(X).reshape(shape3), Y.reshape(shape3), log)
+        _pick(kern, X.size * _HEAVY)(_c(X).reshape(shape3), Y.reshape(shape3))
         return Y, (Y, shape3)
 
-    def _softmax_grad(self, dY, saved, log):
+    def _softmax_grad(self, kern, dY, saved):
         Y, shape3 = saved
         dX = np.empty(Y.shape, Y.dtype)
-        _pick(_sm.softmax_backward, Y.size)(
-            _c(dY).reshape(shape3), Y.reshape(shape3), dX.reshape(shape3), log
-        )
+        _pick(kern, Y.size)(_c(dY).reshape(shape3), Y.reshape(shape3), dX.reshape(shape3))
         return dX
 
     # ------------------------------------------------------------------ losses (0-d means)
     def mse_loss_forward(self, P, T):
         shape = P.shape
         P, T = P.ravel(), T.ravel()
-        total = _pick(_sm.mse_forward, P.size)(P, T)
+        total = _pick(_loss.mse_loss_forward, P.size)(P, T)
         return _mean(total, P.size, P.dtype), (P, T, shape)
 
     def mse_loss_backward(self, dY, saved, needs):
@@ -447,7 +446,7 @@ class NumbaBackend(Backend):
         g = _scalar(dY, dtype) * dtype.type(2) / dtype.type(max(P.size, 1))
         dP = np.empty(P.size, dtype) if needs[0] else _EMPTY[dtype]
         dT = np.empty(P.size, dtype) if needs[1] else _EMPTY[dtype]
-        _pick(_sm.mse_backward, P.size)(P, T, g, dP, dT)
+        _pick(_loss.mse_loss_backward, P.size)(P, T, g, dP, dT)
         return (
             dP.reshape(shape) if needs[0] else None,
             dT.reshape(shape) if needs[1] else None,
@@ -456,22 +455,22 @@ class NumbaBackend(Backend):
     def binary_cross_entropy_forward(self, P, T):
         shape = P.shape
         P, T = P.ravel(), T.ravel()
-        total = _pick(_sm.binary_cross_entropy_forward, P.size * _HEAVY)(P, T)
+        total = _pick(_loss.binary_cross_entropy_forward, P.size * _HEAVY)(P, T)
         return _mean(total, P.size, P.dtype), (P, T, shape)
 
     def binary_cross_entropy_backward(self, dY, saved, needs):
         P, T, shape = saved
-        return _loss_grads(_sm.binary_cross_entropy_backward, dY, P, T, shape, needs)
+        return _loss_grads(_loss.binary_cross_entropy_backward, dY, P, T, shape, needs)
 
     def binary_cross_entropy_with_logits_forward(self, Z, T):
         shape = Z.shape
         Z, T = Z.ravel(), T.ravel()
-        total = _pick(_sm.binary_cross_entropy_with_logits_forward, Z.size * _HEAVY)(Z, T)
+        total = _pick(_loss.binary_cross_entropy_with_logits_forward, Z.size * _HEAVY)(Z, T)
         return _mean(total, Z.size, Z.dtype), (Z, T, shape)
 
     def binary_cross_entropy_with_logits_backward(self, dY, saved, needs):
         Z, T, shape = saved
-        return _loss_grads(_sm.binary_cross_entropy_with_logits_backward, dY, Z, T, shape, needs)
+        return _loss_grads(_loss.binary_cross_entropy_with_logits_backward, dY, Z, T, shape, needs)
 
     def cross_entropy_forward(self, Z, labels):
         Z = _c(Z)
@@ -500,25 +499,25 @@ class NumbaBackend(Backend):
         dtype = X.dtype
         bias = _EMPTY[dtype] if b is None else b.ravel()
         Y = np.empty((n, k, oh, ow), dtype)
-        xp = _padded(X, ph, pw, 0.0, keep=True)  # kept for the backward's im2col
+        x_padded = _padded(X, ph, pw, 0.0, keep=True)  # kept for the backward's im2col
         if _conv_direct(c, k, kh * kw):
-            _pick(_conv.conv2d_direct_forward, Y.size * c)(xp, W, bias, sy, sx, Y)
+            _pick(_conv.conv2d_direct_forward, Y.size * c)(x_padded, W, bias, sy, sx, Y)
         else:
             r, p = c * kh * kw, oh * ow
             W2, Y3 = W.reshape(k, r), Y.reshape(n, k, p)
             for n0, n1 in _chunks(n, r * p * dtype.itemsize):
                 cols = _workspace("cols", (r, (n1 - n0) * p), dtype)
-                _pick(_conv.conv2d_im2col, cols.size)(xp[n0:n1], kh, kw, sy, sx, oh, ow, cols)
+                _pick(_conv.conv2d_im2col, cols.size)(x_padded[n0:n1], kh, kw, sy, sx, oh, ow, cols)
                 yt = _workspace("yt", (k, (n1 - n0) * p), dtype)
                 np.matmul(W2, cols, out=yt)
-                _pick(_conv.conv2d_forward, yt.size)(yt, bias, Y3[n0:n1])
-        return Y, (xp, X.shape, W, stride, padding, b is not None, (oh, ow))
+                _pick(_conv.conv2d_output, yt.size)(yt, bias, Y3[n0:n1])
+        return Y, (x_padded, X.shape, W, stride, padding, b is not None, (oh, ow))
 
     def conv2d_backward(self, dY, saved, needs):
-        xp, x_shape, W, (sy, sx), (ph, pw), has_bias, (oh, ow) = saved
+        x_padded, x_shape, W, (sy, sx), (ph, pw), has_bias, (oh, ow) = saved
         n, c, h, w = x_shape
         k, _, kh, kw = W.shape
-        r, p, dtype = c * kh * kw, oh * ow, xp.dtype
+        r, p, dtype = c * kh * kw, oh * ow, x_padded.dtype
         W2, dY3 = W.reshape(k, r), _c(dY).reshape(n, k, p)
         db = np.zeros(k, dtype) if has_bias and needs[2] else None
         dWt = np.zeros((r, k), dtype) if needs[1] else None  # dW transposed: (C*kh*kw, K)
@@ -527,24 +526,24 @@ class NumbaBackend(Backend):
         for n0, n1 in _chunks(n, r * p * dtype.itemsize):
             cp = (n1 - n0) * p
             dyt = _workspace("dyt", (k, cp), dtype)
-            _pick(_conv.conv2d_backward, dyt.size)(
+            _pick(_conv.conv2d_grad_output, dyt.size)(
                 dY3[n0:n1], dyt, _EMPTY[dtype] if db is None else db
             )
             if dWt is not None:
                 cols = _workspace("cols", (r, cp), dtype)
-                _pick(_conv.conv2d_im2col, cols.size)(xp[n0:n1], kh, kw, sy, sx, oh, ow, cols)
+                _pick(_conv.conv2d_im2col, cols.size)(x_padded[n0:n1], kh, kw, sy, sx, oh, ow, cols)
                 dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
             if dX is not None:
                 dcols = _workspace("dcols", (r, cp), dtype)
                 np.matmul(Wt, dyt, out=dcols)
                 dx = dX[n0:n1]
-                dxp = (
+                dx_padded = (
                     dx
                     if not (ph or pw)
                     else _workspace("dxpad", (n1 - n0, c, h + 2 * ph, w + 2 * pw), dtype)
                 )
                 _pick(_conv.conv2d_col2im, dcols.size)(
-                    dcols, kh, kw, sy, sx, ph, pw, oh, ow, dxp, dx
+                    dcols, kh, kw, sy, sx, ph, pw, oh, ow, dx_padded, dx
                 )
         dW = None if dWt is None else np.ascontiguousarray(dWt.T).reshape(W.shape)
         return dX, dW, db
@@ -554,9 +553,9 @@ class NumbaBackend(Backend):
         n, c, oh, ow, (kh, kw, sy, sx, ph, pw) = _pool_shape(X.shape, kernel_size, stride, padding)
         Y = np.empty((n, c, oh, ow), X.dtype)
         arg = np.empty((n, c, oh, ow), np.int32)
-        xp = _padded(X, ph, pw, -math.inf)
+        x_padded = _padded(X, ph, pw, -math.inf)
         _pick(_pool.max_pool2d_forward, X.size)(
-            xp, kh, kw, sy, sx, ph, pw, X.shape[2], X.shape[3], Y, arg
+            x_padded, kh, kw, sy, sx, ph, pw, X.shape[2], X.shape[3], Y, arg
         )
         return Y, (X.shape, arg)
 
@@ -578,10 +577,10 @@ class NumbaBackend(Backend):
         x_shape, (kh, kw, sy, sx, ph, pw) = saved
         n, c, h, w = x_shape
         dX = np.empty(x_shape, dY.dtype)
-        dxp = (
+        dx_padded = (
             dX if not (ph or pw) else _workspace("dxpad", (n, c, h + 2 * ph, w + 2 * pw), dY.dtype)
         )
-        _pick(_pool.avg_pool2d_backward, dX.size)(_c(dY), kh, kw, sy, sx, ph, pw, dxp, dX)
+        _pick(_pool.avg_pool2d_backward, dX.size)(_c(dY), kh, kw, sy, sx, ph, pw, dx_padded, dX)
         return (dX,)
 
     # ------------------------------------------------------------------ dropout
@@ -794,9 +793,9 @@ def _padded(X, ph, pw, value, keep=False):
         return X
     n, c, h, w = X.shape
     shape = (n, c, h + 2 * ph, w + 2 * pw)
-    xp = np.empty(shape, X.dtype) if keep else _workspace("xpad", shape, X.dtype)
-    _pick(_conv.conv2d_pad, xp.size)(X, ph, pw, value, xp)
-    return xp
+    x_padded = np.empty(shape, X.dtype) if keep else _workspace("xpad", shape, X.dtype)
+    _pick(_conv.conv2d_pad, x_padded.size)(X, ph, pw, value, x_padded)
+    return x_padded
 
 
 def _pool_shape(x_shape, kernel_size, stride, padding):
