@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 if why_unavailable("numba") is None:
-    from gpunn.kernels.cpu import _jit
+    from gpunn.kernels.cpu import _jit, launch
+    from gpunn.kernels.cpu import threads as cpu_threads
 
     from gpunn.backends import numba_backend as nb
 
@@ -31,7 +32,7 @@ def parallel_kernels(monkeypatch):
     """Run every op on the parallel kernel variants, however small its input."""
     if not _jit.PARALLEL:
         pytest.skip(f"threading layer {_jit.THREADING_LAYER}: kernels are serial")
-    monkeypatch.setattr(nb, "_par_min", 0)
+    monkeypatch.setattr(cpu_threads, "par_min", 0)
 
 
 # ---------------------------------------------------------------------- op by op
@@ -59,9 +60,9 @@ def test_update_matches_reference(case, dtype):
 
 @pytest.mark.parametrize("algorithm", ["direct", "im2col", "im2col-image-by-image"])
 def test_both_convolution_algorithms(monkeypatch, algorithm):
-    monkeypatch.setattr(nb, "_CONV_ALGORITHM", algorithm.split("-")[0])
+    monkeypatch.setattr(launch, "CONV_ALGORITHM", algorithm.split("-")[0])
     if algorithm.endswith("image"):
-        monkeypatch.setattr(nb, "CONV_CHUNK_BYTES", 1)  # chunks of one image
+        monkeypatch.setattr(launch, "CONV_CHUNK_BYTES", 1)  # chunks of one image
     for case in (c for c in OP_CASES if c.op == "conv2d"):
         for dtype in ("float32", "float64"):
             compare_op("numba", case, dtype, "strided", seed=15)
@@ -324,14 +325,14 @@ def test_thread_count_reaches_numba():
     try:
         gpunn.set_num_threads(1)
         assert numba.get_num_threads() == 1
-        assert nb._par_min == float("inf")  # one thread: serial kernels only
+        assert cpu_threads.par_min == float("inf")  # one thread: serial kernels only
         gpunn.set_num_threads(10_000)  # clamped to the threads Numba launched
         assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
         gpunn.set_num_threads(1)
         seen = []
 
         def other():  # Numba's count is per thread: the backend applies gpunn's there too
-            nb._sync_threads()
+            cpu_threads.sync_threads()
             seen.append(numba.get_num_threads())
 
         t = threading.Thread(target=other)
