@@ -170,6 +170,51 @@ def test_warmup_compiles_every_kernel_for_both_dtypes():
     assert report["signatures"] >= 2 * report["kernels"]
 
 
+def test_every_kernel_has_a_signature_table_entry():
+    import pkgutil
+
+    from gpunn.kernels import cpu
+    from gpunn.kernels.cpu import warmup
+
+    plumbing = {"launch", "threads", "warmup"}
+    modules = {m.name for m in pkgutil.iter_modules(cpu.__path__)} - plumbing
+    assert set(warmup.MODULES) == {m for m in modules if not m.startswith("_")}
+    table = warmup.table()
+    kernels = {key.split("/")[0] for key in _jit.REGISTRY}
+    assert kernels == set(table), (sorted(kernels - set(table)), sorted(set(table) - kernels))
+    assert all(table[key] for key in table)
+
+
+def test_after_warmup_no_op_compiles_a_new_signature(monkeypatch):
+    """The table holds the exact argument types the launchers pass: once warmed up, the
+    whole op table (both layouts and dtypes, serial and parallel variants, both
+    convolution algorithms) runs without compiling anything."""
+    from gpunn.testing.cases import run_case, run_update
+
+    nb.warmup()
+    before = {name: len(d.signatures) for name, d in _jit.REGISTRY.items()}
+    be = backend_object("numba")
+    for par_min in (float("inf"), 0):
+        monkeypatch.setattr(cpu_threads, "par_min", par_min)
+        for dtype in ("float32", "float64"):
+            for case in OP_CASES:
+                for layout in ("C", "strided"):
+                    run_case(be, case, dtype, layout)
+            for case in UPDATE_CASES:
+                run_update(be, case, dtype)
+            monkeypatch.setattr(launch, "CONV_ALGORITHM", "direct")
+            for case in (c for c in OP_CASES if c.op == "conv2d"):
+                run_case(be, case, dtype)
+            monkeypatch.setattr(launch, "CONV_ALGORITHM", None)
+    after = {name: len(d.signatures) for name, d in _jit.REGISTRY.items()}
+    grown = {
+        name: [str(s) for s in _jit.REGISTRY[name].signatures]
+        for name in after
+        if after[name] != before[name]
+    }
+    assert not grown, grown
+
+
 def test_cache_stamp_covers_shared_kernel_code():
     from gpunn.kernels.cpu import activations
 

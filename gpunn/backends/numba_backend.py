@@ -8,7 +8,8 @@ op saves for its backward and which gradients it returns.
 
 Compilation: kernels compile on first use and are cached on disk (``GPUNN_CACHE_DIR``,
 else Numba's default folder; see ``gpunn.kernels.cpu._jit``). :func:`warmup` compiles all
-of them ahead of time for float32 and float64. Threads: ``gpunn.set_num_threads(n)`` /
+of them ahead of time for float32 and float64 from the signature tables beside them
+(``gpunn.kernels.cpu.warmup``). Threads: ``gpunn.set_num_threads(n)`` /
 ``GPUNN_NUM_THREADS`` set Numba's thread count and BLAS's (``gpunn.kernels.cpu.threads``).
 
 What computes each op (a gpunn kernel, BLAS, a view, or the inherited reference) is
@@ -18,7 +19,6 @@ arrays (reshapes, stacking, indexing) are inherited, not repeated here.
 
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
@@ -40,6 +40,7 @@ from gpunn.kernels.cpu import softmax as _sm  # noqa: E402
 from gpunn.kernels.cpu import threads as _cpu_threads  # noqa: E402
 from gpunn.kernels.cpu.launch import binary, blas, shape_of, unary, unary_backward  # noqa: E402
 from gpunn.kernels.cpu.threads import HEAVY, PARALLEL_MIN_SIZE, clear_workspaces  # noqa: E402, F401
+from gpunn.kernels.cpu.warmup import kernel_report, warmup  # noqa: E402, F401 (gpunn warmup)
 
 
 class NumbaBackend(Backend):
@@ -311,55 +312,6 @@ class NumbaBackend(Backend):
         bias1, bias2_sqrt = 1 - beta1**step, (1 - beta2**step) ** 0.5
         scalars = (beta1, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, float(eps))
         launch.adam_update(params, grads, ms, vs, scalars + (float(weight_decay),))
-
-
-# ---------------------------------------------------------------------- warm-up
-def warmup(verbose: bool = False) -> dict:
-    """Compile every kernel ahead of time for float32 and float64, serial and parallel
-    variants, by running the op table of ``gpunn.testing`` through this backend.
-
-    Returns {"kernels": number of kernel dispatchers, "signatures": compiled signatures,
-    "missing": names lacking a float32 or a float64 version (should be empty)}.
-    """
-    from gpunn.backends import backend_object
-    from gpunn.testing.cases import OP_CASES, UPDATE_CASES, run_case, run_update
-
-    be = backend_object("numba")
-    saved = _cpu_threads.par_min, launch.CONV_ALGORITHM
-    conv_cases = [case for case in OP_CASES if case.op == "conv2d"]
-    try:
-        for par_min in (math.inf, 0):
-            _cpu_threads.par_min = par_min
-            for dtype in ("float32", "float64"):
-                if verbose:
-                    variant = "serial" if par_min else "parallel"
-                    print(f"gpunn warmup: compiling {variant} kernels for {dtype}", flush=True)
-                for case in OP_CASES:
-                    run_case(be, case, dtype)
-                for case in UPDATE_CASES:
-                    run_update(be, case, dtype)
-                for algorithm in ("direct", "im2col"):
-                    launch.CONV_ALGORITHM = algorithm
-                    for case in conv_cases:
-                        run_case(be, case, dtype)
-                launch.CONV_ALGORITHM = saved[1]
-    finally:
-        _cpu_threads.par_min, launch.CONV_ALGORITHM = saved
-    return kernel_report()
-
-
-def kernel_report() -> dict:
-    """How many kernels exist, how many signatures are compiled, and which kernels lack a
-    float32 or a float64 version."""
-    missing = []
-    signatures = 0
-    for name, disp in _jit.REGISTRY.items():
-        sigs = disp.signatures
-        signatures += len(sigs)
-        text = " ".join(str(s) for s in sigs)
-        if "float32" not in text or "float64" not in text:
-            missing.append(name)
-    return {"kernels": len(_jit.REGISTRY), "signatures": signatures, "missing": missing}
 
 
 def info() -> dict:

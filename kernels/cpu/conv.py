@@ -20,6 +20,7 @@ for very few channels (a first layer on grey images), where the products are too
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2, A3, A4, FLOAT, INT
 from numba import prange
 
 
@@ -172,3 +173,15 @@ def conv2d_direct_forward(x_padded, wt, b, sy, sx, y):
                         d = out[oy]
                         for ox in range(ow):
                             d[ox] += wv * s[ox]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "conv2d_pad": [(A4, INT, INT, FLOAT, A4)],
+    "conv2d_im2col": [(A4, INT, INT, INT, INT, INT, INT, A2)],
+    "conv2d_col2im": [(A2, INT, INT, INT, INT, INT, INT, INT, INT, A4, A4)],
+    "conv2d_output": [(A2, A1, A3)],
+    "conv2d_grad_output": [(A3, A2, A1)],
+    "conv2d_direct_forward": [(A4, A4, A1, INT, INT, A4)],
+}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2, INT
 from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
 
@@ -92,3 +93,11 @@ def linear_backward(dy, y, act, dz, db, nchunks):
             for c in range(nchunks):
                 s += partial[c, j]
             db[j] = s
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "linear_forward": [(A2, A1, INT)],
+    "linear_backward": [(A2, A2, INT, A2, A1, INT)],
+}

@@ -7,6 +7,7 @@ array that is empty is not wanted and is skipped.
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, T
 from gpunn.kernels.cpu._vmath import vexp, vlog, vlog1p, vsigmoid
 from numba import prange
 
@@ -82,3 +83,15 @@ def mse_loss_backward(p, t, g, dp, dt):
             dp[i] = d
         if dt.size:
             dt[i] = -d
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "mse_loss_forward": [(A1, A1)],
+    "mse_loss_backward": [(A1, A1, T, A1, A1)],
+    "binary_cross_entropy_forward": [(A1, A1)],
+    "binary_cross_entropy_backward": [(A1, A1, T, A1, A1)],
+    "binary_cross_entropy_with_logits_forward": [(A1, A1)],
+    "binary_cross_entropy_with_logits_backward": [(A1, A1, T, A1, A1)],
+}

@@ -13,6 +13,7 @@ padding cell. Average pooling divides by kh*kw, zero padding included (PyTorch's
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A4, INT
 from numba import prange
 
 
@@ -131,3 +132,13 @@ def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dx_padded, dx):
                 d = out[yy]
                 for q in range(w):
                     d[q] = s[q]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "max_pool2d_forward": [(A4, INT, INT, INT, INT, INT, INT, INT, INT, A4, "int32[:, :, :, ::1]")],
+    "max_pool2d_backward": [(A4, "int32[:, :, :, ::1]", A4)],
+    "avg_pool2d_forward": [(A4, INT, INT, INT, INT, A4)],
+    "avg_pool2d_backward": [(A4, INT, INT, INT, INT, INT, INT, A4, A4)],
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2, A3, T
 from gpunn.kernels.cpu._vmath import vexp, vlog
 from numba import prange
 
@@ -187,3 +188,15 @@ def cross_entropy_backward(e, inv_sum, labels, g, dz):
         for k in range(c):
             out[k] = er[k] * scale
         out[labels[r]] -= g
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "softmax_forward": [(A3, A3)],
+    "softmax_backward": [(A3, A3, A3)],
+    "log_softmax_forward": [(A3, A3)],
+    "log_softmax_backward": [(A3, A3, A3)],
+    "cross_entropy_forward": [(A2, "int64[::1]", A2, A1)],
+    "cross_entropy_backward": [(A2, A1, "int64[::1]", T, A2)],
+}
