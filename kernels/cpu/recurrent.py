@@ -10,6 +10,7 @@ loops vectorise).
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2
 from gpunn.kernels.cpu._vmath import vsigmoid, vtanh
 from numba import prange
 
@@ -99,3 +100,13 @@ def lstm_cell_backward(dh, dc, c, acts, tanh_c, dg, dc_prev):
             for j in range(hidden):
                 t = tc[j]
                 prev[j] = (g_c[j] + g_h[j] * a_o[j] * (one - t * t)) * a_f[j]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "rnn_cell_forward": [(A1, A1, A1)],
+    "rnn_cell_backward": [(A1, A1, A1)],
+    "lstm_cell_forward": [(A2, A2, A2, A2, A2, A2, A2)],
+    "lstm_cell_backward": [(A2, A2, A2, A2, A2, A2, A2)],
+}
