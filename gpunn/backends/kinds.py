@@ -47,6 +47,18 @@ NUMBA = {
     "relu_backward": "kernel",
     "step_forward": "kernel",
     "step_backward": "kernel",
+    # normalization, embedding, leaky_relu and gelu
+    "leaky_relu_forward": "kernel",
+    "leaky_relu_backward": "kernel",
+    "gelu_forward": "kernel",
+    "gelu_backward": "kernel",
+    "batch_norm_forward": "kernel",
+    "batch_norm_backward": "kernel",
+    "layer_norm_forward": "kernel",
+    "layer_norm_backward": "kernel",
+    "embedding_forward": "kernel",
+    "embedding_backward": "kernel: stable argsort of the indices (NumPy), then one "
+    "reduction per row",
     # matrix products
     "matmul_forward": "blas",
     "matmul_backward": "blas",
@@ -128,6 +140,18 @@ CUPY = {
     "relu_backward": "kernel",
     "step_forward": "kernel",
     "step_backward": "library: cupy.zeros (the step's gradient is zero)",
+    # normalization, embedding, leaky_relu and gelu: the CUDA kernels land with the CUDA
+    # side of the backend reshape; until then the reference
+    "leaky_relu_forward": "reference",
+    "leaky_relu_backward": "reference",
+    "gelu_forward": "reference",
+    "gelu_backward": "reference",
+    "batch_norm_forward": "reference",
+    "batch_norm_backward": "reference",
+    "layer_norm_forward": "reference",
+    "layer_norm_backward": "reference",
+    "embedding_forward": "reference",
+    "embedding_backward": "reference",
     # matrix products
     "matmul_forward": "blas",
     "matmul_backward": "blas",

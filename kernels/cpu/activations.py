@@ -1,10 +1,14 @@
-"""Activations forward and backward: sigmoid, tanh, relu, step. 1-D contiguous arrays;
-each derivative is written in terms of the forward output ``y`` (what the backend saves)."""
+"""Activations forward and backward: sigmoid, tanh, relu, step, leaky_relu, gelu. 1-D
+contiguous arrays; the derivatives of the first four are written in terms of the forward
+output ``y``, those of leaky_relu and gelu in terms of the input ``x`` (what the backend
+saves for each)."""
 
 from __future__ import annotations
 
+import math
+
 from gpunn.kernels.cpu._jit import kernel
-from gpunn.kernels.cpu._types import A1
+from gpunn.kernels.cpu._types import A1, FLOAT
 from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
 
@@ -66,6 +70,73 @@ def step_backward(dx):
         dx[i] = zero
 
 
+# ---------------------------------------------------------------------- leaky_relu and gelu
+# Their derivatives are written in terms of the input ``x`` (what the backend saves).
+@kernel(parallel=True)
+def leaky_relu_forward(x, negative_slope, out):
+    zero = x.dtype.type(0)
+    slope = x.dtype.type(negative_slope)
+    for i in prange(out.size):
+        v = x[i]
+        out[i] = select(v > zero, v, v * slope)
+
+
+@kernel(parallel=True)
+def leaky_relu_backward(dy, x, negative_slope, dx):
+    zero = x.dtype.type(0)
+    slope = x.dtype.type(negative_slope)
+    for i in prange(dx.size):
+        dx[i] = select(x[i] > zero, dy[i], dy[i] * slope)
+
+
+#: GELU's constants: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi) and the tanh form's cubic term.
+_SQRT1_2 = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
+_GELU_K = 0.7978845608028654
+_GELU_C = 0.044715
+
+
+@kernel(parallel=True)
+def gelu_forward(x, tanh_form, out):
+    """0.5 x (1 + erf(x / sqrt(2))), or with ``tanh_form`` 0.5 x (1 + tanh(k (x + c x^3)))."""
+    half = x.dtype.type(0.5)
+    one = x.dtype.type(1)
+    if tanh_form:
+        k = x.dtype.type(_GELU_K)
+        c = x.dtype.type(_GELU_C)
+        for i in prange(out.size):
+            v = x[i]
+            out[i] = half * v * (one + vtanh(k * (v + c * v * v * v)))
+    else:
+        r = x.dtype.type(_SQRT1_2)
+        for i in prange(out.size):
+            v = x[i]
+            out[i] = half * v * (one + math.erf(v * r))
+
+
+@kernel(parallel=True)
+def gelu_backward(dy, x, tanh_form, dx):
+    """exact: Phi(x) + x phi(x); tanh form: 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 c x^2)."""
+    half = x.dtype.type(0.5)
+    one = x.dtype.type(1)
+    if tanh_form:
+        k = x.dtype.type(_GELU_K)
+        c = x.dtype.type(_GELU_C)
+        three_c = x.dtype.type(3 * _GELU_C)
+        for i in prange(dx.size):
+            v = x[i]
+            t = vtanh(k * (v + c * v * v * v))
+            dt = k * (one + three_c * v * v)
+            dx[i] = dy[i] * (half * (one + t) + half * v * (one - t * t) * dt)
+    else:
+        r = x.dtype.type(_SQRT1_2)
+        q = x.dtype.type(_INV_SQRT_2PI)
+        for i in prange(dx.size):
+            v = x[i]
+            cdf = half * (one + math.erf(v * r))
+            dx[i] = dy[i] * (cdf + v * q * math.exp(-half * v * v))
+
+
 #: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
 #: for each float dtype; ``{T}`` is the dtype).
 SIGNATURES = {
@@ -77,4 +148,8 @@ SIGNATURES = {
     "relu_backward": [(A1, A1, A1)],
     "step_forward": [(A1, A1)],
     "step_backward": [(A1,)],
+    "leaky_relu_forward": [(A1, FLOAT, A1)],
+    "leaky_relu_backward": [(A1, A1, FLOAT, A1)],
+    "gelu_forward": [(A1, "boolean", A1)],
+    "gelu_backward": [(A1, A1, "boolean", A1)],
 }
