@@ -102,6 +102,14 @@ class Backend:
                 f"min {int(labels.min())}, max {int(labels.max())}"
             )
 
+    def check_indices(self, op: str, indices, size: int) -> None:
+        """Raise IndexError naming ``op`` unless every index is in [0, size)."""
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
+            raise IndexError(
+                f"{op}: input holds indices outside [0, {size}): "
+                f"min {int(indices.min())}, max {int(indices.max())}"
+            )
+
     def synchronize(self) -> None:
         """Wait until queued work is done (a no-op on the CPU)."""
 
