@@ -44,15 +44,16 @@ def enable_grad():
 class Node:
     """One recorded op: its backend, its inputs and what its backward needs."""
 
-    __slots__ = ("op", "be", "inputs", "saved", "needs", "out_meta", "freed")
+    __slots__ = ("op", "be", "inputs", "saved", "needs", "out_meta", "multi", "freed")
 
-    def __init__(self, op, be, inputs, saved, needs, out_meta):
+    def __init__(self, op, be, inputs, saved, needs, out_meta, multi=False):
         self.op = op
         self.be = be
         self.inputs = inputs  # tuple of Tensor or None (non-tensor inputs), one per position
         self.saved = saved
         self.needs = needs
         self.out_meta = out_meta  # ((shape, dtype), ...) per output
+        self.multi = multi  # the forward returned a tuple (maybe of one array): dY is a tuple
         self.freed = False
 
     def __repr__(self):
@@ -92,6 +93,7 @@ def apply(op: str, *inputs, **params):
     be = backend_of(op, inputs)
     arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
     Y, saved = getattr(be, op + "_forward")(*arrays, **params)
+    Y = tuple(_native(be, y) for y in Y) if isinstance(Y, tuple) else _native(be, Y)
     needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
     record = any(needs) and _grad_enabled.get()
     if isinstance(Y, tuple):
@@ -106,6 +108,7 @@ def apply(op: str, *inputs, **params):
             saved,
             needs,
             tuple((o.data.shape, o.data.dtype) for o in outs),
+            isinstance(Y, tuple),
         )
         for k, o in enumerate(outs):
             o._node = node
@@ -136,7 +139,7 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             )
         if grads is None or all(g is None for g in grads):
             continue
-        if len(node.out_meta) == 1:
+        if not node.multi:
             dY = grads[0]
         else:
             dY = tuple(
@@ -144,19 +147,30 @@ def backward(root, grad, retain_graph: bool = False) -> None:
                 for g, (shape, dtype) in zip(grads, node.out_meta)
             )
         in_grads = getattr(node.be, node.op + "_backward")(dY, node.saved, node.needs)
-        for x, need, g in zip(node.inputs, node.needs, in_grads):
+        if len(in_grads) != len(node.inputs):
+            raise GraphError(
+                f"{node.op}_backward on {node.be.name!r} returned {len(in_grads)} gradients "
+                f"for {len(node.inputs)} inputs"
+            )
+        for i, (x, need, g) in enumerate(zip(node.inputs, node.needs, in_grads)):
             if not need or g is None:
                 continue
+            g = _native(node.be, g)
+            if tuple(g.shape) != x.shape or g.dtype != x.dtype:
+                raise GraphError(
+                    f"{node.op}_backward on {node.be.name!r}: gradient of input {i} has shape "
+                    f"{tuple(g.shape)} and dtype {g.dtype}, the input {x.shape} and {x.dtype}"
+                )
             if x._node is None:
                 entry = leaves.get(id(x))
                 if entry is None:
                     leaves[id(x)] = [x, g]
                 else:
-                    entry[1] = entry[1] + g
+                    entry[1] = _native(x._be, entry[1] + g)
             else:
                 slot = pending.setdefault(id(x._node), [None] * len(x._node.out_meta))
                 k = x._out_index
-                slot[k] = g if slot[k] is None else slot[k] + g
+                slot[k] = g if slot[k] is None else _native(node.be, slot[k] + g)
         if not retain_graph:
             node.saved = None
             node.inputs = None
@@ -169,13 +183,22 @@ def _finish_leaves(leaves: dict) -> None:
     from gpunn.tensor import Tensor
 
     for x, g in leaves.values():
+        be = x._be
         if x.grad is None:
-            x.grad = Tensor._wrap(x._be.xp.ascontiguousarray(g), x._be, False)
+            # ascontiguousarray turns a 0-d array into shape (1,): reshape to the leaf's shape
+            g = be.xp.ascontiguousarray(g).reshape(x.data.shape)
         else:
-            x.grad = Tensor._wrap(x.grad.data + g, x._be, False)
+            g = _native(be, x.grad.data + g)
+        x.grad = Tensor._wrap(g, be, False)
     for x, _ in leaves.values():
         for hook in x._hooks or ():
             hook(x)
+
+
+def _native(be, X):
+    """``X`` as a native array of ``be``: NumPy returns a scalar, not a 0-d array, from
+    arithmetic on 0-d arrays, and a tensor's data and gradients are always arrays."""
+    return X if be.is_native(X) else be.asarray(X)
 
 
 def _topological_order(root: Node) -> list[Node]:

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn import nn
+from gpunn import autograd, nn
 from gpunn.errors import GraphError
+from gpunn.testing import OP_CASES
+from gpunn.testing.cases import resolve_params
 
 
 def test_lecture_example_forward_and_backward(backend):
@@ -19,6 +21,46 @@ def test_lecture_example_forward_and_backward(backend):
     J.backward()
     assert J.item() == 56.0
     assert (x.grad.item(), y.grad.item(), z.grad.item()) == (4.0, 16.0, 12.0)
+    for leaf, want in ((x, 4.0), (y, 16.0), (z, 12.0)):
+        assert leaf.grad.shape == () and leaf.grad.dtype == np.float32
+        assert float(leaf.grad.numpy()) == want
+
+
+def test_gradient_of_a_0d_leaf_is_0d(backend):
+    x = gpunn.tensor(2.0, backend=backend, requires_grad=True)
+    (4 * x).backward()
+    assert x.grad.shape == () and x.grad.numpy().shape == ()
+    (x * x).backward()  # accumulating keeps the shape
+    assert x.grad.shape == () and float(x.grad.numpy()) == 8.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", OP_CASES, ids=repr)
+def test_every_leaf_grad_has_its_leaf_shape_and_dtype(backend, case, dtype):
+    """Through the graph (Tensor inputs, backward from a scalar), for every op case."""
+    rng = np.random.default_rng(1)
+    params = resolve_params(case, dtype)
+    leaves = [
+        gpunn.tensor(x, backend=backend, requires_grad=x.dtype.kind == "f")
+        if isinstance(x, np.ndarray)
+        else x
+        for x in case.make(rng, np.dtype(dtype))
+    ]
+    out = autograd.apply(case.op, *leaves, **params)
+    outs = out if isinstance(out, tuple) else (out,)
+    total = sum(
+        (o * gpunn.tensor(rng.standard_normal(o.shape).astype(o.dtype), backend=backend)).sum()
+        for o in outs
+    )
+    total.backward()
+    checked = 0
+    for i, x in enumerate(leaves):
+        if isinstance(x, gpunn.Tensor) and x.requires_grad:
+            assert x.grad is not None, f"input {i} got no gradient"
+            assert (x.grad.shape, x.grad.dtype) == (x.shape, x.dtype), f"input {i}"
+            assert x.grad.numpy().shape == x.shape
+            checked += 1
+    assert checked
 
 
 def test_tensor_used_twice_sums_its_gradients(backend):
