@@ -10,7 +10,7 @@ import gpunn
 from gpunn import autograd, nn
 from gpunn.errors import GraphError
 from gpunn.testing import OP_CASES
-from gpunn.testing.cases import resolve_params
+from gpunn.testing.cases import input_needs, resolve_params
 
 
 def test_lecture_example_forward_and_backward(backend):
@@ -40,11 +40,11 @@ def test_every_leaf_grad_has_its_leaf_shape_and_dtype(backend, case, dtype):
     """Through the graph (Tensor inputs, backward from a scalar), for every op case."""
     rng = np.random.default_rng(1)
     params = resolve_params(case, dtype)
+    inputs = case.make(rng, np.dtype(dtype))
+    needs = input_needs(case, inputs)
     leaves = [
-        gpunn.tensor(x, backend=backend, requires_grad=x.dtype.kind == "f")
-        if isinstance(x, np.ndarray)
-        else x
-        for x in case.make(rng, np.dtype(dtype))
+        gpunn.tensor(x, backend=backend, requires_grad=need) if isinstance(x, np.ndarray) else x
+        for x, need in zip(inputs, needs)
     ]
     out = autograd.apply(case.op, *leaves, **params)
     outs = out if isinstance(out, tuple) else (out,)
@@ -60,6 +60,8 @@ def test_every_leaf_grad_has_its_leaf_shape_and_dtype(backend, case, dtype):
             assert (x.grad.shape, x.grad.dtype) == (x.shape, x.dtype), f"input {i}"
             assert x.grad.numpy().shape == x.shape
             checked += 1
+        elif isinstance(x, gpunn.Tensor):
+            assert x.grad is None, f"input {i} does not require grad but got one"
     assert checked
 
 

@@ -657,7 +657,7 @@ class NumbaBackend(Backend):
         _pick(_rec.rnn_cell_backward, dZ.size)(_flat(dY), H_new.reshape(-1), dZ.reshape(-1))
         dH = dZ @ W_hh if needs[1] else None
         dW = dZ.T @ H if needs[2] else None
-        return dZ, dH, dW
+        return (dZ if needs[0] else None), dH, dW
 
     def lstm_cell_forward(self, XW, H, C, W_hh):
         H, W_hh, C = _blas(H), _blas(W_hh), _c(C)
@@ -681,7 +681,7 @@ class NumbaBackend(Backend):
         )
         dH = dG @ W_hh if needs[1] else None
         dW = dG.T @ H if needs[3] else None
-        return dG, dH, dC, dW
+        return (dG if needs[0] else None), dH, dC, dW
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):

@@ -18,7 +18,8 @@ import numpy as np
 class OpCase:
     """One way to call an op. ``make(rng, dtype)`` returns its positional inputs (host
     arrays, Python scalars or None); ``params`` are keyword settings; ``family`` picks
-    the tolerance (``elementwise`` or ``reduce``)."""
+    the tolerance (``elementwise`` or ``reduce``). ``needs``: which positions ask for a
+    gradient (None: every float array input); the backward must return None elsewhere."""
 
     name: str
     op: str
@@ -26,6 +27,7 @@ class OpCase:
     params: dict = field(default_factory=dict)
     family: str = "elementwise"
     differentiable: bool = True
+    needs: tuple | None = None
 
     def __repr__(self):
         return self.name
@@ -543,7 +545,31 @@ def _cast_cases():
     ]
 
 
-OP_CASES: list[OpCase] = (
+def input_needs(case: OpCase, inputs) -> tuple:
+    """Per input of ``case``: does the backward compute its gradient? Float arrays only, and
+    only at the positions ``case.needs`` marks."""
+    floats = tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs)
+    if case.needs is None:
+        return floats
+    return tuple(f and i < len(case.needs) and case.needs[i] for i, f in enumerate(floats))
+
+
+def _partial_grad_variants(cases):
+    """For each case with several float inputs, the same case with only its first, and with
+    only its last, float input requiring grad."""
+    variants = []
+    for case in cases:
+        inputs = case.make(np.random.default_rng(0), np.dtype(np.float64))
+        floats = [i for i, f in enumerate(input_needs(case, inputs)) if f]
+        if len(floats) < 2:
+            continue
+        for tag, keep in (("first", floats[0]), ("last", floats[-1])):
+            needs = tuple(i == keep for i in range(len(inputs)))
+            variants.append(replace(case, name=f"{case.name}-grad-{tag}-only", needs=needs))
+    return variants
+
+
+_ALL_GRADS: list[OpCase] = (
     _elementwise_cases()
     + _matmul_cases()
     + _shape_cases()
@@ -553,6 +579,7 @@ OP_CASES: list[OpCase] = (
     + _cast_cases()
     + _small_cases()
 )
+OP_CASES: list[OpCase] = _ALL_GRADS + _partial_grad_variants(_ALL_GRADS)
 
 
 @dataclass(frozen=True)
@@ -600,8 +627,9 @@ def resolve_params(case: OpCase, dtype) -> dict:
 
 
 def run_case(be, case: OpCase, dtype, layout="C", seed=0):
-    """Run ``case`` forward and backward on ``be``. Returns (inputs, Y, grads) as host
-    values: Y a tuple of arrays; grads a tuple with None for non-float inputs."""
+    """Run ``case`` forward and backward on ``be``, asking for the gradients of
+    ``input_needs(case, inputs)``. Returns (inputs, Y, grads, dYs) as host values: Y a
+    tuple of arrays; grads the backward's tuple as it came (None where not needed)."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     inputs = case.make(rng, dtype)
@@ -611,7 +639,7 @@ def run_case(be, case: OpCase, dtype, layout="C", seed=0):
     Ys = Y if isinstance(Y, tuple) else (Y,)
     dYs = tuple(rng.standard_normal(np.shape(y)).astype(y.dtype) for y in Ys)
     native_dY = tuple(be.asarray(d) for d in dYs)
-    needs = tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs)
+    needs = input_needs(case, inputs)
     grads = getattr(be, case.op + "_backward")(
         native_dY if isinstance(Y, tuple) else native_dY[0], saved, needs
     )
