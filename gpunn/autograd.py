@@ -2,10 +2,11 @@
 
 ``apply(op, *inputs, **params)`` is the one way an op runs. It finds the backend the
 inputs live on, calls ``<op>_forward`` there and, when grad mode is on and an input
-requires grad, records a :class:`Node` holding what the backward needs. ``backward``
-visits the nodes in reverse topological order (iteratively, so graphs thousands of
-steps deep are fine), calls each ``<op>_backward`` once, sums the gradients of tensors
-used more than once, and frees every node's saved arrays as it goes.
+requires grad, records a :class:`Node` holding what the backward needs. ``walk(root)``
+lists the nodes in reverse topological order (iteratively, so graphs thousands of steps
+deep are fine); ``backward`` visits them in that order, calls each ``<op>_backward`` once,
+sums the gradients of tensors used more than once, and frees every node's saved arrays as
+it goes. ``gpunn graph`` draws the same walk.
 """
 
 from __future__ import annotations
@@ -127,10 +128,9 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             _finish_leaves({id(root): [root, grad]})
         return
     leaves: dict[int, list] = {}
-    order = _topological_order(root._node)
     pending = {id(root._node): [None] * len(root._node.out_meta)}
     pending[id(root._node)][root._out_index] = grad
-    for node in reversed(order):
+    for node in walk(root):
         grads = pending.pop(id(node), None)
         if node.freed:
             raise GraphError(
@@ -193,6 +193,17 @@ def _finish_leaves(leaves: dict) -> None:
     for x, _ in leaves.values():
         for hook in x._hooks or ():
             hook(x)
+
+
+def walk(root) -> list[Node]:
+    """The nodes ``root`` (a Tensor) was computed through, in the order a backward pass
+    visits them: each node before the nodes that made its inputs (reverse topological
+    order), each once. Empty when ``root`` is a leaf."""
+    if root._node is None:
+        return []
+    order = _topological_order(root._node)
+    order.reverse()
+    return order
 
 
 def _native(be, X):

@@ -213,3 +213,18 @@ def test_post_accumulate_hook_runs_once_per_backward_with_the_summed_grad():
     np.testing.assert_array_equal(seen[0], 5 + 2 * np.array([1.0, 2.0]))
     with pytest.raises(GraphError, match="leaf"):
         (w * 2.0).register_post_accumulate_grad_hook(print)
+
+
+def test_walk_lists_each_node_once_before_the_nodes_of_its_inputs():
+    x = gpunn.tensor([1.0, 2.0], requires_grad=True)
+    a = x * 2
+    b = a.exp()
+    y = (a + b).sum()
+    nodes = autograd.walk(y)
+    assert [n.op for n in nodes] == ["sum", "add", "exp", "mul"]
+    position = {id(n): k for k, n in enumerate(nodes)}
+    for n in nodes:
+        for t in n.inputs:
+            if t is not None and t.grad_fn is not None:
+                assert position[id(t.grad_fn)] > position[id(n)]
+    assert autograd.walk(x) == []
