@@ -155,8 +155,8 @@ def backward(root, grad, retain_graph: bool = False) -> None:
         for i, (x, need, g) in enumerate(zip(node.inputs, node.needs, in_grads)):
             if not need or g is None:
                 continue
-            g = _native(node.be, g)
-            if tuple(g.shape) != x.shape or g.dtype != x.dtype:
+            # (a NumPy scalar in place of a 0-d array passes: it has shape () and a dtype)
+            if g.shape != x.data.shape or g.dtype != x.data.dtype:
                 raise GraphError(
                     f"{node.op}_backward on {node.be.name!r}: gradient of input {i} has shape "
                     f"{tuple(g.shape)} and dtype {g.dtype}, the input {x.shape} and {x.dtype}"
@@ -166,11 +166,11 @@ def backward(root, grad, retain_graph: bool = False) -> None:
                 if entry is None:
                     leaves[id(x)] = [x, g]
                 else:
-                    entry[1] = _native(x._be, entry[1] + g)
+                    entry[1] = entry[1] + g
             else:
                 slot = pending.setdefault(id(x._node), [None] * len(x._node.out_meta))
                 k = x._out_index
-                slot[k] = g if slot[k] is None else _native(node.be, slot[k] + g)
+                slot[k] = g if slot[k] is None else slot[k] + g
         if not retain_graph:
             node.saved = None
             node.inputs = None
