@@ -224,3 +224,57 @@ def test_lecture_example_gives_0d_gradients_like_torch(backend):
     (4 * (tx + ty * tz)).backward()
     assert got == [float(v.grad) for v in (tx, ty, tz)] == [4.0, 16.0, 12.0]
     assert all(v.grad.shape == () for v in (x, y, z))
+
+
+def _small_cnn(lib):
+    nn = lib.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 5),
+        nn.Tanh(),
+        nn.Linear(5, 3),
+    )
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_model_trains_like_torch_from_the_same_weights(backend, optimizer):
+    """A PyTorch state_dict loads key for key; loss, every parameter's gradient and three
+    optimizer steps then agree (float64)."""
+    torch.manual_seed(0)
+    theirs = _small_cnn(torch).double()
+    ours = _small_cnn(gpunn).to(backend).double()
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 1, 8, 8)), rng.integers(0, 3, 4)
+    if optimizer == "sgd":
+        opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+        opt_g = gpunn.optim.SGD(ours.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    else:
+        opt_t = torch.optim.Adam(theirs.parameters(), lr=0.01, weight_decay=0.01)
+        opt_g = gpunn.optim.Adam(ours.parameters(), lr=0.01, weight_decay=0.01)
+    xg, yg = gpunn.tensor(x, backend=backend), gpunn.tensor(y, backend=backend)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    for step in range(3):
+        opt_t.zero_grad()
+        opt_g.zero_grad()
+        loss_t = TF.cross_entropy(theirs(xt), yt)
+        loss_g = F.cross_entropy(ours(xg), yg)
+        loss_t.backward()
+        loss_g.backward()
+        assert loss_g.shape == () and loss_g.dtype == np.float64
+        np.testing.assert_allclose(float(loss_g.numpy()), loss_t.item(), rtol=1e-10)
+        grads_t = {k: p.grad.numpy() for k, p in theirs.named_parameters()}
+        for k, p in ours.named_parameters():
+            assert p.grad.shape == p.shape == grads_t[k].shape, k
+            np.testing.assert_allclose(
+                p.grad.numpy(), grads_t[k], rtol=1e-9, atol=1e-12, err_msg=f"step {step}: {k}"
+            )
+        opt_t.step()
+        opt_g.step()
+    for k, p in theirs.state_dict().items():
+        np.testing.assert_allclose(
+            ours.state_dict()[k].numpy(), p.numpy(), rtol=1e-9, atol=1e-12, err_msg=k
+        )
