@@ -647,7 +647,7 @@ def run_case(be, case: OpCase, dtype, layout="C", seed=0):
     return inputs, tuple(to_host(y) for y in Ys), tuple(to_host(g) for g in grads), dYs
 
 
-def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3, 4))):
+def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3, 4), (), (1,))):
     """Apply one update to random parameters on ``be``; returns the host params and state."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
