@@ -37,5 +37,5 @@ def embedding(input, weight, padding_idx=None):
                 f"{weight.shape}"
             )
         padding_idx = padding_idx % rows
-    input._be.check_indices(op, input.data, rows)
+    input.backend_object.check_indices(op, input.data, rows)
     return apply(op, input, weight, padding_idx=padding_idx)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from gpunn import functional as F
 from gpunn.autograd import no_grad
 from gpunn.nn.module import Module, Parameter
-from gpunn.random import randn
-from gpunn.tensor import tensor
+from gpunn.tensor import randn, tensor
 
 
 class Embedding(Module):
