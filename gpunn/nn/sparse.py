@@ -31,7 +31,7 @@ class Embedding(Module):
         if padding_idx is not None:
             keep = tensor([[0.0 if i == padding_idx else 1.0] for i in range(num_embeddings)])
             with no_grad():
-                weight = weight * keep
+                weight = weight * keep + 0.0  # + 0.0: the row holds 0, not -0
         self.weight = Parameter(weight)
 
     def forward(self, input):
