@@ -6,10 +6,11 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 
 import gpunn
-from gpunn import bench
+from gpunn import bench, workloads
 
 FAST = ["--min-rounds", "2", "--max-rounds", "3", "--max-time", "1", "--sample-time", "0.002"]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,3 +110,100 @@ def test_plot_script_reads_bench_json(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 0
     table = plot_bench.markdown(plot_bench.load(str(src)))
     assert "| mlp | 128 | 2 | 4 | 2.00 |" in table
+
+
+def test_gpu_sized_workload_runs_on_the_cpu_when_named_with_a_small_scale(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    argv = ["--workload", "conv28x128-b32", "--workload", "softmax_ce-fwdbwd"]
+    argv += ["--backend", "numpy", "--scale", "0.05", "--scale", "0.1", "--json", str(path)]
+    status, out, err = _run(argv + FAST, capsys)
+    assert status == 0, err
+    data = json.loads(path.read_text())
+    got = {(r["workload"], r["scale"], r["batch"], r["kind"]) for r in data["results"]}
+    assert got == {
+        ("conv28x128-b32", 0.05, 2, "op"),
+        ("conv28x128-b32", 0.1, 3, "op"),
+        ("softmax_ce-fwdbwd", 0.05, 13, "op"),
+        ("softmax_ce-fwdbwd", 0.1, 26, "op"),
+    }
+    assert data["errors"] == [] and data["machine"]["cpus_total"] >= data["machine"]["cpus"]
+    assert data["sgemm_gflops_start"] > 0 and data["sgemm_gflops_end"] > 0
+    for r in data["results"]:
+        assert r["tf32"] is None and r["spread"] >= 0
+    assert "scale" in out[out.index("workload") :].splitlines()[0]
+
+
+def test_default_selection_leaves_gpu_sized_workloads_to_the_gpu():
+    args = bench._parser().parse_args([])
+    cpu = bench._select_workloads(args, gpu=False)
+    assert set(cpu) == set(workloads.NAMES) | set(workloads.OPS)
+    assert not set(cpu) & set(workloads.GPU_ONLY)
+    assert set(bench._select_workloads(args, gpu=True)) == set(workloads.ALL)
+    ops = bench._select_workloads(bench._parser().parse_args(["--ops"]), gpu=True)
+    assert all(workloads.spec(n).kind == "op" for n in ops) and "conv56x64-b128" in ops
+
+
+def test_a_failing_workload_is_reported_and_the_run_goes_on(tmp_path, capsys, monkeypatch):
+    real = workloads.build
+
+    def build(name, backend, scale=1, lr=0.01):
+        if name == "softmax_ce-fwd":
+            raise MemoryError("out of device memory (test)")
+        return real(name, backend, scale, lr)
+
+    monkeypatch.setattr(workloads, "build", build)
+    path = tmp_path / "bench.json"
+    argv = ["--workload", "softmax_ce-fwd", "--workload", "softmax_ce-fwdbwd"]
+    status, out, err = _run(argv + ["--backend", "numpy", "--json", str(path)] + FAST, capsys)
+    assert status == 0
+    data = json.loads(path.read_text())
+    assert [r["workload"] for r in data["results"]] == ["softmax_ce-fwdbwd"]
+    (error,) = data["errors"]
+    assert "softmax_ce-fwd" in error and "out of device memory" in error
+    assert "error: softmax_ce-fwd" in out
+
+
+def test_tf32_needs_the_gpu(capsys):
+    status, _, err = _run(["--backend", "numpy", "--tf32", "both"], capsys)
+    assert status == 2 and "cupy" in err
+
+
+def test_bandwidth_table_shows_fractions_and_errors():
+    bw = {
+        "array_mib": 256,
+        "copy_gb_per_s": 4000.0,
+        "kernels": [
+            {"kernel": "relu_forward", "ms": 0.1, "gb_per_s": 3600.0, "fraction_of_copy": 0.9},
+            {"kernel": "lstm_cell", "error": "AttributeError: no launcher"},
+        ],
+    }
+    text = bench.format_bandwidth(bw)
+    assert "4000 GB/s" in text and "90%" in text and "error: AttributeError" in text
+
+
+@pytest.mark.parametrize("name", workloads.OPS + ("conv56x64-b32",))
+def test_op_workloads_compute_the_same_thing_in_gpunn_and_torch(name):
+    """Same data, same parameters, same definition: the outputs agree."""
+    pytest.importorskip("torch")
+    ours = workloads.build(name, "numpy", scale=0.05)
+    peer = workloads.build_torch(name, "cpu", scale=0.05)
+    ours.step()
+    peer.step()
+    assert ours.batch == peer.batch and ours.flops == peer.flops
+    assert ours.loss() == pytest.approx(peer.loss(), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in workloads.ALL if workloads.spec(n).kind == "step"])
+def test_step_workloads_have_the_same_parameters_on_both_sides(name):
+    torch = pytest.importorskip("torch")
+    from gpunn import nn
+
+    with gpunn.use_backend("numpy"):
+        model, _ = workloads._gpunn_model(name)
+    theirs, _ = workloads._torch_model(torch.nn, name)
+    ours = sorted(tuple(p.shape) for p in model.parameters())
+    assert ours == sorted(tuple(p.shape) for p in theirs.parameters())
+    assert isinstance(model, nn.Module)
+    w = workloads.build(name, "numpy", scale=1 / 64 if workloads.spec(name).gpu_only else 0.05)
+    w.step()
+    assert np.isfinite(w.loss())
