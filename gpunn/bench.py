@@ -44,6 +44,7 @@ PEERS = ("torch",)
 INSTALL_TORCH = "pip install torch"
 STABLE_WINDOW = 5  # rounds over which a median must hold still
 SGEMM_N = 1024
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 class BenchError(Exception):
@@ -635,6 +636,8 @@ def main(argv=None) -> int:
                 "system": f"{platform.system()} {platform.machine()}",
             },
             "versions": _versions(torch),
+            # set by some environments to tune OpenBLAS; None: unset for this run
+            "blas_environment": {k: os.environ.get(k) for k in BLAS_VARS},
             "sgemm_gflops_start": sgemm_gflops(),
             "peer": args.against,
             "workloads": {n: workloads.spec(n).about for n in names},

@@ -207,3 +207,79 @@ def test_step_workloads_have_the_same_parameters_on_both_sides(name):
     w = workloads.build(name, "numpy", scale=1 / 64 if workloads.spec(name).gpu_only else 0.05)
     w.step()
     assert np.isfinite(w.loss())
+
+
+def _plot_bench():
+    spec = importlib.util.spec_from_file_location(
+        "plot_bench", os.path.join(ROOT, "benchmarks", "plot_bench.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_block_is_rebuilt_from_the_json_alone(tmp_path):
+    plot_bench = _plot_bench()
+    rows = [
+        bench.Row("lenet", "numba", "cpu", False, 64, 1e9, samples_ms=[6.0, 7.0, 8.0]),
+        bench.Row("lenet", "torch", "cpu", True, 64, 1e9, samples_ms=[4.0]),
+    ]
+    bench.summarise(rows, sgemm=200.0)
+    data = {
+        "command": "gpunn bench --against torch --threads 2 --json x.json",
+        "created": "2026-11-29T12:00:00+0000",
+        "peer": "torch",
+        "machine": {"cpu": "Test CPU 9000", "cpus": 2, "threads": 2, "blas": "b", "gpu": None},
+        "versions": {"gpunn": "9.9", "torch": "2.13"},
+        "blas_environment": {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None},
+        "sgemm_gflops_start": 150.0,
+        "sgemm_gflops_end": 200.0,
+        "results": [vars(r) for r in rows],
+    }
+    src = tmp_path / "bench-cpu.json"
+    src.write_text(json.dumps(data))
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- gpunn bench: "
+        + os.path.relpath(src, ROOT)
+        + " -->\nold figures 0.69\n<!-- end gpunn bench -->\nafter\n"
+    )
+    plot_bench.main([str(src), "--no-plot", "--readme", str(readme)])
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "0.69" not in text
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE gpunn bench --against torch" in text
+    assert "Test CPU 9000" in text and "150 GFLOP/s" in text and "200 at its end" in text
+    assert "| lenet | 64 | 4 | 7 | 1.75 | 71% |" in text
+
+
+def test_readme_refuses_a_file_without_its_block(tmp_path):
+    plot_bench = _plot_bench()
+    readme = tmp_path / "README.md"
+    readme.write_text("no block\n")
+    with pytest.raises(SystemExit, match="no block"):
+        plot_bench.update_readme(str(readme), {}, str(tmp_path / "x.json"), None)
+
+
+def test_gpu_table_has_a_column_per_tf32_setting_and_the_bandwidth_range():
+    plot_bench = _plot_bench()
+    rows = []
+    for scale in (1, 8):
+        for tf32, ours, theirs in ((False, 3.0, 2.0), (True, 2.0, 2.0)):
+            for be, ms, peer in (("cupy", ours, False), ("torch-cuda", theirs, True)):
+                row = bench.Row("mlp-wide", be, "cuda", peer, 1024 * scale, 1e9, [ms])
+                row.scale, row.tf32 = scale, tf32
+                rows.append(row)
+    bench.summarise(rows, sgemm=100.0)
+    bw = {
+        "array_mib": 256,
+        "copy_gb_per_s": 4000.0,
+        "kernels": [
+            {"kernel": "relu_forward", "ms": 1, "gb_per_s": 3800.0, "fraction_of_copy": 0.95},
+            {"kernel": "add (row broadcast)", "ms": 1, "gb_per_s": 1800, "fraction_of_copy": 0.45},
+        ],
+    }
+    data = {"peer": "torch", "results": [vars(r) for r in rows], "bandwidth": bw}
+    table = plot_bench.markdown(data)
+    assert "| mlp-wide x1 | 1024 | 2 | 2 | 3 | 1.50 | 2 | 1.00 |" in table
+    assert "| mlp-wide x8 | 8192 |" in table and "cupy TF32 / torch-cuda" in table
+    assert "45% to 95% of it" in table and "% sgemm" not in table
