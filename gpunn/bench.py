@@ -656,7 +656,7 @@ def main(argv=None) -> int:
         print("\n".join(header_lines(info)), file=out, flush=True)
         rows: list[Row] = []
         for tf32 in tf32s:
-            on_gpu_only = tf32 != tf32s[0]  # a second TF32 pass changes nothing on the CPU
+            gpu_pass = tf32 != tf32s[0]  # a second TF32 pass changes nothing on the CPU
             if gpu:
                 _set_tf32(tf32, torch)
             for scale in scales:
@@ -667,7 +667,7 @@ def main(argv=None) -> int:
                         torch,
                         scale,
                         tf32 if gpu else None,
-                        on_gpu_only,
+                        gpu_pass,
                         args,
                         info,
                         log,
@@ -706,15 +706,17 @@ def main(argv=None) -> int:
     return 0
 
 
-def _run_one(name, backends, torch, scale, tf32, gpu_only, args, info, log) -> list[Row]:
+def _run_one(name, backends, torch, scale, tf32, gpu_pass, args, info, log) -> list[Row]:
     """Time one workload at one scale and TF32 setting on every backend and the peer; a
-    failure is recorded in info["errors"] and the run goes on."""
+    failure is recorded in info["errors"] and the run goes on. ``gpu_pass``: the second
+    TF32 pass, which only the GPU backends run. GPU-sized workloads run on the CPU
+    backends only when named with --workload."""
     spec = workloads.spec(name)
     devices = ["cuda" if be == "cupy" else "cpu" for be in backends]
     keep = [
         be
         for be, dev in zip(backends, devices)
-        if (dev == "cuda" or not gpu_only) and (dev == "cuda" or not spec.gpu_only or args.workload)
+        if (dev == "cuda" or not gpu_pass) and (dev == "cuda" or not spec.gpu_only or args.workload)
     ]
     if not keep:
         return []

@@ -283,3 +283,21 @@ def test_gpu_table_has_a_column_per_tf32_setting_and_the_bandwidth_range():
     assert "| mlp-wide x1 | 1024 | 2 | 2 | 3 | 1.50 | 2 | 1.00 |" in table
     assert "| mlp-wide x8 | 8192 |" in table and "cupy TF32 / torch-cuda" in table
     assert "45% to 95% of it" in table and "% sgemm" not in table
+
+
+def test_second_tf32_pass_and_unnamed_gpu_workloads_leave_the_cpu_alone():
+    args = bench._parser().parse_args(["--backend", "numpy"])
+    info = {"errors": []}
+    assert bench._run_one("mlp", ["numpy"], None, 1, None, True, args, info, print) == []
+    assert bench._run_one("resnet", ["numpy"], None, 1, None, False, args, info, print) == []
+    assert info["errors"] == []
+
+
+def test_ratios_pair_rows_of_the_same_scale_and_tf32_setting():
+    rows = []
+    for tf32, ours, theirs in ((False, 4.0, 2.0), (True, 3.0, 1.0)):
+        for be, ms, peer in (("cupy", ours, False), ("torch-cuda", theirs, True)):
+            row = bench.Row("mlp", be, "cuda", peer, 128, 0.0, [ms], tf32=tf32)
+            rows.append(row)
+    bench.summarise(rows, sgemm=0.0)
+    assert [r.ratio_to_peer for r in rows if not r.is_peer] == [2.0, 3.0]
