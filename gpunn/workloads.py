@@ -20,6 +20,7 @@ to something a CPU can run). Workloads marked ``gpu_only`` are sized for a GPU.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -118,8 +119,11 @@ def _op_parts(name: str) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------- data
 
 
+@functools.lru_cache(maxsize=1)
 def _data(name, batch, seed=0):
-    """Host inputs and targets for one batch of workload ``name``."""
+    """Host inputs and targets for one batch of workload ``name``. The last call's arrays
+    are kept, so gpunn and its peer, built one after the other, share one draw (the
+    largest take seconds to draw); nothing writes to them."""
     rng = np.random.default_rng(seed)
     s = spec(name)
 
