@@ -459,8 +459,8 @@ def bandwidth_cases(be, mib: int = 256) -> dict:
     cols = n // rows
     Z = a.reshape(rows, cols)
     bias = rng.standard_normal(cols, dtype=np.float32)
-    buf = cupy.zeros(n, np.float32)
-    m, v = cupy.zeros(n, np.float32), cupy.ones(n, np.float32)
+    buf = rng.standard_normal(n, dtype=np.float32)  # momentum
+    m, v = rng.standard_normal(n, dtype=np.float32), rng.random(n, dtype=np.float32)
     Zc = Z.copy()
     hidden = 1024
     batch = n // (4 * hidden)

@@ -301,3 +301,31 @@ def test_ratios_pair_rows_of_the_same_scale_and_tf32_setting():
             rows.append(row)
     bench.summarise(rows, sgemm=0.0)
     assert [r.ratio_to_peer for r in rows if not r.is_peer] == [2.0, 3.0]
+
+
+def test_bandwidth_cases_call_the_backend_contract(monkeypatch):
+    """No GPU here: CuPy's few calls are stood in for by NumPy, and the cases run on the
+    reference backend, which checks every op's signature and the byte counts' sizes."""
+    import types
+
+    from gpunn.backends import backend_object
+
+    shim = types.SimpleNamespace(
+        random=types.SimpleNamespace(default_rng=np.random.default_rng),
+        empty_like=np.empty_like,
+        empty=np.empty,
+        cuda=types.SimpleNamespace(
+            get_current_stream=lambda: types.SimpleNamespace(ptr=0),
+            runtime=types.SimpleNamespace(memcpyDeviceToDevice=3, memcpyAsync=None),
+        ),
+    )
+    monkeypatch.setitem(sys.modules, "cupy", shim)
+    be = backend_object("numpy")
+    cases = workloads.bandwidth_cases(be, mib=1)
+    n = 2**20 // 4
+    assert cases.pop("copy")[1] == 2 * n * 4  # a device pointer copy: not run here
+    for name, (fn, moved) in cases.items():
+        assert moved >= 2 * n * 4 * 0.99, name
+        if "epilogue" in name or "lstm_cell" in name:
+            continue  # launched through the cupy backend's launcher, by kernel stem
+        fn()
