@@ -7,6 +7,7 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from gpunn.kernels import codes
 from gpunn.kernels.cuda import compile_check, loader
 
 from gpunn.backends.base import ACTIVATIONS, FLOAT_DTYPES
@@ -62,12 +63,14 @@ def _ops_named_in_docs():
 
 
 def test_activation_codes_match_the_header():
+    """common.cuh's ``enum Activation`` holds exactly gpunn.kernels.codes.ACTIVATION_CODES."""
     header = loader.read_source(loader.HEADER)
-    enum = dict(
-        (name.lower(), int(value)) for name, value in re.findall(r"ACT_(\w+) = (\d+)", header)
-    )
-    assert {str(k).lower(): v for k, v in loader.ACTIVATION_CODES.items()} == enum
-    assert set(loader.ACTIVATION_CODES) == set(ACTIVATIONS)
+    (body,) = re.findall(r"enum Activation \{([^}]*)\}", header)
+    enum = {name.lower(): int(value) for name, value in re.findall(r"ACT_(\w+) = (\d+)", body)}
+    assert len(enum) == body.count("=")
+    assert {str(k).lower(): v for k, v in codes.ACTIVATION_CODES.items()} == enum
+    assert loader.ACTIVATION_CODES is codes.ACTIVATION_CODES
+    assert set(codes.ACTIVATION_CODES) == set(ACTIVATIONS)
 
 
 def test_loader_rejects_other_dtypes_without_cupy():

@@ -21,7 +21,8 @@ import numpy as np
 
 from gpunn.backends.base import Backend, _is_basic_index
 from gpunn.errors import BackendError, DeviceMemoryError
-from gpunn.kernels.cuda.loader import ACTIVATION_CODES, DTYPES, KernelLoader
+from gpunn.kernels.codes import ACTIVATION_CODES
+from gpunn.kernels.cuda.loader import DTYPES, KernelLoader
 
 try:
     import cupy
@@ -688,20 +689,20 @@ class CupyBackend(Backend):
         )
         return loss
 
-    def mse_forward(self, P, T):
+    def mse_loss_forward(self, P, T):
         P, T = _c(P), _c(T)
         D = cupy.empty(P.shape, P.dtype)
-        loss = self._loss_forward("mse_forward", P.size, (P, T), (D,))
+        loss = self._loss_forward("mse_loss_forward", P.size, (P, T), (D,))
         return loss, D
 
-    def mse_backward(self, dY, saved, needs):
+    def mse_loss_backward(self, dY, saved, needs):
         D = saved
         dP = cupy.empty(D.shape, D.dtype) if needs[0] else None
         dT = cupy.empty(D.shape, D.dtype) if needs[1] else None
         if (needs[0] or needs[1]) and D.size:
             need = (1 if needs[0] else 0) | (2 if needs[1] else 0)
             self._launch(
-                "mse_backward",
+                "mse_loss_backward",
                 D.dtype,
                 D.size,
                 (
@@ -1092,6 +1093,12 @@ class CupyBackend(Backend):
             ),
         )
 
+
+# Transition: the contract's op ``mse`` becomes ``mse_loss``. Until the base backend carries
+# the new name, the old one runs the same kernels (delete these lines once it does).
+if not hasattr(Backend, "mse_loss_forward"):
+    CupyBackend.mse_forward = CupyBackend.mse_loss_forward
+    CupyBackend.mse_backward = CupyBackend.mse_loss_backward
 
 # Every op (and the allocating utilities) reports running out of GPU memory as a
 # DeviceMemoryError naming the op, the bytes asked for and the bytes free.
