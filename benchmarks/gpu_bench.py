@@ -114,6 +114,7 @@ def bench_bandwidth(mib=256):
     """Copy bandwidth and each fused kernel's bandwidth (GB/s, bytes read + written)."""
     import cupy
     import numpy as np
+    from gpunn.kernels.cuda.launch import launch
 
     from gpunn.backends import backend_object
 
@@ -156,7 +157,8 @@ def bench_bandwidth(mib=256):
         "add_forward (same shape)": (lambda: be.add_forward(a, g), 3 * n * f32),
         "add_forward (row broadcast)": (lambda: be.add_forward(Z, bias), 2 * n * f32),
         "linear epilogue (bias+relu, in place)": (
-            lambda: be._launch(
+            lambda: launch(
+                be._dev,
                 "linear_forward",
                 Zc.dtype,
                 Zc.size,
@@ -174,7 +176,8 @@ def bench_bandwidth(mib=256):
             7 * n * f32,
         ),
         "lstm_cell gates+state (fused kernel)": (
-            lambda: be._launch(
+            lambda: launch(
+                be._dev,
                 "lstm_cell_forward",
                 xw.dtype,
                 c.size,

@@ -286,9 +286,9 @@ def _fake_cupy(cache):
     sys.modules.update(
         {"cupy": cupy, "cupy.cuda": cuda, "cupy._core": core, "cupy._core._routines_linalg": linalg}
     )
-    import gpunn.backends.cupy_backend as cb
+    import gpunn.kernels.cuda.workspace as ws
 
-    cb._ptr = lambda a: a.ctypes.data
+    ws.ptr = lambda a: a.ctypes.data
 
 
 def _worker(part):

@@ -15,6 +15,8 @@ Importing this module needs neither CuPy nor a GPU.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from contextlib import contextmanager
 from importlib import resources
 
 import numpy as np
@@ -143,6 +145,28 @@ def name_expressions(name: str) -> list[str]:
 
 FILE_OF = {stem: name for name, stems in KERNELS.items() for stem in stems}
 
+# The counters of the open count_launches() blocks; empty (one falsy test per launch) otherwise.
+_counters: list[Counter] = []
+
+
+@contextmanager
+def count_launches():
+    """Count kernel launches made through :meth:`KernelLoader.launch` inside the block.
+
+    Yields a ``collections.Counter`` of kernel name (``"lstm_cell_forward"``, both dtypes
+    together) -> launches so far; blocks may nest, each counts what runs inside it::
+
+        with count_launches() as launches:
+            model(x).sum().backward()
+        assert launches["lstm_cell_forward"] == T
+    """
+    counts: Counter = Counter()
+    _counters.append(counts)
+    try:
+        yield counts
+    finally:
+        _counters.remove(counts)
+
 
 class KernelLoader:
     """``loader(stem, dtype)`` -> the compiled ``cupy.RawKernel`` of that instance.
@@ -162,6 +186,13 @@ class KernelLoader:
             fn = self._load(stem, np.dtype(dtype))
             self._functions[(stem, dtype)] = fn
         return fn
+
+    def launch(self, stem: str, dtype, grid: tuple, block: tuple, args: tuple) -> None:
+        """Launch instance ``stem<dtype>`` on ``grid`` x ``block`` threads with ``args`` (on
+        the current stream), counted by any open :func:`count_launches` block."""
+        self(stem, dtype)(grid, block, args)
+        for counts in _counters:
+            counts[stem] += 1
 
     def module(self, name: str):
         """The RawModule of file ``name`` (compiled on first use of a kernel)."""
