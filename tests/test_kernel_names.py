@@ -46,9 +46,9 @@ KERNEL_ONLY = {
     ("cpu", "sum_forward"): "cupy uses CuPy's reduction (see MODULE_ONLY)",
     ("cpu", "sum_backward"): "cupy uses a broadcast view (see MODULE_ONLY)",
     ("cpu", "getitem_backward"): "cupy uses cupy.add.at (see MODULE_ONLY)",
-    ("cuda", "exp_backward"): "dY * Y as one kernel; the numba backend multiplies with a "
-    "vectorised NumPy product in place, no kernel of its own",
-    ("cuda", "log_backward"): "dY / X as one kernel; numba divides with NumPy in place",
+    ("cuda", "exp_backward"): "dY * Y in one kernel; the numba backend reuses its "
+    "mul_forward kernel",
+    ("cuda", "log_backward"): "dY / X; the numba backend launches its div_forward kernel",
 }
 
 
@@ -66,16 +66,16 @@ def _is_kernel(fn: ast.FunctionDef) -> bool:
 
 
 def cpu_tree() -> dict[str, list[str]]:
-    """family module stem -> public kernels, for every public module of kernels/cpu."""
+    """family module stem -> public kernels, for every module of kernels/cpu that has any."""
     out = {}
     for name in sorted(os.listdir(CPU_DIR)):
         if not name.endswith(".py") or name.startswith("_"):
             continue
         with open(os.path.join(CPU_DIR, name), encoding="utf-8") as f:
             tree = ast.parse(f.read())
-        out[name[:-3]] = [
-            n.name for n in tree.body if isinstance(n, ast.FunctionDef) and _is_kernel(n)
-        ]
+        found = [n.name for n in tree.body if isinstance(n, ast.FunctionDef) and _is_kernel(n)]
+        if found:  # helper modules (launchers, threads, warmup) define no kernel
+            out[name[:-3]] = found
     return out
 
 
