@@ -154,7 +154,9 @@ def count_launches():
     """Count kernel launches made through :meth:`KernelLoader.launch` inside the block.
 
     Yields a ``collections.Counter`` of kernel name (``"lstm_cell_forward"``, both dtypes
-    together) -> launches so far; blocks may nest, each counts what runs inside it::
+    together) -> launches so far; blocks may nest, each counts what runs inside it. Only
+    gpunn's own kernels are counted: cuBLAS products and CuPy routines launch outside the
+    loader::
 
         with count_launches() as launches:
             model(x).sum().backward()
