@@ -410,6 +410,7 @@ def _normalization_cases():
             ("batch-norm-1d-seq-plain", (4, 3, 6), False, False, None, True, 0.1),
             ("batch-norm-2d-eval", (2, 3, 5, 4), True, True, 9, False, 0.1),
             ("batch-norm-1d-eval-noaffine", (5, 6), False, True, None, False, 0.1),
+            ("batch-norm-2d-train-360-per-channel", (5, 3, 9, 8), True, True, 1, True, 0.1),
         )
     ]
 
@@ -425,6 +426,7 @@ def _normalization_cases():
         ((2, 3, 4, 5), (4, 5), True, True),
         ((1, 9), (9,), False, False),
         ((3, 2, 6), (6,), True, False),
+        ((13, 70), (70,), True, True),
     ):
         cases.append(
             OpCase(

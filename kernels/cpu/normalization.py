@@ -164,34 +164,44 @@ def layer_norm_backward(dy, x, mean, invstd, weight, dx):
             out[k] = inv * (g - a - (row[k] - m) * inv * b)
 
 
-#: Columns per task of layer_norm_affine_grad: rows are read in contiguous runs of this many.
-AFFINE_BLOCK = 64
+#: Rows per partial sum of layer_norm_affine_grad: at least AFFINE_ROWS, and more when
+#: there are so many rows that there would be over AFFINE_CHUNKS partials. Fixed by the
+#: shape alone, so the result does not depend on the thread count.
+AFFINE_ROWS = 64
+AFFINE_CHUNKS = 256
 
 
 @kernel(parallel=True, fastmath=True)
 def layer_norm_affine_grad(dy, x, mean, invstd, dweight, dbias):
     """Column sums over the rows: dweight = sum(dy * xhat), dbias = sum(dy) (each (D,), or
-    empty for not wanted). Parallel over blocks of columns; each column is summed over
-    the rows in order, so the result does not depend on the thread count."""
+    empty for not wanted). Each chunk of rows sums into its own float64 partial (parallel
+    over chunks), then the partials are added in chunk order."""
     rows, d = x.shape
-    blocks = (d + AFFINE_BLOCK - 1) // AFFINE_BLOCK
-    for blk in prange(blocks):
-        k0 = blk * AFFINE_BLOCK
-        k1 = min(d, k0 + AFFINE_BLOCK)
-        sw = np.zeros(k1 - k0)
-        sb = np.zeros(k1 - k0)
-        for r in range(rows):
+    step = max(AFFINE_ROWS, (rows + AFFINE_CHUNKS - 1) // AFFINE_CHUNKS)
+    chunks = (rows + step - 1) // step
+    pw = np.zeros((chunks, d))
+    pb = np.zeros((chunks, d))
+    for c in prange(chunks):
+        aw = pw[c]
+        ab = pb[c]
+        for r in range(c * step, min(rows, (c + 1) * step)):
+            xr = x[r]
+            gr = dy[r]
             m = mean[r]
             inv = invstd[r]
-            for k in range(k0, k1):
-                g = dy[r, k]
-                sb[k - k0] += g
-                sw[k - k0] += g * ((x[r, k] - m) * inv)
-        for k in range(k0, k1):
-            if dweight.size:
-                dweight[k] = sw[k - k0]
-            if dbias.size:
-                dbias[k] = sb[k - k0]
+            for k in range(d):
+                g = gr[k]
+                ab[k] += g
+                aw[k] += g * ((xr[k] - m) * inv)
+    for c in range(1, chunks):
+        pw[0] += pw[c]
+        pb[0] += pb[c]
+    if dweight.size:
+        for k in range(d):
+            dweight[k] = pw[0, k]
+    if dbias.size:
+        for k in range(d):
+            dbias[k] = pb[0, k]
 
 
 #: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them

@@ -638,7 +638,8 @@ def layer_norm_backward(dev: Device, dY2, X2, mean, invstd, weight, needs):
             need = (1 if needs[1] else 0) | (2 if needs[2] else 0)
             outs = (dW if dW is not None else X2, dB if dB is not None else X2)
             args = (dY2, X2, mean, invstd, *outs, i64(rows), i64(d), i32(need))
-            launch(dev, "layer_norm_affine_grad", dtype, d, args)
+            blocks = ((d + 31) // 32,)
+            dev.kernels.launch("layer_norm_affine_grad", dtype, blocks, (32, 8), args)
     return dX, dW, dB
 
 

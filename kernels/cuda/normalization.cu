@@ -197,21 +197,36 @@ __global__ void layer_norm_backward(const T* __restrict__ dY, const T* __restric
   }
 }
 
-// Column sums over the rows, one thread per column, rows in order: dweight = sum(dY * xhat),
-// dbias = sum(dY). ``need``: 1 dweight, 2 dbias.
+// Column sums over the rows: dweight = sum(dY * xhat), dbias = sum(dY). ``need``: 1 dweight,
+// 2 dbias. Blocks of (32, 8) threads: threadIdx.x picks one of the block's 32 columns,
+// threadIdx.y one of 8 row lanes that sums rows y, y + 8, ... in order; the 8 lanes are then
+// added in order, so the result repeats bit for bit.
 template <typename T>
 __global__ void layer_norm_affine_grad(const T* __restrict__ dY, const T* __restrict__ X,
                                        const T* __restrict__ mean, const T* __restrict__ invstd,
                                        T* __restrict__ dweight, T* __restrict__ dbias,
                                        long long rows, long long d, int need) {
-  GPUNN_GRID_STRIDE(k, d) {
-    double sw = 0.0, sb = 0.0;
-    for (long long r = 0; r < rows; ++r) {
+  __shared__ double part_w[8][32];
+  __shared__ double part_b[8][32];
+  const long long k = (long long)blockIdx.x * 32 + threadIdx.x;
+  double sw = 0.0, sb = 0.0;
+  if (k < d) {
+    for (long long r = threadIdx.y; r < rows; r += 8) {
       const T g = dY[r * d + k];
       sb += (double)g;
       sw += (double)g * (double)((X[r * d + k] - mean[r]) * invstd[r]);
     }
-    if (need & 1) dweight[k] = T(sw);
-    if (need & 2) dbias[k] = T(sb);
+  }
+  part_w[threadIdx.y][threadIdx.x] = sw;
+  part_b[threadIdx.y][threadIdx.x] = sb;
+  __syncthreads();
+  if (threadIdx.y == 0 && k < d) {
+    double tw = 0.0, tb = 0.0;
+    for (int y = 0; y < 8; ++y) {
+      tw += part_w[y][threadIdx.x];
+      tb += part_b[y][threadIdx.x];
+    }
+    if (need & 1) dweight[k] = T(tw);
+    if (need & 2) dbias[k] = T(tb);
   }
 }
