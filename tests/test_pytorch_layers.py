@@ -241,8 +241,8 @@ def test_embedding_backward_is_the_reference_bit_for_bit(accel_backend, dtype):
     so the accelerated gradient equals the reference's exactly, whatever the threads."""
     rng = np.random.default_rng(5)
     idx = rng.integers(0, 3, 5000)
-    weight = rng.standard_normal((3, 16)).astype(dtype)
-    dY = rng.standard_normal((5000, 16)).astype(dtype)
+    weight = rng.standard_normal((3, 64)).astype(dtype)
+    dY = rng.standard_normal((5000, 64)).astype(dtype)  # enough work for the parallel kernel
     grads = []
     for name in ("numpy", accel_backend):
         be = gpunn.backends.backend_object(name)
