@@ -20,6 +20,20 @@ __device__ __forceinline__ double block_sum_all(double v, double* scratch, doubl
   return out;
 }
 
+// The elements j = start, start + step, ... of one channel of an (N, C, S) array, walked as
+// (i, k) = (j / S, j % S) without a division per element: the element's offset is
+// (i * C + ch) * S + k, and j < N * S exactly while i < N.
+struct ChannelWalk {
+  long long i, k, di, dk, s;
+  __device__ __forceinline__ ChannelWalk(long long start, long long step, long long s_) : s(s_) {
+    i = start / s, k = start % s, di = step / s, dk = step % s;
+  }
+  __device__ __forceinline__ void advance() {
+    k += dk, i += di;
+    if (k >= s) k -= s, ++i;
+  }
+};
+
 // Row r handled by this thread's warp, stepping over the grid (warp-uniform).
 #define GPUNN_NORM_WARP_ROWS(r, rows)                                                      \
   for (long long r = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5; r < (rows); \
@@ -36,13 +50,13 @@ __global__ void batch_norm_stats(const T* __restrict__ X, T* __restrict__ mean,
   const long long count = n * s;
   for (long long ch = blockIdx.x; ch < c; ch += gridDim.x) {
     double acc = 0.0;
-    for (long long j = threadIdx.x; j < count; j += blockDim.x) {
-      acc += (double)X[((j / s) * c + ch) * s + j % s];
+    for (gpunn::ChannelWalk w(threadIdx.x, blockDim.x, s); w.i < n; w.advance()) {
+      acc += (double)X[(w.i * c + ch) * s + w.k];
     }
     const double m = gpunn::block_sum_all(acc, scratch, &result) / (double)count;
     double acc2 = 0.0;
-    for (long long j = threadIdx.x; j < count; j += blockDim.x) {
-      const double d = (double)X[((j / s) * c + ch) * s + j % s] - m;
+    for (gpunn::ChannelWalk w(threadIdx.x, blockDim.x, s); w.i < n; w.advance()) {
+      const double d = (double)X[(w.i * c + ch) * s + w.k] - m;
       acc2 += d * d;
     }
     const double v = gpunn::block_sum_all(acc2, scratch, &result) / (double)count;
@@ -74,8 +88,8 @@ __global__ void batch_norm_forward(const T* __restrict__ X, const T* __restrict_
                                    const T* __restrict__ bias, T* __restrict__ Y,
                                    T* __restrict__ invstd, long long n, long long c,
                                    long long s, double eps, int flags) {
-  GPUNN_GRID_STRIDE(i, n * c * s) {
-    const long long ch = (i / s) % c;
+  GPUNN_GRID_WALK(i, w, n * c * s, n, c, s) {
+    const long long ch = w.c2;
     const T inv = T(1.0 / sqrt((double)var[ch] + eps));
     const T scale = (flags & 1) ? inv * weight[ch] : inv;
     const T shift = (flags & 2) ? bias[ch] : T(0);
@@ -106,8 +120,8 @@ __global__ void batch_norm_backward(const T* __restrict__ dY, const T* __restric
     const T m = mean[ch];
     const T inv = invstd[ch];
     double sdy = 0.0, sdyx = 0.0;
-    for (long long j = threadIdx.x; j < count; j += blockDim.x) {
-      const long long at = ((j / s) * c + ch) * s + j % s;
+    for (gpunn::ChannelWalk w(threadIdx.x, blockDim.x, s); w.i < n; w.advance()) {
+      const long long at = (w.i * c + ch) * s + w.k;
       const double g = (double)dY[at];
       sdy += g;
       sdyx += g * (double)((X[at] - m) * inv);
@@ -123,8 +137,8 @@ __global__ void batch_norm_backward(const T* __restrict__ dY, const T* __restric
     }
     if (need & 1) {
       const double a = sdy / (double)count, b = sdyx / (double)count;
-      for (long long j = threadIdx.x; j < count; j += blockDim.x) {
-        const long long at = ((j / s) * c + ch) * s + j % s;
+      for (gpunn::ChannelWalk w(threadIdx.x, blockDim.x, s); w.i < n; w.advance()) {
+        const long long at = (w.i * c + ch) * s + w.k;
         if (training) {
           dX[at] = T((double)scale * ((double)dY[at] - a - (double)(X[at] - m) * (double)inv * b));
         } else {
