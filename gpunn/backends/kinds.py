@@ -47,6 +47,18 @@ NUMBA = {
     "relu_backward": "kernel",
     "step_forward": "kernel",
     "step_backward": "kernel",
+    # normalization, embedding, leaky_relu and gelu
+    "leaky_relu_forward": "kernel",
+    "leaky_relu_backward": "kernel",
+    "gelu_forward": "kernel",
+    "gelu_backward": "kernel",
+    "batch_norm_forward": "kernel",
+    "batch_norm_backward": "kernel",
+    "layer_norm_forward": "kernel",
+    "layer_norm_backward": "kernel",
+    "embedding_forward": "kernel",
+    "embedding_backward": "kernel: stable argsort of the indices (NumPy), then one "
+    "reduction per row",
     # matrix products
     "matmul_forward": "blas",
     "matmul_backward": "blas",
@@ -128,6 +140,18 @@ CUPY = {
     "relu_backward": "kernel",
     "step_forward": "kernel",
     "step_backward": "reference: cupy zeros (the step's gradient is zero)",
+    # normalization, embedding, leaky_relu and gelu
+    "leaky_relu_forward": "kernel",
+    "leaky_relu_backward": "kernel",
+    "gelu_forward": "kernel",
+    "gelu_backward": "kernel",
+    "batch_norm_forward": "kernel",
+    "batch_norm_backward": "kernel",
+    "layer_norm_forward": "kernel",
+    "layer_norm_backward": "kernel",
+    "embedding_forward": "kernel",
+    "embedding_backward": "kernel: cupy.argsort of (index, position) keys and "
+    "cupy.searchsorted, then one reduction per row",
     # matrix products
     "matmul_forward": "reference: cuBLAS GEMM (cupy.matmul, batched when broadcasting)",
     "matmul_backward": "reference: cuBLAS GEMMs; cupy sum to un-broadcast batch dimensions",

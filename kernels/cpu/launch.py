@@ -19,7 +19,9 @@ from gpunn.kernels.cpu import activations as _act
 from gpunn.kernels.cpu import conv as _conv
 from gpunn.kernels.cpu import dropout as _drop
 from gpunn.kernels.cpu import elementwise as _ew
+from gpunn.kernels.cpu import embedding as _emb
 from gpunn.kernels.cpu import linear as _lin
+from gpunn.kernels.cpu import normalization as _norm
 from gpunn.kernels.cpu import optim as _opt
 from gpunn.kernels.cpu import pooling as _pool
 from gpunn.kernels.cpu import recurrent as _rec
@@ -535,3 +537,144 @@ def adam_update(params, grads, ms, vs, scalars):
     for p, g, m, v in zip(params, grads, ms, vs):
         with _inplace(p) as pf, _inplace(m) as mf, _inplace(v) as vf:
             pick(_opt.adam_update, pf.size)(pf, g.ravel(), mf, vf, *scalars)
+
+
+# ---------------------------------------------------------------------- normalization, embedding
+# (and the activations leaky_relu and gelu)
+def activation_forward(kern, X, setting, cost=1):
+    """kern(x, setting, out) over X's elements (leaky_relu's slope, gelu's form)."""
+    out = np.empty(X.shape, X.dtype)
+    pick(kern, X.size * cost)(c(X).reshape(-1), setting, out.reshape(-1))
+    return out
+
+
+def activation_backward(kern, dY, X, setting, cost=1):
+    """kern(dy, x, setting, dx): the gradient from dY and the saved input X."""
+    dX = np.empty(X.shape, X.dtype)
+    pick(kern, X.size * cost)(c(dY).reshape(-1), X.reshape(-1), setting, dX.reshape(-1))
+    return dX
+
+
+def _channels(X):
+    """X (N, C, *) as a contiguous (N, C, S) array."""
+    return c(X).reshape(X.shape[0], X.shape[1], -1)
+
+
+def batch_norm_forward(X, weight, bias, mean, var, eps):
+    """(Y, X3, mean, var, invstd) of batch norm with per-channel ``mean`` and ``var`` (None
+    for the batch statistics, computed here); X3 is the contiguous (N, C, S) input."""
+    X3 = _channels(X)
+    dtype = X.dtype
+    n, ch, s = X3.shape
+    if mean is None:
+        mean, var = np.empty(ch, dtype), np.empty(ch, dtype)
+        pick(_norm.batch_norm_stats, X3.size)(X3, mean, var)
+    else:
+        mean, var = c(mean), c(var)
+    Y = np.empty(X.shape, dtype)
+    invstd = np.empty(ch, dtype)
+    empty = EMPTY[dtype]
+    pick(_norm.batch_norm_forward, X3.size)(
+        X3,
+        mean,
+        var,
+        empty if weight is None else c(weight),
+        empty if bias is None else c(bias),
+        float(eps),
+        Y.reshape(n, ch, s),
+        invstd,
+    )
+    return Y, X3, mean, var, invstd
+
+
+def batch_norm_running(mean, var, factor, count, running_mean, running_var):
+    """Update the running statistics in place from the batch's (through a contiguous copy
+    where they are strided)."""
+    with _inplace(running_mean) as rm, _inplace(running_var) as rv:
+        _norm.batch_norm_running(mean, var, float(factor), count / (count - 1), rm, rv)
+
+
+def batch_norm_backward(dY, X3, mean, invstd, weight, training, needs):
+    """(dX, dweight, dbias, dmean, dvar), None where ``needs`` is false."""
+    dtype = X3.dtype
+    ch = X3.shape[1]
+    dX = np.empty(X3.shape, dtype) if needs[0] else None
+    outs = [np.empty(ch, dtype) if need else None for need in needs[1:5]]
+    empty = EMPTY[dtype]
+    pick(_norm.batch_norm_backward, X3.size)(
+        c(dY).reshape(X3.shape),
+        X3,
+        mean,
+        invstd,
+        empty if weight is None else c(weight),
+        bool(training),
+        np.empty((0, 0, 0), dtype) if dX is None else dX,
+        *[empty if o is None else o for o in outs],
+    )
+    return (None if dX is None else dX.reshape(dY.shape), *outs)
+
+
+def layer_norm_forward(X, weight, bias, d, eps):
+    """(Y, X2, mean, invstd): X seen as (M, d) rows, each normalised."""
+    X2 = c(X).reshape(-1, d)
+    dtype = X.dtype
+    rows = X2.shape[0]
+    Y = np.empty(X.shape, dtype)
+    mean, invstd = np.empty(rows, dtype), np.empty(rows, dtype)
+    empty = EMPTY[dtype]
+    pick(_norm.layer_norm_forward, X2.size)(
+        X2,
+        empty if weight is None else c(weight).reshape(-1),
+        empty if bias is None else c(bias).reshape(-1),
+        float(eps),
+        Y.reshape(rows, d),
+        mean,
+        invstd,
+    )
+    return Y, X2, mean, invstd
+
+
+def layer_norm_backward(dY, X2, mean, invstd, weight, needs):
+    """(dX, dweight, dbias): dX shaped as dY, the others flat (d,); None where ``needs``
+    is false."""
+    dtype = X2.dtype
+    d = X2.shape[1]
+    dY2 = c(dY).reshape(X2.shape)
+    empty = EMPTY[dtype]
+    w = empty if weight is None else c(weight).reshape(-1)
+    dX = dW = dB = None
+    if needs[0]:
+        dX = np.empty(X2.shape, dtype)
+        pick(_norm.layer_norm_backward, X2.size)(dY2, X2, mean, invstd, w, dX)
+        dX = dX.reshape(dY.shape)
+    if needs[1] or needs[2]:
+        dW = np.empty(d, dtype) if needs[1] else None
+        dB = np.empty(d, dtype) if needs[2] else None
+        pick(_norm.layer_norm_affine_grad, X2.size)(
+            dY2, X2, mean, invstd, empty if dW is None else dW, empty if dB is None else dB
+        )
+    return dX, dW, dB
+
+
+def embedding_forward(indices, weight):
+    """(Y, flat indices): Y (*indices.shape, E) the rows of ``weight`` the indices pick."""
+    idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+    weight = c(weight)
+    Y = np.empty(indices.shape + (weight.shape[1],), weight.dtype)
+    pick(_emb.embedding_forward, Y.size)(idx, weight, Y.reshape(idx.size, weight.shape[1]))
+    return Y, idx
+
+
+def embedding_backward(dY, idx, shape, padding_idx):
+    """dweight (V, E): positions sorted by index (stable), then one reduction per row."""
+    order = np.argsort(idx, kind="stable")
+    bounds = np.searchsorted(idx[order], np.arange(shape[0] + 1), side="left")
+    dW = np.empty(shape, dY.dtype)
+    pick(_emb.embedding_backward, dY.size)(
+        c(dY).reshape(idx.size, shape[1]),
+        order.astype(np.int64, copy=False),
+        bounds.astype(np.int64, copy=False),
+        -1 if padding_idx is None else int(padding_idx),
+        dW,
+    )
+    return dW

@@ -524,3 +524,152 @@ def fused_update(dev: Device, stem: str, columns, scalars) -> None:
         t = dtype.type
         args = (table, i32(len(idx)), *(t(s) if isinstance(s, float) else s for s in scalars))
         launch(dev, stem, dtype, max(sizes), args)
+
+
+# ---------------------------------------------------------------------- normalization, embedding
+# (and the activations leaky_relu and gelu)
+def activation_forward(dev: Device, stem: str, X, setting):
+    """Y = f(X) for leaky_relu_forward (setting: the slope, as X's float type) and
+    gelu_forward (setting: 1 for the tanh form), X contiguous."""
+    Y = cupy.empty(X.shape, X.dtype)
+    if X.size:
+        launch(dev, stem, X.dtype, X.size, (X, Y, i64(X.size), setting))
+    return Y
+
+
+def activation_backward(dev: Device, stem: str, dY, X, setting):
+    """dX of leaky_relu / gelu from dY and the saved contiguous input X."""
+    dY = contiguous(dY)
+    dX = cupy.empty(X.shape, X.dtype)
+    if X.size:
+        launch(dev, stem, X.dtype, X.size, (dY, X, dX, i64(X.size), setting))
+    return dX
+
+
+def _channel_blocks(dev: Device, c: int) -> tuple:
+    """One block per channel of the batch norm reductions, capped."""
+    return (max(1, min(c, dev.max_blocks)),)
+
+
+def batch_norm_forward(dev: Device, X, weight, bias, mean, var, eps):
+    """(Y, X, mean, var, invstd) of batch norm on contiguous X (N, C, *), with per-channel
+    ``mean`` and ``var`` (None: the batch statistics, computed here)."""
+    n, c = X.shape[0], X.shape[1]
+    s = X.size // max(n * c, 1)
+    dtype = X.dtype
+    if mean is None:
+        mean, var = cupy.empty(c, dtype), cupy.empty(c, dtype)
+        if X.size:
+            args = (X, mean, var, i64(n), i64(c), i64(s))
+            dev.kernels.launch("batch_norm_stats", dtype, _channel_blocks(dev, c), (BLOCK,), args)
+    else:
+        mean, var = contiguous(mean), contiguous(var)
+    Y = cupy.empty(X.shape, dtype)
+    invstd = cupy.empty(c, dtype)
+    if X.size:
+        flags = (1 if weight is not None else 0) | (2 if bias is not None else 0)
+        w = contiguous(weight) if weight is not None else mean
+        b = contiguous(bias) if bias is not None else mean
+        args = (X, mean, var, w, b, Y, invstd, i64(n), i64(c), i64(s), np.float64(eps), i32(flags))
+        launch(dev, "batch_norm_forward", dtype, X.size, args)
+    return Y, mean, var, invstd
+
+
+def batch_norm_running(dev: Device, mean, var, factor, count, running_mean, running_var):
+    """Update contiguous running statistics in place from the batch's."""
+    for r in (running_mean, running_var):
+        if not r.flags.c_contiguous:
+            raise ValueError("batch_norm: running statistics must be contiguous to update in place")
+    c = mean.size
+    args = (mean, var, running_mean, running_var, i64(c), np.float64(factor))
+    launch(dev, "batch_norm_running", mean.dtype, c, args + (np.float64(count / (count - 1)),))
+
+
+def batch_norm_backward(dev: Device, dY, X, mean, invstd, weight, training, needs):
+    """(dX, dweight, dbias, dmean, dvar), None where ``needs`` is false."""
+    n, c = X.shape[0], X.shape[1]
+    s = X.size // max(n * c, 1)
+    dtype = X.dtype
+    dX = cupy.empty(X.shape, dtype) if needs[0] else None
+    outs = [cupy.empty(c, dtype) if need else None for need in needs[1:5]]
+    need = sum(1 << k for k, flag in enumerate(needs[:5]) if flag)
+    if need and c:
+        dY = contiguous(dY)
+        flags = (1 if weight is not None else 0) | (2 if training else 0)
+        w = contiguous(weight) if weight is not None else mean
+        ptrs = [o if o is not None else mean for o in (dX, *outs)]
+        args = (dY, X, mean, invstd, w, *ptrs, i64(n), i64(c), i64(s), i32(flags), i32(need))
+        dev.kernels.launch("batch_norm_backward", dtype, _channel_blocks(dev, c), (BLOCK,), args)
+    return (dX, *outs)
+
+
+def layer_norm_forward(dev: Device, X2, weight, bias, eps):
+    """(Y2, mean, invstd) of layer norm over the rows of contiguous X2 (rows, d)."""
+    rows, d = X2.shape
+    dtype = X2.dtype
+    Y2 = cupy.empty(X2.shape, dtype)
+    mean, invstd = cupy.empty(rows, dtype), cupy.empty(rows, dtype)
+    if X2.size:
+        flags = (1 if weight is not None else 0) | (2 if bias is not None else 0)
+        w = contiguous(weight) if weight is not None else X2
+        b = contiguous(bias) if bias is not None else X2
+        args = (X2, w, b, Y2, mean, invstd, i64(rows), i64(d), np.float64(eps), i32(flags))
+        dev.kernels.launch("layer_norm_forward", dtype, row_grid(dev, rows), (BLOCK,), args)
+    return Y2, mean, invstd
+
+
+def layer_norm_backward(dev: Device, dY2, X2, mean, invstd, weight, needs):
+    """(dX2, dweight, dbias) over the rows of X2 (rows, d): dX2 (rows, d), the others flat
+    (d,); None where ``needs`` is false."""
+    rows, d = X2.shape
+    dtype = X2.dtype
+    dY2 = contiguous(dY2)
+    dX = dW = dB = None
+    if needs[0]:
+        dX = cupy.empty(X2.shape, dtype)
+        if X2.size:
+            w = contiguous(weight) if weight is not None else X2
+            args = (dY2, X2, mean, invstd, w, dX, i64(rows), i64(d), i32(weight is not None))
+            dev.kernels.launch("layer_norm_backward", dtype, row_grid(dev, rows), (BLOCK,), args)
+    if needs[1] or needs[2]:
+        dW = cupy.empty(d, dtype) if needs[1] else None
+        dB = cupy.empty(d, dtype) if needs[2] else None
+        if d:
+            need = (1 if needs[1] else 0) | (2 if needs[2] else 0)
+            outs = (dW if dW is not None else X2, dB if dB is not None else X2)
+            args = (dY2, X2, mean, invstd, *outs, i64(rows), i64(d), i32(need))
+            blocks = ((d + 31) // 32,)
+            dev.kernels.launch("layer_norm_affine_grad", dtype, blocks, (32, 8), args)
+    return dX, dW, dB
+
+
+def embedding_forward(dev: Device, indices, weight):
+    """(Y, flat int64 indices): Y (*indices.shape, E), the rows the indices pick."""
+    idx = cupy.ascontiguousarray(indices.reshape(-1), dtype=np.int64)
+    weight = contiguous(weight)
+    e = weight.shape[1]
+    Y = cupy.empty(tuple(indices.shape) + (e,), weight.dtype)
+    if Y.size:
+        rows, err = i64(weight.shape[0]), dev.workspace.err_dev
+        args = (idx, weight, Y, i64(idx.size), i64(e), rows, err)
+        launch(dev, "embedding_forward", weight.dtype, Y.size, args)
+    return Y, idx
+
+
+def embedding_backward(dev: Device, dY, idx, shape, padding_idx):
+    """dweight (V, E): the positions ordered by (index, position), then one thread per
+    element of dweight adds its row's positions in that order."""
+    rows, e = shape
+    p = idx.size
+    if rows * max(p, 1) >= 2**63:
+        raise ValueError(f"embedding: {rows} rows x {p} positions overflow the sort key")
+    key = idx * p + cupy.arange(p, dtype=np.int64)  # unique: any sort keeps position order
+    order = cupy.ascontiguousarray(cupy.argsort(key), dtype=np.int64)
+    bounds = cupy.searchsorted(idx[order], cupy.arange(rows + 1, dtype=np.int64), side="left")
+    bounds = cupy.ascontiguousarray(bounds, dtype=np.int64)
+    dW = cupy.empty(shape, dY.dtype)
+    if dW.size:
+        pad = -1 if padding_idx is None else int(padding_idx)
+        args = (contiguous(dY), order, bounds, dW, i64(rows), i64(e), i64(pad))
+        launch(dev, "embedding_backward", dY.dtype, dW.size, args)
+    return dW
