@@ -718,6 +718,78 @@ class NumbaBackend(Backend):
             with _inplace(p) as pf, _inplace(m) as mf, _inplace(v) as vf:
                 _pick(_opt.adam_update, pf.size)(pf, g.ravel(), mf, vf, *scalars)
 
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # One layer over the whole sequence: the input projection of all T steps as one BLAS
+    # product; per step the recurrent product into a buffer allocated once per call and one
+    # fused step kernel (biases folded in); backward per step one fused kernel and one
+    # product for dh; then dX, dW_ih, dW_hh and the bias gradient each as one product or
+    # reduction over all T*B rows. States live in (T+1, B, H) buffers whose row 0 is the
+    # initial state, so h_{t-1} of every step is one contiguous (T*B, H) block.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        X2, XW, bias, W_hh = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+        T, B, hidden = X.shape[0], X.shape[1], W_hh.shape[1]
+        code = _ACTIVATIONS[nonlinearity]
+        Hall = np.empty((T + 1, B, hidden), XW.dtype)
+        Hall[0] = H0
+        HW = np.empty((B, hidden), XW.dtype)
+        kern = _pick(_rec.rnn_forward_step, B * hidden * _HEAVY)
+        Wt = W_hh.T
+        for t in range(T):
+            np.matmul(Hall[t], Wt, out=HW)
+            kern(XW[t], HW, bias, code, Hall[t + 1])
+        saved = (X2, W_ih, W_hh, Hall, code, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T]), saved
+
+    def rnn_backward(self, dY, saved, needs):
+        dY_seq, dh_n = _c(dY[0]), dY[1]
+        X2, W_ih, W_hh, Hall, code, has_b_ih, has_b_hh = saved
+        T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+        dZ = np.empty((T, B, hidden), Hall.dtype)
+        dh = np.array(dh_n, dtype=Hall.dtype, order="C")
+        kern = _pick(_rec.rnn_backward_step, B * hidden)
+        for t in range(T - 1, -1, -1):
+            kern(dY_seq[t], dh, Hall[t + 1], code, dZ[t])
+            if t or needs[1]:
+                np.matmul(dZ[t], W_hh, out=dh)
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dh,), has_b_ih, has_b_hh)
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        X2, XW, bias, W_hh = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+        T, B, hidden = X.shape[0], X.shape[1], W_hh.shape[1]
+        dtype = XW.dtype
+        Hall = np.empty((T + 1, B, hidden), dtype)
+        Call = np.empty((T + 1, B, hidden), dtype)
+        Hall[0] = H0
+        Call[0] = C0
+        acts = np.empty((T, B, 4 * hidden), dtype)
+        tanh_c = np.empty((T, B, hidden), dtype)
+        HW = np.empty((B, 4 * hidden), dtype)
+        kern = _pick(_rec.lstm_forward_step, B * 4 * hidden * _HEAVY)
+        Wt = W_hh.T
+        for t in range(T):
+            np.matmul(Hall[t], Wt, out=HW)
+            kern(XW[t], HW, bias, Call[t], acts[t], Call[t + 1], Hall[t + 1], tanh_c[t])
+        saved = (X2, W_ih, W_hh, Hall, Call, acts, tanh_c, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T], Call[T]), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        dY_seq, dh_n, dc_n = _c(dY[0]), dY[1], dY[2]
+        X2, W_ih, W_hh, Hall, Call, acts, tanh_c, has_b_ih, has_b_hh = saved
+        T, B, hidden = tanh_c.shape
+        dtype = acts.dtype
+        dG = np.empty(acts.shape, dtype)
+        dh = np.array(dh_n, dtype=dtype, order="C")
+        dc = np.array(dc_n, dtype=dtype, order="C")
+        dc_prev = np.empty(dc.shape, dtype)
+        kern = _pick(_rec.lstm_backward_step, dG[0].size)
+        for t in range(T - 1, -1, -1):
+            kern(dY_seq[t], dh, dc, Call[t], acts[t], tanh_c[t], dG[t], dc_prev)
+            if t or needs[1]:
+                np.matmul(dG[t], W_hh, out=dh)
+            dc, dc_prev = dc_prev, dc
+        return _sequence_grads(dG, X2, W_ih, Hall, needs, (dh, dc), has_b_ih, has_b_hh)
+
 
 # ---------------------------------------------------------------------- helpers of the ops
 class _inplace:
@@ -744,6 +816,43 @@ class _inplace:
         if a is not None and not a.flags.c_contiguous:
             a[...] = self.flat.reshape(a.shape)
         return False
+
+
+def _sequence_input(X, W_ih, W_hh, b_ih, b_hh):
+    """What a whole-sequence forward starts from: (X as (T*B, I), the input projection of
+    every step (T, B, G*H) as one product, bias = b_ih + b_hh (zeros without), W_hh)."""
+    T, B, n_in = X.shape
+    X2 = _c(X).reshape(T * B, n_in)
+    W_ih = _blas(W_ih)
+    XW = (X2 @ W_ih.T).reshape(T, B, W_ih.shape[0])
+    bias = np.zeros(W_ih.shape[0], XW.dtype)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            bias += b
+    return X2, XW, bias, _blas(W_hh)
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    """The gradients of a whole-sequence op from the pre-activation gradients dZ (T, B, G*H)
+    of every step: dX, dW_ih and dW_hh as one product each over all T*B rows, the bias
+    gradient as one column sum; ``state_grads`` are those of the initial states."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    n_state = len(state_grads)
+    dX = (dZ2 @ _blas(W_ih)).reshape(T, B, X2.shape[1]) if needs[0] else None
+    dW_ih = dZ2.T @ X2 if needs[n_state + 1] else None
+    dW_hh = dZ2.T @ Hall[:T].reshape(T * B, Hall.shape[2]) if needs[n_state + 2] else None
+    want_b = (has_b_ih and needs[n_state + 3], has_b_hh and needs[n_state + 4])
+    db = dZ2.sum(axis=0) if any(want_b) else None
+    states = tuple(g if needs[1 + k] else None for k, g in enumerate(state_grads))
+    return (
+        dX,
+        *states,
+        dW_ih,
+        dW_hh,
+        db if want_b[0] else None,
+        (db.copy() if want_b[0] else db) if want_b[1] else None,
+    )
 
 
 def _mean(total, count, dtype):

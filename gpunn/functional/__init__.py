@@ -12,7 +12,7 @@ from gpunn.functional.losses import (
     cross_entropy,
     mse_loss,
 )
-from gpunn.functional.recurrent import lstm_cell, rnn_cell
+from gpunn.functional.recurrent import lstm, lstm_cell, rnn, rnn_cell
 from gpunn.functional.shape import getitem, mean, reshape, stack, sum, transpose, unstack
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "linear",
     "log",
     "log_softmax",
+    "lstm",
     "lstm_cell",
     "matmul",
     "max_pool2d",
@@ -39,6 +40,7 @@ __all__ = [
     "pow",
     "relu",
     "reshape",
+    "rnn",
     "rnn_cell",
     "sigmoid",
     "softmax",
