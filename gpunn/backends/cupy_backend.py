@@ -50,6 +50,10 @@ CUPY_ROUTINES = {
     "rnn_cell_backward": "gpunn's fused cell kernel, then cuBLAS GEMMs",
     "lstm_cell_forward": "cuBLAS GEMM (h @ W_hh.T), then gpunn's fused cell kernel",
     "lstm_cell_backward": "gpunn's fused cell kernel, then cuBLAS GEMMs",
+    "rnn_forward": "cuBLAS GEMMs (all inputs, then h @ W_hh.T per step), gpunn's step kernel",
+    "rnn_backward": "gpunn's step kernel and a cuBLAS GEMM per step, then cuBLAS GEMMs, cupy sum",
+    "lstm_forward": "cuBLAS GEMMs (all inputs, then h @ W_hh.T per step), gpunn's step kernel",
+    "lstm_backward": "gpunn's step kernel and a cuBLAS GEMM per step, then cuBLAS GEMMs, cupy sum",
     "sum_forward": "cupy reduction kernel",
     "sum_backward": "broadcast view (no kernel)",
     "mean_forward": "cupy reduction kernel",
@@ -1091,6 +1095,123 @@ class CupyBackend(Backend):
                 np.int32(weight_decay != 0),
             ),
         )
+
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # One layer over the whole sequence: the input projection of every step as one cuBLAS
+    # GEMM into a gate buffer allocated once per call; per step one GEMM (h_{t-1} @ W_hh.T)
+    # and one fused step kernel (biases folded in) forward, one fused kernel and one GEMM
+    # (dZ_t @ W_hh) backward; then dX, dW_ih, dW_hh as one GEMM each over all T*B rows and
+    # the bias gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is
+    # the initial state, so h_{t-1} of every step is one contiguous (T*B, H) block.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        T, B, _ = X.shape
+        hidden = W_hh.shape[1]
+        X2, XW, W_hhT, (b_i, b_h, has_b) = self._sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+        act = np.int32(ACTIVATION_CODES[nonlinearity])
+        Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+        Hall[0] = H0
+        HW = cupy.empty((B, hidden), X.dtype)
+        for t in range(T):
+            cupy.matmul(Hall[t], W_hhT, out=HW)
+            if HW.size:
+                args = (XW[t], HW, b_i, b_h, Hall[t + 1], np.int64(B), np.int64(hidden), has_b, act)
+                self._launch("rnn_forward_step", X.dtype, HW.size, args)
+        saved = (X2, W_ih, W_hh, Hall, act, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T]), saved
+
+    def rnn_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, act, has_b_ih, has_b_hh = saved
+        T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+        dY_seq = _c(dY[0])
+        dH = cupy.array(dY[1], dtype=Hall.dtype, order="C")
+        dZ = cupy.empty((T, B, hidden), Hall.dtype)
+        W_hh = _c(W_hh)
+        for t in range(T - 1, -1, -1):
+            if dH.size:
+                args = (dY_seq[t], dH, Hall[t + 1], dZ[t], np.int64(dH.size), act)
+                self._launch("rnn_backward_step", Hall.dtype, dH.size, args)
+            if t or needs[1]:
+                cupy.matmul(dZ[t], W_hh, out=dH)
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH,), has_b_ih, has_b_hh)
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        T, B, _ = X.shape
+        hidden = W_hh.shape[1]
+        X2, Z, W_hhT, (b_i, b_h, has_b) = self._sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+        Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+        Call = cupy.empty((T + 1, B, hidden), X.dtype)
+        Hall[0] = H0
+        Call[0] = C0
+        HW = cupy.empty((B, 4 * hidden), X.dtype)
+        for t in range(T):
+            cupy.matmul(Hall[t], W_hhT, out=HW)
+            if HW.size:
+                args = (Z[t], HW, b_i, b_h, Call[t], Call[t + 1], Hall[t + 1])
+                args += (np.int64(B), np.int64(hidden), has_b)
+                self._launch("lstm_forward_step", X.dtype, B * hidden, args)
+        # Z now holds the activated gates of every step
+        saved = (X2, W_ih, W_hh, Hall, Call, Z, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T], Call[T]), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, Call, Z, has_b_ih, has_b_hh = saved
+        T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+        dY_seq = _c(dY[0])
+        dH = cupy.array(dY[1], dtype=Hall.dtype, order="C")
+        dC = cupy.array(dY[2], dtype=Hall.dtype, order="C")  # dC_t in, dC_{t-1} out
+        dZ = cupy.empty(Z.shape, Z.dtype)
+        W_hh = _c(W_hh)
+        for t in range(T - 1, -1, -1):
+            if dH.size:
+                args = (dY_seq[t], dH, dC, Z[t], Call[t], Call[t + 1], dZ[t])
+                args += (np.int64(B), np.int64(hidden))
+                self._launch("lstm_backward_step", Z.dtype, dH.size, args)
+            if t or needs[1]:
+                cupy.matmul(dZ[t], W_hh, out=dH)
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH, dC), has_b_ih, has_b_hh)
+
+    def _sequence_input(self, X, W_ih, W_hh, b_ih, b_hh):
+        """(X as (T*B, I), the gate buffer (T, B, G*H) holding every step's input projection
+        (one GEMM), W_hh.T contiguous, the kernels' bias arguments (b_ih, b_hh, has_bias))."""
+        T, B, n_in = X.shape
+        X2 = _c(X).reshape(T * B, n_in)
+        Z = cupy.matmul(X2, _c(W_ih).T).reshape(T, B, W_ih.shape[0])
+        W_hhT = cupy.ascontiguousarray(W_hh.T)
+        if b_ih is None and b_hh is None:
+            bias = (Z, Z, np.int32(0))  # not read
+        else:
+            zero = None
+            if b_ih is None or b_hh is None:
+                zero = cupy.zeros(W_ih.shape[0], X.dtype)
+            bias = (
+                zero if b_ih is None else _c(b_ih),
+                zero if b_hh is None else _c(b_hh),
+                np.int32(1),
+            )
+        return X2, Z, W_hhT, bias
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    """The gradients of a whole-sequence op from every step's pre-activation gradient dZ
+    (T, B, G*H): dX, dW_ih and dW_hh as one GEMM each over all T*B rows, the bias gradient
+    as one column sum; ``state_grads`` are those of the initial states."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    k = len(state_grads)
+    dX = cupy.matmul(dZ2, _c(W_ih)).reshape(T, B, X2.shape[1]) if needs[0] else None
+    dW_ih = cupy.matmul(dZ2.T, X2) if needs[k + 1] else None
+    dW_hh = cupy.matmul(dZ2.T, Hall[:T].reshape(T * B, Hall.shape[2])) if needs[k + 2] else None
+    want = (has_b_ih and needs[k + 3], has_b_hh and needs[k + 4])
+    db = dZ2.sum(axis=0) if any(want) else None
+    return (
+        dX,
+        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
+        dW_ih,
+        dW_hh,
+        db if want[0] else None,
+        (db.copy() if want[0] else db) if want[1] else None,
+    )
 
 
 # Every op (and the allocating utilities) reports running out of GPU memory as a

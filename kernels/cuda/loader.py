@@ -86,6 +86,10 @@ KERNELS = {
         "rnn_cell_backward",
         "lstm_cell_forward",
         "lstm_cell_backward",
+        "rnn_forward_step",
+        "rnn_backward_step",
+        "lstm_forward_step",
+        "lstm_backward_step",
     ),
     "optim.cu": ("sgd_update", "adam_update"),
 }
