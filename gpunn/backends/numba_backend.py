@@ -841,7 +841,11 @@ def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
     n_state = len(state_grads)
     dX = (dZ2 @ _blas(W_ih)).reshape(T, B, X2.shape[1]) if needs[0] else None
     dW_ih = dZ2.T @ X2 if needs[n_state + 1] else None
-    dW_hh = dZ2.T @ Hall[:T].reshape(T * B, Hall.shape[2]) if needs[n_state + 2] else None
+    dW_hh = None
+    if needs[n_state + 2]:
+        # (H_prev.T @ dZ).T, not dZ.T @ H_prev: OpenBLAS took 3 ms against 9 ms for the
+        # lstm workload's (2240 x 1024).T @ (2240 x 256) on 2 threads
+        dW_hh = np.ascontiguousarray((Hall[:T].reshape(T * B, Hall.shape[2]).T @ dZ2).T)
     want_b = (has_b_ih and needs[n_state + 3], has_b_hh and needs[n_state + 4])
     db = dZ2.sum(axis=0) if any(want_b) else None
     states = tuple(g if needs[1 + k] else None for k, g in enumerate(state_grads))
