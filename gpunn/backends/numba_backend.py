@@ -745,7 +745,7 @@ class NumbaBackend(Backend):
         dY_seq, dh_n = _c(dY[0]), dY[1]
         X2, W_ih, W_hh, Hall, code, has_b_ih, has_b_hh = saved
         T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
-        dZ = np.empty((T, B, hidden), Hall.dtype)
+        dZ = _workspace("rnn_dz", (T, B, hidden), Hall.dtype)  # read by _sequence_grads only
         dh = np.array(dh_n, dtype=Hall.dtype, order="C")
         kern = _pick(_rec.rnn_backward_step, B * hidden)
         for t in range(T - 1, -1, -1):
@@ -762,14 +762,14 @@ class NumbaBackend(Backend):
         Call = np.empty((T + 1, B, hidden), dtype)
         Hall[0] = H0
         Call[0] = C0
-        acts = np.empty((T, B, 4 * hidden), dtype)
+        acts = XW  # the gate buffer: each step's input projection becomes its gates
         tanh_c = np.empty((T, B, hidden), dtype)
         HW = np.empty((B, 4 * hidden), dtype)
         kern = _pick(_rec.lstm_forward_step, B * 4 * hidden * _HEAVY)
         Wt = W_hh.T
         for t in range(T):
             np.matmul(Hall[t], Wt, out=HW)
-            kern(XW[t], HW, bias, Call[t], acts[t], Call[t + 1], Hall[t + 1], tanh_c[t])
+            kern(acts[t], HW, bias, Call[t], Call[t + 1], Hall[t + 1], tanh_c[t])
         saved = (X2, W_ih, W_hh, Hall, Call, acts, tanh_c, b_ih is not None, b_hh is not None)
         return (Hall[1:], Hall[T], Call[T]), saved
 
@@ -778,7 +778,7 @@ class NumbaBackend(Backend):
         X2, W_ih, W_hh, Hall, Call, acts, tanh_c, has_b_ih, has_b_hh = saved
         T, B, hidden = tanh_c.shape
         dtype = acts.dtype
-        dG = np.empty(acts.shape, dtype)
+        dG = _workspace("lstm_dz", acts.shape, dtype)  # read by _sequence_grads only
         dh = np.array(dh_n, dtype=dtype, order="C")
         dc = np.array(dc_n, dtype=dtype, order="C")
         dc_prev = np.empty(dc.shape, dtype)

@@ -147,23 +147,23 @@ def rnn_backward_step(dy, dh, h, act, dz):
 
 
 @kernel(parallel=True)
-def lstm_forward_step(xw, hw, bias, c_prev, acts, c, h, tanh_c):
-    """acts (B, 4H) = activated gates of xw + hw + bias (i, f, o sigmoid, g tanh);
-    c = f*c_prev + i*g; tanh_c = tanh(c); h = o*tanh_c. Outputs must not overlap inputs."""
+def lstm_forward_step(z, hw, bias, c_prev, c, h, tanh_c):
+    """z (B, 4H) holds x_t @ W_ih.T on entry and the activated gates on exit: those of
+    z + hw + bias (i, f, o sigmoid, g tanh); c = f*c_prev + i*g; tanh_c = tanh(c);
+    h = o*tanh_c. Outputs other than z must not overlap inputs."""
     b_, hidden = c.shape
     for r in prange(b_):
-        a = acts[r]
-        x = xw[r]
+        a = z[r]
         y = hw[r]
         for k in (0, 1, 3):  # sigmoid gates i, f, o
             ak = a[k * hidden : (k + 1) * hidden]
-            xk, yk, bk = x[k * hidden :], y[k * hidden :], bias[k * hidden :]
+            yk, bk = y[k * hidden :], bias[k * hidden :]
             for j in range(hidden):
-                ak[j] = vsigmoid(xk[j] + yk[j] + bk[j])
+                ak[j] = vsigmoid(ak[j] + yk[j] + bk[j])
         a_g = a[2 * hidden : 3 * hidden]
-        x_g, y_g, b_g = x[2 * hidden :], y[2 * hidden :], bias[2 * hidden :]
+        y_g, b_g = y[2 * hidden :], bias[2 * hidden :]
         for j in range(hidden):  # cell candidate g
-            a_g[j] = vtanh(x_g[j] + y_g[j] + b_g[j])
+            a_g[j] = vtanh(a_g[j] + y_g[j] + b_g[j])
         a_i, a_f, a_o = a[:hidden], a[hidden : 2 * hidden], a[3 * hidden :]
         cp = c_prev[r]
         cn = c[r]
