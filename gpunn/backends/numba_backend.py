@@ -733,7 +733,7 @@ class NumbaBackend(Backend):
         Hall = np.empty((T + 1, B, hidden), XW.dtype)
         Hall[0] = H0
         HW = np.empty((B, hidden), XW.dtype)
-        kern = _pick(_rec.rnn_forward_step, B * hidden * _HEAVY)
+        kern = _pick(_rec.rnn_forward_step, B * hidden)  # as in lstm_forward
         Wt = W_hh.T
         for t in range(T):
             np.matmul(Hall[t], Wt, out=HW)
@@ -765,7 +765,11 @@ class NumbaBackend(Backend):
         acts = XW  # the gate buffer: each step's input projection becomes its gates
         tanh_c = np.empty((T, B, hidden), dtype)
         HW = np.empty((B, 4 * hidden), dtype)
-        kern = _pick(_rec.lstm_forward_step, B * 4 * hidden * _HEAVY)
+        # per step the kernel alternates with a BLAS product, so it is split over threads
+        # only from PARALLEL_MIN_SIZE gates up (without the _HEAVY weight): on the lstm
+        # workload (64 x 1024 gates) the parallel variant measured no faster on 2 threads
+        # (forward + backward 100 ms min either way, median 387 against 342 ms, loaded host)
+        kern = _pick(_rec.lstm_forward_step, B * 4 * hidden)
         Wt = W_hh.T
         for t in range(T):
             np.matmul(Hall[t], Wt, out=HW)
