@@ -87,7 +87,7 @@ class BinaryCrossEntropyWithLogits(_Binary):
 
 
 class MSE(_Binary):
-    op = "mse"
+    op = "mse_loss"
     sizes = {"128x10": (128, 10), "4096x1000": (4096, 1000)}
     params = [ALL, size_names(sizes, ("4096x1000",)), dtypes()]
 

@@ -1,4 +1,4 @@
-"""``gpunn info``: versions, backends (or why one cannot run), threads, caches, native ops."""
+"""``gpunn info``: versions, backends (or why one cannot run), threads, caches, op kinds."""
 
 from __future__ import annotations
 
@@ -92,10 +92,33 @@ def numba_report() -> dict:
     return out
 
 
+def op_kind_lines(backends, unavailable=(), list_ops: bool = False) -> list[str]:
+    """Per backend: how many ops of each kind (``gpunn.backends.kinds``), and every op that is
+    not a gpunn kernel with its kind and routine; with ``list_ops`` the kernel ops too.
+    Tables are data, so a backend in ``unavailable`` is listed too, marked as such."""
+    from gpunn.backends import Backend, kinds
+
+    lines = [f"op kinds ({len(Backend.ops())} ops in the backend contract):"]
+    for name in backends:
+        if name not in kinds.TABLES:
+            lines.append(f"  {name}: every op is the reference")
+            continue
+        table = kinds.table(name)
+        tally = ", ".join(f"{n} {kind}" for kind, n in kinds.counts(name).items() if n)
+        label = f"{name} (unavailable here)" if name in unavailable else name
+        lines.append(f"  {label}: {tally}")
+        for op, (kind, detail) in sorted(table.items()):
+            if kind != "kernel":
+                lines.append(f"    {op}: {kind}" + (f" - {detail}" if detail else ""))
+        if list_ops:
+            lines.append("    kernel ops: " + ", ".join(kinds.ops_of_kind(name, "kernel")))
+    return lines
+
+
 def report(list_ops: bool = False) -> str:
     """The text ``gpunn info`` prints."""
     import gpunn
-    from gpunn.backends import Backend, get_backend
+    from gpunn.backends import get_backend
     from gpunn.data import data_home
 
     lines = [f"gpunn {gpunn.__version__}"]
@@ -161,21 +184,7 @@ def report(list_ops: bool = False) -> str:
         f"data folder: {data_home()}" + (" (GPUNN_DATA)" if os.environ.get("GPUNN_DATA") else "")
     )
 
-    all_ops = Backend.ops()
     lines.append("")
-    lines.append(f"native ops ({len(all_ops)} in the backend contract):")
-    for name, _, be in rows:
-        if be is None:
-            lines.append(f"  {name}: unavailable")
-            continue
-        native = set(be.native_ops())
-        borrowed = [op for op in all_ops if op not in native]
-        text = f"  {name}: {len(native)}/{len(all_ops)} native"
-        if name == "numpy":
-            text += " (it is the reference)"
-        elif borrowed:
-            text += f"; from the reference: {', '.join(borrowed)}"
-        lines.append(text)
-        if list_ops:
-            lines.append("    " + ", ".join(sorted(native)))
+    unavailable = [name for name, reason, _ in rows if reason]
+    lines += op_kind_lines([name for name, _, _ in rows], unavailable, list_ops)
     return "\n".join(lines)

@@ -246,7 +246,15 @@ def test_info_lists_versions_backends_threads_and_ops(capsys):
         assert "cupy: " + why_unavailable("cupy").removeprefix("cupy: ") in out
     assert "threads" in out and "threading layer" in out and "cache folder" in out
     n = len(gpunn.backends.Backend.ops())
-    assert f"numpy: {n}/{n} native" in out
+    assert f"op kinds ({n} ops in the backend contract)" in out
+    assert "numpy: every op is the reference" in out
+    from gpunn.backends import kinds
+
+    for name in kinds.TABLES:  # the counts, then every op that is not a gpunn kernel
+        tally = ", ".join(f"{c} {k}" for k, c in kinds.counts(name).items() if c)
+        assert f": {tally}\n" in out
+        for op, (kind, _) in kinds.table(name).items():
+            assert (f"    {op}: {kind}" in out) == (kind != "kernel"), (name, op)
 
 
 def test_info_ops_lists_every_op(capsys):
@@ -269,7 +277,7 @@ def test_info_names_an_unavailable_backend(monkeypatch, capsys):
     monkeypatch.setattr(info, "backend_report", fake)
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "  cupy: no CUDA device found" in out and "  cupy: unavailable" in out
+    assert "  cupy: no CUDA device found" in out and "  cupy (unavailable here): " in out
 
 
 # ---------------------------------------------------------------------- graph

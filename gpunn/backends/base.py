@@ -14,8 +14,9 @@ convention, so that every backend can be enumerated, compared and timed op by op
 
 Validation of shapes and dtypes happens before a backend is called (in
 ``gpunn.functional``); a backend may assume its inputs fit the op. Accelerated
-backends subclass :class:`Backend` and override ops with their own kernels;
-``native_ops()`` says which, and a test holds every backend to its list.
+backends subclass :class:`Backend` and override ops with their own kernels; what
+computes each op of each backend is declared in ``gpunn.backends.kinds``, and a test
+holds every backend class to its table.
 
 This class is also the reference: plain array code that mirrors the formulas,
 written against ``self.xp`` (NumPy here). Clarity beats speed in this file.
@@ -25,8 +26,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpunn.kernels.codes import ACTIVATIONS  # noqa: F401 (the activation names, one table)
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-ACTIVATIONS = (None, "relu", "sigmoid", "tanh")
 
 # splitmix64 constants: the counter-based generator behind dropout masks. Every
 # backend computes the same mask from the same (seed, element index).
@@ -118,10 +120,11 @@ class Backend:
         return sorted(n for n in dir(Backend) if n.endswith(suffixes))
 
     def native_ops(self) -> list[str]:
-        """The ops this backend implements itself rather than inheriting the reference."""
-        if type(self).name == "numpy":
-            return self.ops()
-        return [n for n in self.ops() if getattr(type(self), n) is not getattr(Backend, n)]
+        """The ops this backend runs on gpunn's own kernels: those of kind ``kernel`` in
+        ``gpunn.backends.kinds`` (none for the NumPy reference)."""
+        from gpunn.backends.kinds import ops_of_kind
+
+        return ops_of_kind(self.name, "kernel")
 
     # ------------------------------------------------------------------ elementwise
     # Binary ops take arrays or Python scalars (at least one array) and broadcast.
@@ -369,12 +372,12 @@ class Backend:
         return (dY - self.xp.exp(Y) * dY.sum(axis=axis, keepdims=True),)
 
     # ------------------------------------------------------------------ losses (0-d means)
-    def mse_forward(self, P, T):
+    def mse_loss_forward(self, P, T):
         """mean((P - T)^2); P and T of one shape."""
         D = P - T
         return self.xp.asarray((D * D).mean()), D
 
-    def mse_backward(self, dY, saved, needs):
+    def mse_loss_backward(self, dY, saved, needs):
         D = saved
         dP = dY * 2 * D / D.size
         return (dP if needs[0] else None, -dP if needs[1] else None)

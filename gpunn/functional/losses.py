@@ -18,7 +18,7 @@ def _same_shape(op, input, target):
 def mse_loss(input, target):
     """mean((input - target)^2). Both of one shape."""
     _same_shape("mse_loss", input, target)
-    return apply("mse", input, target)
+    return apply("mse_loss", input, target)
 
 
 def binary_cross_entropy(input, target):

@@ -225,8 +225,8 @@ def _softmax_and_loss_cases():
         )
     cases += [
         OpCase(
-            "mse",
-            "mse",
+            "mse_loss",
+            "mse_loss",
             lambda rng, dt: [
                 rng.standard_normal((8, 3)).astype(dt),
                 rng.standard_normal((8, 3)).astype(dt),

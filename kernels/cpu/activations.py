@@ -4,6 +4,7 @@ each derivative is written in terms of the forward output ``y`` (what the backen
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1
 from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
 
@@ -63,3 +64,17 @@ def step_backward(dx):
     zero = dx.dtype.type(0)
     for i in range(dx.size):
         dx[i] = zero
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "sigmoid_forward": [(A1, A1)],
+    "sigmoid_backward": [(A1, A1, A1)],
+    "tanh_forward": [(A1, A1)],
+    "tanh_backward": [(A1, A1, A1)],
+    "relu_forward": [(A1, A1)],
+    "relu_backward": [(A1, A1, A1)],
+    "step_forward": [(A1, A1)],
+    "step_backward": [(A1,)],
+}

@@ -3,15 +3,15 @@
 The backend walks the batch in chunks of G images whose column matrix stays in cache
 (P = out_h * out_w, R = C * kh * kw), and runs the products on BLAS:
 
-* forward: ``xp = pad(x[chunk])``; ``cols (R, G*P) = im2col(xp)``;
+* forward: ``x_padded = pad(x[chunk])``; ``cols (R, G*P) = im2col(x_padded)``;
   ``Yt (K, G*P) = W (K, R) @ cols``; ``y[chunk] (G, K, P) = Yt`` transposed, plus the
-  bias (``conv2d_forward``).
+  bias (``conv2d_output``).
 * backward: ``dYt (K, G*P)`` = dy[chunk] transposed, with the bias gradient added up in
-  the same pass (``conv2d_backward``); ``dW += cols @ dYt.T``; ``dcols = W.T @ dYt``;
+  the same pass (``conv2d_grad_output``); ``dW += cols @ dYt.T``; ``dcols = W.T @ dYt``;
   ``dx[chunk] = col2im(dcols)`` (adds the overlapping windows back, drops the padding).
 
 Working on a zero-padded copy of the input removes every bounds test from the inner
-loops: each kernel offset (i, j) reads the strided 2-D view ``xp[n, c, i::sy, j::sx]``.
+loops: each kernel offset (i, j) reads the strided 2-D view ``x_padded[n, c, i::sy, j::sx]``.
 Loops run over views indexed from 0, so Numba drops its negative-index check and LLVM
 can vectorise them. ``conv2d_direct_forward`` computes the forward without BLAS: faster
 for very few channels (a first layer on grey images), where the products are too thin.
@@ -20,19 +20,20 @@ for very few channels (a first layer on grey images), where the products are too
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2, A3, A4, FLOAT, INT
 from numba import prange
 
 
 @kernel(parallel=True)
-def conv2d_pad(x, ph, pw, value, xp):
-    """xp (G, C, H + 2ph, W + 2pw) = x with a border of ``value``."""
+def conv2d_pad(x, ph, pw, value, x_padded):
+    """x_padded (G, C, H + 2ph, W + 2pw) = x with a border of ``value``."""
     g_, c_, h, w = x.shape
     fill = x.dtype.type(value)
     for nc in prange(g_ * c_):
         n = nc // c_
         c = nc % c_
         src = x[n, c]
-        dst = xp[n, c]
+        dst = x_padded[n, c]
         for yy in range(ph):
             row = dst[yy]
             for q in range(row.size):
@@ -55,17 +56,17 @@ def conv2d_pad(x, ph, pw, value, xp):
 
 
 @kernel(parallel=True)
-def conv2d_im2col(xp, kh, kw, sy, sx, oh, ow, cols):
-    """cols[(c*kh + i)*kw + j, n*P + oy*ow + ox] = xp[n, c, oy*sy + i, ox*sx + j].
-    xp (G, C, Hp, Wp) is the padded input; cols (C*kh*kw, G*oh*ow)."""
-    g_, c_ = xp.shape[0], xp.shape[1]
+def conv2d_im2col(x_padded, kh, kw, sy, sx, oh, ow, cols):
+    """cols[(c*kh + i)*kw + j, n*P + oy*ow + ox] = x_padded[n, c, oy*sy + i, ox*sx + j].
+    x_padded (G, C, Hp, Wp) is the padded input; cols (C*kh*kw, G*oh*ow)."""
+    g_, c_ = x_padded.shape[0], x_padded.shape[1]
     blocks = cols.reshape(cols.shape[0], g_, oh, ow)
     for r in prange(c_ * kh * kw):
         c = r // (kh * kw)
         i = (r // kw) % kh
         j = r % kw
         for n in range(g_):
-            src = xp[n, c, i::sy, j::sx]
+            src = x_padded[n, c, i::sy, j::sx]
             dst = blocks[r, n]
             for oy in range(oh):
                 s = src[oy]
@@ -75,17 +76,17 @@ def conv2d_im2col(xp, kh, kw, sy, sx, oh, ow, cols):
 
 
 @kernel(parallel=True)
-def conv2d_col2im(dcols, kh, kw, sy, sx, ph, pw, oh, ow, dxp, dx):
+def conv2d_col2im(dcols, kh, kw, sy, sx, ph, pw, oh, ow, dx_padded, dx):
     """dx (G, C, H, W) = the adjoint of pad + im2col: every window offset's share of dcols
-    added back where it was read, accumulated in the padded scratch dxp (G, C, Hp, Wp;
-    dxp may be dx itself when there is no padding), then cropped."""
+    added back where it was read, accumulated in the padded scratch dx_padded (G, C, Hp, Wp;
+    dx_padded may be dx itself when there is no padding), then cropped."""
     g_, c_, h, w = dx.shape
     zero = dx.dtype.type(0)
     blocks = dcols.reshape(dcols.shape[0], g_, oh, ow)
     for nc in prange(g_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = dxp[n, c]
+        plane = dx_padded[n, c]
         for yy in range(plane.shape[0]):
             row = plane[yy]
             for q in range(row.size):
@@ -109,7 +110,7 @@ def conv2d_col2im(dcols, kh, kw, sy, sx, ph, pw, oh, ow, dxp, dx):
 
 
 @kernel(parallel=True)
-def conv2d_forward(yt, b, y):
+def conv2d_output(yt, b, y):
     """y (G, K, P) = yt (K, G*P) transposed, plus b (K,) (empty: no bias)."""
     g_, k_, p = y.shape
     for nk in prange(g_ * k_):
@@ -127,7 +128,7 @@ def conv2d_forward(yt, b, y):
 
 
 @kernel(parallel=True, fastmath=True)
-def conv2d_backward(dy, dyt, db):
+def conv2d_grad_output(dy, dyt, db):
     """dyt (K, G*P) = dy (G, K, P) transposed; db (K,) += sums of dy over G and P when db
     is not empty."""
     g_, k_, p = dy.shape
@@ -145,11 +146,11 @@ def conv2d_backward(dy, dyt, db):
 
 
 @kernel(parallel=True, fastmath=True)
-def conv2d_direct_forward(xp, wt, b, sy, sx, y):
-    """y[n, k] = b[k] + sum_{c,i,j} w[k, c, i, j] xp[n, c, oy*sy + i, ox*sx + j] without
-    im2col. xp (N, C, Hp, Wp) padded input, wt (K, C, kh, kw), b (K,) or empty,
+def conv2d_direct_forward(x_padded, wt, b, sy, sx, y):
+    """y[n, k] = b[k] + sum_{c,i,j} w[k, c, i, j] x_padded[n, c, oy*sy + i, ox*sx + j] without
+    im2col. x_padded (N, C, Hp, Wp) padded input, wt (K, C, kh, kw), b (K,) or empty,
     y (N, K, oh, ow)."""
-    n_, c_ = xp.shape[0], xp.shape[1]
+    n_, c_ = x_padded.shape[0], x_padded.shape[1]
     k_, _, kh, kw = wt.shape
     oh, ow = y.shape[2], y.shape[3]
     zero = y.dtype.type(0)
@@ -166,9 +167,21 @@ def conv2d_direct_forward(xp, wt, b, sy, sx, y):
             for i in range(kh):
                 for j in range(kw):
                     wv = wt[k, c, i, j]
-                    src = xp[n, c, i::sy, j::sx]
+                    src = x_padded[n, c, i::sy, j::sx]
                     for oy in range(oh):
                         s = src[oy]
                         d = out[oy]
                         for ox in range(ow):
                             d[ox] += wv * s[ox]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "conv2d_pad": [(A4, INT, INT, FLOAT, A4)],
+    "conv2d_im2col": [(A4, INT, INT, INT, INT, INT, INT, A2)],
+    "conv2d_col2im": [(A2, INT, INT, INT, INT, INT, INT, INT, INT, A4, A4)],
+    "conv2d_output": [(A2, A1, A3)],
+    "conv2d_grad_output": [(A3, A2, A1)],
+    "conv2d_direct_forward": [(A4, A4, A1, INT, INT, A4)],
+}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, FLOAT, T
 from numba import prange
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -36,3 +37,11 @@ def dropout_forward(x, seed, p, scale, out, mask):
 def dropout_backward(dy, mask, dx):
     for i in prange(dx.size):
         dx[i] = dy[i] * mask[i]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "dropout_forward": [(A1, "uint64", FLOAT, T, A1, A1)],
+    "dropout_backward": [(A1, A1, A1)],
+}

@@ -9,6 +9,7 @@ backend first.
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1
 from gpunn.kernels.cpu._vmath import vexp, vlog
 from numba import prange
 
@@ -178,3 +179,20 @@ __all__ = [
     "pow_forward",
     "sub_forward",
 ]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "add_forward": [(A1, A1, A1)],
+    "sub_forward": [(A1, A1, A1)],
+    "mul_forward": [(A1, A1, A1)],
+    "div_forward": [(A1, A1, A1)],
+    "div_backward": [(A1, A1, A1, A1)],
+    "pow_forward": [(A1, A1, A1)],
+    "pow_backward": [(A1, A1, A1, A1, A1, A1)],
+    "neg_forward": [(A1, A1)],
+    "exp_forward": [(A1, A1)],
+    "log_forward": [(A1, A1)],
+    "cast_forward": [(A1, "float32[::1]"), (A1, "float64[::1]")],
+}

@@ -4,18 +4,17 @@
 * backward prologue: ``dZ = act'(dY)`` (from Y) and the bias gradient ``db = sum_rows dZ``
   in one pass; the backend then runs ``dX = dZ @ W`` and ``dW = dZ.T @ X`` on BLAS.
 
-``act`` is an activation code: 0 none, 1 relu, 2 sigmoid, 3 tanh (``ACTIVATION_CODES``).
+``act`` is an activation code of ``gpunn.kernels.codes.ACTIVATION_CODES`` (0 none, 1 relu,
+2 sigmoid, 3 tanh).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2, INT
 from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
-
-ACTIVATION_CODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
-
 
 # Loops run over views from index 0: Numba then knows the index is not negative and
 # leaves out its wraparound check, which would keep LLVM from vectorising the loop.
@@ -94,3 +93,11 @@ def linear_backward(dy, y, act, dz, db, nchunks):
             for c in range(nchunks):
                 s += partial[c, j]
             db[j] = s
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "linear_forward": [(A2, A1, INT)],
+    "linear_backward": [(A2, A2, INT, A2, A1, INT)],
+}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, FLOAT
 from numba import prange
 
 
@@ -59,3 +60,11 @@ def adam_update(
         m[i] = mi
         v[i] = vi
         p[i] -= step_size * mi / (np.sqrt(vi) / bias2_sqrt + eps)
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "sgd_update": [(A1, A1, A1, FLOAT, FLOAT, FLOAT)],
+    "adam_update": [(A1, A1, A1, A1) + (FLOAT,) * 8],
+}

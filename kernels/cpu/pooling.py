@@ -13,19 +13,20 @@ padding cell. Average pooling divides by kh*kw, zero padding included (PyTorch's
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A4, INT
 from numba import prange
 
 
 @kernel(parallel=True)
-def max_pool2d_forward(xp, kh, kw, sy, sx, ph, pw, h, w, y, arg):
-    """y (N, C, oh, ow) = window maxima of the padded xp; arg (int32, same shape) = their
+def max_pool2d_forward(x_padded, kh, kw, sy, sx, ph, pw, h, w, y, arg):
+    """y (N, C, oh, ow) = window maxima of the padded x_padded; arg (int32, same shape) = their
     flat positions in the unpadded (h, w) plane, -1 for padding."""
-    n_, c_ = xp.shape[0], xp.shape[1]
+    n_, c_ = x_padded.shape[0], x_padded.shape[1]
     oh, ow = y.shape[2], y.shape[3]
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = xp[n, c]
+        plane = x_padded[n, c]
         out = y[n, c]
         where = arg[n, c]
         for oy in range(oh):
@@ -79,15 +80,15 @@ def max_pool2d_backward(dy, arg, dx):
 
 
 @kernel(parallel=True)
-def avg_pool2d_forward(xp, kh, kw, sy, sx, y):
-    """y (N, C, oh, ow) = window sums of the zero-padded xp / (kh*kw)."""
-    n_, c_ = xp.shape[0], xp.shape[1]
+def avg_pool2d_forward(x_padded, kh, kw, sy, sx, y):
+    """y (N, C, oh, ow) = window sums of the zero-padded x_padded / (kh*kw)."""
+    n_, c_ = x_padded.shape[0], x_padded.shape[1]
     oh, ow = y.shape[2], y.shape[3]
     count = y.dtype.type(kh * kw)
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = xp[n, c]
+        plane = x_padded[n, c]
         out = y[n, c]
         for oy in range(oh):
             y0 = oy * sy
@@ -101,9 +102,9 @@ def avg_pool2d_forward(xp, kh, kw, sy, sx, y):
 
 
 @kernel(parallel=True)
-def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dxp, dx):
+def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dx_padded, dx):
     """dx (N, C, H, W) = each dy / (kh*kw) added over its window, accumulated in the padded
-    scratch dxp (dx itself without padding), then cropped."""
+    scratch dx_padded (dx itself without padding), then cropped."""
     n_, c_, h, w = dx.shape
     oh, ow = dy.shape[2], dy.shape[3]
     zero = dx.dtype.type(0)
@@ -111,7 +112,7 @@ def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dxp, dx):
     for nc in prange(n_ * c_):
         n = nc // c_
         c = nc % c_
-        plane = dxp[n, c]
+        plane = dx_padded[n, c]
         for yy in range(plane.shape[0]):
             row = plane[yy]
             for q in range(row.size):
@@ -131,3 +132,13 @@ def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dxp, dx):
                 d = out[yy]
                 for q in range(w):
                     d[q] = s[q]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "max_pool2d_forward": [(A4, INT, INT, INT, INT, INT, INT, INT, INT, A4, "int32[:, :, :, ::1]")],
+    "max_pool2d_backward": [(A4, "int32[:, :, :, ::1]", A4)],
+    "avg_pool2d_forward": [(A4, INT, INT, INT, INT, A4)],
+    "avg_pool2d_backward": [(A4, INT, INT, INT, INT, INT, INT, A4, A4)],
+}

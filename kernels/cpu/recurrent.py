@@ -10,6 +10,7 @@ loops vectorise).
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A1, A2, INT
 from gpunn.kernels.cpu._vmath import select, vsigmoid, vtanh
 from numba import prange
 
@@ -218,3 +219,17 @@ def lstm_backward_step(dy, dh, dc, c_prev, acts, tanh_c, dg, dc_prev):
             d_g[j] = d_c * i_ * (one - g_ * g_)
             d_o[j] = d_h * t * o_ * (one - o_)
             prev[j] = d_c * f_
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "rnn_cell_forward": [(A1, A1, A1)],
+    "rnn_cell_backward": [(A1, A1, A1)],
+    "lstm_cell_forward": [(A2, A2, A2, A2, A2, A2, A2)],
+    "lstm_cell_backward": [(A2, A2, A2, A2, A2, A2, A2)],
+    "rnn_forward_step": [(A2, A2, A1, INT, A2)],
+    "rnn_backward_step": [(A2, A2, A2, INT, A2)],
+    "lstm_forward_step": [(A2, A2, A1, A2, A2, A2, A2)],
+    "lstm_backward_step": [(A2, A2, A2, A2, A2, A2, A2, A2)],
+}

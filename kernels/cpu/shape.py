@@ -8,6 +8,7 @@ the backend brings any set of axes to that form (one pass per run of reduced axe
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
+from gpunn.kernels.cpu._types import A2, A3, T
 from numba import prange
 
 
@@ -62,3 +63,12 @@ def getitem_backward(dy, index, dx):
             r += rows
         for q in range(width):
             dx[r, q] += dy[k, q]
+
+
+#: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
+#: for each float dtype; ``{T}`` is the dtype).
+SIGNATURES = {
+    "sum_forward": [(A3, T, A2)],
+    "sum_backward": [(A2, T, A3)],
+    "getitem_backward": [(A2, "int64[::1]", A2)],
+}

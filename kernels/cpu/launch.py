@@ -1,0 +1,651 @@
+"""Launchers of the CPU kernels: the plumbing between an op of the Numba backend and its
+kernels. Each launcher takes NumPy arrays, makes them contiguous where a kernel needs it,
+allocates the outputs, picks the serial or parallel variant (``threads.pick``), chunks
+work where it pays, and calls the kernel. Launchers are named by op stem
+(``conv2d_forward`` launches the pieces of a convolution); the backend's op methods decide
+what to save for the backward and which gradients to return.
+
+Kernels are looked up on their modules at call time (``_ew.add_forward``), so a test can
+wrap them.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Number
+
+import numpy as np
+from gpunn.kernels.cpu import activations as _act
+from gpunn.kernels.cpu import conv as _conv
+from gpunn.kernels.cpu import dropout as _drop
+from gpunn.kernels.cpu import elementwise as _ew
+from gpunn.kernels.cpu import linear as _lin
+from gpunn.kernels.cpu import optim as _opt
+from gpunn.kernels.cpu import pooling as _pool
+from gpunn.kernels.cpu import recurrent as _rec
+from gpunn.kernels.cpu import shape as _shape
+from gpunn.kernels.cpu import softmax as _sm
+from gpunn.kernels.cpu import threads as _threads
+from gpunn.kernels.cpu.threads import HEAVY, pick, workspace
+
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+#: An empty array per dtype: what a kernel gets for an output that is not wanted.
+EMPTY = {_F32: np.empty(0, _F32), _F64: np.empty(0, _F64)}
+EMPTY2 = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}
+
+
+# ---------------------------------------------------------------------- contiguity
+def c(X):
+    """X as a C-contiguous array (X itself when it is one)."""
+    return X if X.flags.c_contiguous else np.ascontiguousarray(X)
+
+
+def blas(X):
+    """X as an operand BLAS takes without NumPy's slow fallback loop."""
+    flags = X.flags
+    return X if flags.c_contiguous or flags.f_contiguous else np.ascontiguousarray(X)
+
+
+def shape_of(X):
+    return X.shape if isinstance(X, np.ndarray) else ()
+
+
+def scalar(X, dtype):
+    """A Python number or a size-1 array as a scalar of ``dtype``."""
+    return dtype.type(X if isinstance(X, Number) else X.reshape(-1)[0])
+
+
+# ---------------------------------------------------------------------- elementwise
+def _operand(X, shape, size, dtype):
+    """A binary op's operand as a flat array of ``size`` elements, or of one (a scalar:
+    the kernel broadcasts it)."""
+    if not isinstance(X, np.ndarray):
+        return np.full(1, X, dtype)
+    if X.size == size:  # same shape, or one that only differs by size-1 axes
+        return X.ravel()
+    if X.size == 1:
+        return X.reshape(1)
+    return np.ascontiguousarray(np.broadcast_to(X, shape)).reshape(size)
+
+
+def _broadcast(A, B):
+    """(shape, size, dtype) of a binary op's result."""
+    if isinstance(A, np.ndarray):
+        dtype = A.dtype
+        if isinstance(B, np.ndarray) and B.shape != A.shape:
+            shape = np.broadcast_shapes(A.shape, B.shape)
+        else:
+            shape = A.shape
+    else:
+        dtype, shape = B.dtype, B.shape
+    return shape, math.prod(shape), dtype
+
+
+def binary(kern, A, B):
+    """kern(a, b, out) with A, B arrays or Python scalars, broadcast as NumPy does."""
+    shape, size, dtype = _broadcast(A, B)
+    out = np.empty(shape, dtype)
+    pick(kern, size)(
+        _operand(A, shape, size, dtype), _operand(B, shape, size, dtype), out.reshape(size)
+    )
+    return out
+
+
+def unary(kern, X, cost=1, dtype=None):
+    """kern(x, out) over X's elements; ``out`` of ``dtype`` (X's by default)."""
+    out = np.empty(X.shape, X.dtype if dtype is None else dtype)
+    pick(kern, X.size * cost)(X.ravel(), out.reshape(-1))
+    return out
+
+
+def unary_backward(kern, dY, Y):
+    """kern(dy, y, dx): a gradient from dY and the saved output Y, elementwise."""
+    dX = np.empty(Y.shape, Y.dtype)
+    pick(kern, dX.size)(dY.ravel(), Y.ravel(), dX.reshape(-1))
+    return dX
+
+
+def div_backward(dY, Y, B):
+    """dB of A / B at full size (before un-broadcasting): -dY * Y / B."""
+    shape, size = Y.shape, Y.size
+    db = np.empty(shape, Y.dtype)
+    pick(_ew.div_backward, size)(
+        dY.ravel(), Y.ravel(), _operand(B, shape, size, Y.dtype), db.reshape(size)
+    )
+    return db
+
+
+def pow_backward(dY, A, B, Y, needs):
+    """(dA, dB) of A ** B at full size, None where not needed; one pass for both."""
+    shape, size, dtype = Y.shape, Y.size, Y.dtype
+    da = np.empty(shape, dtype) if needs[0] else None
+    db = np.empty(shape, dtype) if needs[1] else None
+    pick(_ew.pow_backward, size)(
+        dY.ravel(),
+        _operand(A, shape, size, dtype),
+        _operand(B, shape, size, dtype),
+        Y.ravel(),
+        EMPTY[dtype] if da is None else da.reshape(size),
+        EMPTY[dtype] if db is None else db.reshape(size),
+    )
+    return da, db
+
+
+def step_backward(shape, dtype):
+    dX = np.empty(shape, dtype)
+    _act.step_backward(dX.reshape(-1))
+    return dX
+
+
+# ---------------------------------------------------------------------- linear
+def linear_forward(Z, b, code):
+    """In place on Z = X @ W.T (N, out): Z = act(Z + b); b None for no bias."""
+    if code or b is not None:
+        bias = EMPTY[Z.dtype] if b is None else b.ravel()
+        pick(_lin.linear_forward, Z.size * (HEAVY if code > 1 else 1))(Z, bias, code)
+    return Z
+
+
+def linear_backward(dY, Y, code, need_db):
+    """(dZ, db): dZ = act'(dY) from Y (dY itself without activation); db the column sums
+    of dZ when ``need_db``, else None."""
+    dY = c(dY)
+    dZ = np.empty(Y.shape, Y.dtype) if code else dY
+    db = np.empty(Y.shape[1], Y.dtype) if need_db else None
+    if code or db is not None:
+        kern = pick(_lin.linear_backward, dY.size)
+        chunks = 4 * _threads.num_threads if kern is _lin.linear_backward.parallel else 1
+        kern(dY, Y, code, dZ, EMPTY[Y.dtype] if db is None else db, chunks)
+    return dZ, db
+
+
+# ---------------------------------------------------------------------- sum and mean
+def sum_forward(X, axis, keepdims, mean):
+    """Sum (or mean) of X over ``axis`` with one sum_forward pass per run of adjacent
+    reduced axes. Returns (Y, plan): plan lists each pass's (outer, mid, inner)."""
+    ndim = X.ndim
+    if axis is None:
+        axes = tuple(range(ndim))
+    elif isinstance(axis, int):
+        axes = (axis % max(ndim, 1),)
+    else:
+        axes = tuple(sorted(a % max(ndim, 1) for a in axis))
+    if keepdims:
+        out_shape = tuple(1 if i in axes else s for i, s in enumerate(X.shape))
+    else:
+        out_shape = tuple(s for i, s in enumerate(X.shape) if i not in axes)
+    dims = list(X.shape)
+    reduced = [i in axes for i in range(ndim)]
+    plan = []
+    cur = c(X)
+    total = math.prod(X.shape[i] for i in axes) if ndim else 1
+    divisor = X.dtype.type(total if mean else 1)
+    while True in reduced:
+        end = len(reduced) - reduced[::-1].index(True)
+        start = end
+        while start > 0 and reduced[start - 1]:
+            start -= 1
+        outer, mid, inner = (
+            math.prod(dims[:start]),
+            math.prod(dims[start:end]),
+            math.prod(dims[end:]),
+        )
+        plan.append((outer, mid, inner))
+        last = True not in reduced[:start]
+        out = np.empty((outer, inner), X.dtype)
+        pick(_shape.sum_forward, outer * mid * inner)(
+            cur.reshape(outer, mid, inner), divisor if last else X.dtype.type(1), out
+        )
+        cur = out
+        del dims[start:end], reduced[start:end]
+    if not plan:  # no axis to reduce (a 0-d input): a copy
+        cur = X.copy()
+    return cur.reshape(out_shape), plan
+
+
+def sum_backward(dY, x_shape, plan, count):
+    """The gradient of sum_forward: dY repeated back over the reduced axes (divided by
+    ``count`` for a mean), one sum_backward pass per forward pass, in reverse order."""
+    dtype = dY.dtype
+    if not plan:
+        return c(dY).reshape(x_shape).copy()
+    divisor = dtype.type(count)
+    cur = c(dY)
+    for k, (outer, mid, inner) in enumerate(reversed(plan)):
+        out = np.empty((outer, mid, inner), dtype)
+        pick(_shape.sum_backward, out.size)(
+            cur.reshape(outer, inner), divisor if k == 0 else dtype.type(1), out
+        )
+        cur = out
+    return cur.reshape(x_shape)
+
+
+# ---------------------------------------------------------------------- getitem
+def getitem_backward(dY, shape, index):
+    """dX of X[index]: zeros of ``shape`` with dY added where the index read (repeated
+    positions add up). One scatter-add kernel for every kind of index: rows for a 1-D
+    integer array on the first axis, else the flat positions the index selects (found by
+    indexing an array of positions the same way), one element per row."""
+    if isinstance(index, np.ndarray) and index.ndim == 1 and index.dtype.kind in "iu":
+        rows, width = shape[0], math.prod(shape[1:])
+        positions = np.ascontiguousarray(index, dtype=np.int64)
+    else:
+        rows, width = math.prod(shape), 1
+        positions = np.arange(rows, dtype=np.int64).reshape(shape)[index].reshape(-1)
+    dX = np.empty(shape, dY.dtype)
+    _shape.getitem_backward(
+        c(dY).reshape(positions.size, width), positions, dX.reshape(rows, width)
+    )
+    return dX
+
+
+# ---------------------------------------------------------------------- softmax family, losses
+def _around(shape, axis):
+    """(outer, n, inner): ``shape`` seen as three axes around ``axis``."""
+    return (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+
+
+def softmax_forward(kern, X, axis):
+    """Y = kern over ``axis`` (softmax_forward or log_softmax_forward); returns (Y, the 3-D
+    shape the backward reuses)."""
+    shape3 = _around(X.shape, axis % X.ndim)
+    Y = np.empty(X.shape, X.dtype)
+    pick(kern, X.size * HEAVY)(c(X).reshape(shape3), Y.reshape(shape3))
+    return Y, shape3
+
+
+def softmax_backward(kern, dY, Y, shape3):
+    dX = np.empty(Y.shape, Y.dtype)
+    pick(kern, Y.size)(c(dY).reshape(shape3), Y.reshape(shape3), dX.reshape(shape3))
+    return dX
+
+
+def _mean(total, count, dtype):
+    """A loss's 0-d mean from the float64 sum of its terms."""
+    return np.array(total / count if count else math.nan, dtype=dtype)
+
+
+def loss_forward(kern, A, B, cost=HEAVY):
+    """The 0-d mean of an elementwise loss ``kern(a, b) -> sum``; A, B flat."""
+    return _mean(pick(kern, A.size * cost)(A, B), A.size, A.dtype)
+
+
+def loss_backward(kern, dY, A, B, shape, needs, scale=1):
+    """The two gradients of an elementwise mean loss, ``kern(a, b, g, da, db)`` with
+    g = dY * scale / N; A, B flat, gradients reshaped to ``shape`` (None if not needed)."""
+    dtype = A.dtype
+    g = scalar(dY, dtype) * dtype.type(scale) / dtype.type(max(A.size, 1))
+    da = np.empty(A.size, dtype) if needs[0] else EMPTY[dtype]
+    db = np.empty(A.size, dtype) if needs[1] else EMPTY[dtype]
+    pick(kern, A.size)(A, B, g, da, db)
+    return (da.reshape(shape) if needs[0] else None, db.reshape(shape) if needs[1] else None)
+
+
+def cross_entropy_forward(Z, labels):
+    """(loss, E, inv_sum, labels): E = exp(Z - rowmax), inv_sum = 1 / row sums of E."""
+    Z = c(Z)
+    if labels.dtype != np.int64 or not labels.flags.c_contiguous:
+        labels = np.ascontiguousarray(labels, dtype=np.int64)
+    E = np.empty(Z.shape, Z.dtype)
+    inv_sum = np.empty(Z.shape[0], Z.dtype)
+    total = pick(_sm.cross_entropy_forward, Z.size * HEAVY)(Z, labels, E, inv_sum)
+    return _mean(total, Z.shape[0], Z.dtype), E, inv_sum, labels
+
+
+def cross_entropy_backward(dY, E, inv_sum, labels):
+    dtype = E.dtype
+    g = scalar(dY, dtype) / dtype.type(max(E.shape[0], 1))
+    dZ = np.empty(E.shape, dtype)
+    pick(_sm.cross_entropy_backward, E.size)(E, inv_sum, labels, g, dZ)
+    return dZ
+
+
+# ---------------------------------------------------------------------- convolution
+#: Bytes of im2col columns per chunk of images: bounds the scratch memory a thread keeps
+#: (``threads.clear_workspaces`` frees it). Cache-sized chunks measured no faster on one
+#: thread, and the more chunks, the more hand-overs between Numba's threads and BLAS's,
+#: which cost dearly on a busy machine: 2 MB chunks made a 2-thread step 4x slower than
+#: one 38 MB chunk.
+CONV_CHUNK_BYTES = 32 << 20
+
+#: Forced convolution algorithm ("direct" / "im2col") or None (choose by shape).
+CONV_ALGORITHM: str | None = None
+
+
+def _conv_chunks(n, bytes_per_image):
+    """[n0, n1) ranges covering n images, each about CONV_CHUNK_BYTES of columns."""
+    g = max(1, min(n, CONV_CHUNK_BYTES // max(bytes_per_image, 1)))
+    return [(n0, min(n, n0 + g)) for n0 in range(0, n, g)]
+
+
+def _conv_direct(channels, filters, taps):
+    """Whether to run the direct convolution kernel instead of im2col + BLAS. Measured
+    (float32, one thread): im2col + BLAS was faster on every shape tried, LeNet's first
+    layer (1 -> 6 channels, 5x5, 28x28) included (3 ms against 7 ms for a batch of 64),
+    so the direct kernel only runs when ``CONV_ALGORITHM`` asks for it."""
+    return CONV_ALGORITHM == "direct"
+
+
+def padded(X, ph, pw, value, keep=False):
+    """X (contiguous) with a border of ``value``: X itself without padding, else a copy in
+    this thread's workspace (a new array with ``keep``)."""
+    if not (ph or pw):
+        return X
+    n, ch, h, w = X.shape
+    shape = (n, ch, h + 2 * ph, w + 2 * pw)
+    x_padded = np.empty(shape, X.dtype) if keep else workspace("xpad", shape, X.dtype)
+    pick(_conv.conv2d_pad, x_padded.size)(X, ph, pw, value, x_padded)
+    return x_padded
+
+
+def conv2d_forward(X, W, b, stride, padding):
+    """Y (N, K, oh, ow) of the convolution; returns (Y, x_padded): the padded input the
+    backward's im2col reads again. Direct kernel, or per chunk of images: im2col, one BLAS
+    product, and the output kernel (layout and bias)."""
+    X, W = c(X), c(W)
+    n, ch, h, w = X.shape
+    k, _, kh, kw = W.shape
+    (sy, sx), (ph, pw) = stride, padding
+    oh, ow = (h + 2 * ph - kh) // sy + 1, (w + 2 * pw - kw) // sx + 1
+    dtype = X.dtype
+    bias = EMPTY[dtype] if b is None else b.ravel()
+    Y = np.empty((n, k, oh, ow), dtype)
+    x_padded = padded(X, ph, pw, 0.0, keep=True)
+    if _conv_direct(ch, k, kh * kw):
+        pick(_conv.conv2d_direct_forward, Y.size * ch)(x_padded, W, bias, sy, sx, Y)
+        return Y, x_padded
+    r, p = ch * kh * kw, oh * ow
+    W2, Y3 = W.reshape(k, r), Y.reshape(n, k, p)
+    for n0, n1 in _conv_chunks(n, r * p * dtype.itemsize):
+        cols = workspace("cols", (r, (n1 - n0) * p), dtype)
+        pick(_conv.conv2d_im2col, cols.size)(x_padded[n0:n1], kh, kw, sy, sx, oh, ow, cols)
+        yt = workspace("yt", (k, (n1 - n0) * p), dtype)
+        np.matmul(W2, cols, out=yt)
+        pick(_conv.conv2d_output, yt.size)(yt, bias, Y3[n0:n1])
+    return Y, x_padded
+
+
+def conv2d_backward(dY, x_padded, x_shape, W, stride, padding, needs):
+    """(dX, dW, db) of the convolution, None where ``needs`` is false (needs[2]: a bias
+    exists and its gradient is wanted). Per chunk of images: the grad-output kernel (dY's
+    layout for BLAS, and the bias sums), im2col and a BLAS product for dW, a BLAS product
+    and col2im for dX."""
+    n, ch, h, w = x_shape
+    k, _, kh, kw = W.shape
+    (sy, sx), (ph, pw) = stride, padding
+    oh, ow = dY.shape[2], dY.shape[3]
+    r, p, dtype = ch * kh * kw, oh * ow, x_padded.dtype
+    W2, dY3 = W.reshape(k, r), c(dY).reshape(n, k, p)
+    db = np.zeros(k, dtype) if needs[2] else None
+    dWt = np.zeros((r, k), dtype) if needs[1] else None  # dW transposed: (C*kh*kw, K)
+    dX = np.empty(x_shape, dtype) if needs[0] else None
+    Wt = np.ascontiguousarray(W2.T) if dX is not None else None  # faster BLAS operand
+    for n0, n1 in _conv_chunks(n, r * p * dtype.itemsize):
+        cp = (n1 - n0) * p
+        dyt = workspace("dyt", (k, cp), dtype)
+        pick(_conv.conv2d_grad_output, dyt.size)(
+            dY3[n0:n1], dyt, EMPTY[dtype] if db is None else db
+        )
+        if dWt is not None:
+            cols = workspace("cols", (r, cp), dtype)
+            pick(_conv.conv2d_im2col, cols.size)(x_padded[n0:n1], kh, kw, sy, sx, oh, ow, cols)
+            dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
+        if dX is not None:
+            dcols = workspace("dcols", (r, cp), dtype)
+            np.matmul(Wt, dyt, out=dcols)
+            dx = dX[n0:n1]
+            shape = (n1 - n0, ch, h + 2 * ph, w + 2 * pw)
+            dx_padded = dx if not (ph or pw) else workspace("dxpad", shape, dtype)
+            pick(_conv.conv2d_col2im, dcols.size)(
+                dcols, kh, kw, sy, sx, ph, pw, oh, ow, dx_padded, dx
+            )
+    dW = None if dWt is None else np.ascontiguousarray(dWt.T).reshape(W.shape)
+    return dX, dW, db
+
+
+# ---------------------------------------------------------------------- pooling
+def _pool_shape(x_shape, kernel_size, stride, padding):
+    n, ch, h, w = x_shape
+    (kh, kw), (sy, sx), (ph, pw) = kernel_size, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sy + 1, (w + 2 * pw - kw) // sx + 1
+    return (n, ch, oh, ow), (kh, kw, sy, sx, ph, pw)
+
+
+def max_pool2d_forward(X, kernel_size, stride, padding):
+    """(Y, arg): the window maxima and where each was (flat index in the plane, or -1)."""
+    X = c(X)
+    out_shape, (kh, kw, sy, sx, ph, pw) = _pool_shape(X.shape, kernel_size, stride, padding)
+    Y = np.empty(out_shape, X.dtype)
+    arg = np.empty(out_shape, np.int32)
+    x_padded = padded(X, ph, pw, -math.inf)
+    pick(_pool.max_pool2d_forward, X.size)(
+        x_padded, kh, kw, sy, sx, ph, pw, X.shape[2], X.shape[3], Y, arg
+    )
+    return Y, arg
+
+
+def max_pool2d_backward(dY, x_shape, arg):
+    dX = np.empty(x_shape, dY.dtype)
+    pick(_pool.max_pool2d_backward, dX.size)(c(dY), arg, dX)
+    return dX
+
+
+def avg_pool2d_forward(X, kernel_size, stride, padding):
+    X = c(X)
+    out_shape, (kh, kw, sy, sx, ph, pw) = _pool_shape(X.shape, kernel_size, stride, padding)
+    Y = np.empty(out_shape, X.dtype)
+    pick(_pool.avg_pool2d_forward, X.size)(padded(X, ph, pw, 0.0), kh, kw, sy, sx, Y)
+    return Y
+
+
+def avg_pool2d_backward(dY, x_shape, kernel_size, stride, padding):
+    n, ch, h, w = x_shape
+    (kh, kw), (sy, sx), (ph, pw) = kernel_size, stride, padding
+    dX = np.empty(x_shape, dY.dtype)
+    shape = (n, ch, h + 2 * ph, w + 2 * pw)
+    dx_padded = dX if not (ph or pw) else workspace("dxpad", shape, dY.dtype)
+    pick(_pool.avg_pool2d_backward, dX.size)(c(dY), kh, kw, sy, sx, ph, pw, dx_padded, dX)
+    return dX
+
+
+# ---------------------------------------------------------------------- dropout
+def dropout_forward(X, p, seed):
+    """(Y, mask): mask holds 0 or 1/(1-p) per element, from the (seed, index) hash."""
+    dtype = X.dtype
+    scale = dtype.type(0.0 if p >= 1 else 1.0 / (1.0 - p))
+    Y = np.empty(X.shape, dtype)
+    mask = np.empty(X.shape, dtype)
+    pick(_drop.dropout_forward, X.size)(
+        X.ravel(), np.uint64(seed), float(p), scale, Y.reshape(-1), mask.reshape(-1)
+    )
+    return Y, mask
+
+
+# ---------------------------------------------------------------------- recurrent cells
+def rnn_cell_forward(XW, HW):
+    """H_new = tanh(XW + HW), HW the recurrent product."""
+    # a separate output: written over HW in place, the loop would not vectorise (LLVM
+    # sees two arrays that overlap and falls back to its scalar loop)
+    H_new = np.empty(HW.shape, HW.dtype)
+    pick(_rec.rnn_cell_forward, HW.size * HEAVY)(XW.ravel(), HW.reshape(-1), H_new.reshape(-1))
+    return H_new
+
+
+def lstm_cell_forward(XW, HW, C):
+    """(acts, C_new, H_new, tanh_C) of one LSTM step; HW the recurrent product (B, 4*hidden)."""
+    C = c(C)
+    dtype = HW.dtype
+    acts = np.empty(HW.shape, dtype)  # not HW itself: see rnn_cell_forward
+    C_new = np.empty(C.shape, dtype)
+    H_new = np.empty(C.shape, dtype)
+    tanh_C = np.empty(C.shape, dtype)
+    pick(_rec.lstm_cell_forward, acts.size * HEAVY)(c(XW), HW, C, acts, C_new, H_new, tanh_C)
+    return acts, C_new, H_new, tanh_C
+
+
+def lstm_cell_backward(dH_new, dC_new, C, acts, tanh_C, need_dc):
+    """(dG, dC): the gate gradients (B, 4*hidden) and, with ``need_dc``, the previous cell's."""
+    dtype = acts.dtype
+    dG = np.empty(acts.shape, dtype)
+    dC = np.empty(C.shape, dtype) if need_dc else None
+    pick(_rec.lstm_cell_backward, dG.size)(
+        c(dH_new), c(dC_new), c(C), acts, tanh_C, dG, EMPTY2[dtype] if dC is None else dC
+    )
+    return dG, dC
+
+
+# ---------------------------------------------------------------------- whole-sequence recurrent
+# One layer over the whole sequence: the input projection of all T steps as one BLAS
+# product; per step the recurrent product into a buffer allocated once per call and one
+# fused step kernel (biases folded in); backward per step one fused kernel and one product
+# for dh; then dX, dW_ih and dW_hh as one product each over all T*B rows and the bias
+# gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the
+# initial state, so h_{t-1} of every step is one contiguous (T*B, H) block.
+#
+# The step kernels alternate with a BLAS product, so they are split over threads only from
+# PARALLEL_MIN_SIZE elements up (not weighted as HEAVY): on the lstm workload (64 x 1024
+# gates) the parallel variant measured no faster on 2 threads (forward + backward 100 ms
+# minimum either way, median 387 against 342 ms, on a loaded host).
+
+
+def _sequence_input(X, W_ih, b_ih, b_hh):
+    """(X as (T*B, I), the input projection of every step (T, B, G*H) as one product,
+    b_ih + b_hh (zeros without biases))."""
+    T, B, n_in = X.shape
+    X2 = c(X).reshape(T * B, n_in)
+    XW = (X2 @ blas(W_ih).T).reshape(T, B, W_ih.shape[0])
+    bias = np.zeros(W_ih.shape[0], XW.dtype)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            bias += b
+    return X2, XW, bias
+
+
+def rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code):
+    """(X2, Hall): X as (T*B, I) and the states (T+1, B, H), Hall[0] = H0, Hall[t+1] = h_t."""
+    X2, XW, bias = _sequence_input(X, W_ih, b_ih, b_hh)
+    T, B, hidden = XW.shape
+    Hall = np.empty((T + 1, B, hidden), XW.dtype)
+    Hall[0] = H0
+    HW = np.empty((B, hidden), XW.dtype)
+    kern = pick(_rec.rnn_forward_step, B * hidden)
+    Wt = blas(W_hh).T
+    for t in range(T):
+        np.matmul(Hall[t], Wt, out=HW)
+        kern(XW[t], HW, bias, code, Hall[t + 1])
+    return X2, Hall
+
+
+def rnn_backward(dY, dh_n, W_hh, Hall, code, need_dh0):
+    """(dZ, dH0): every step's pre-activation gradient (T, B, H), in this thread's workspace,
+    and the initial state's gradient (the last product is skipped without ``need_dh0``)."""
+    T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+    dY = c(dY)
+    dZ = workspace("rnn_dz", (T, B, hidden), Hall.dtype)
+    dh = np.array(dh_n, dtype=Hall.dtype, order="C")
+    kern = pick(_rec.rnn_backward_step, B * hidden)
+    W_hh = blas(W_hh)
+    for t in range(T - 1, -1, -1):
+        kern(dY[t], dh, Hall[t + 1], code, dZ[t])
+        if t or need_dh0:
+            np.matmul(dZ[t], W_hh, out=dh)
+    return dZ, dh
+
+
+def lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, Call, acts, tanh_c): X as (T*B, I); states (T+1, B, H) with row 0 the
+    initial ones; the activated gates (T, B, 4H) and tanh(c_t) (T, B, H) for the backward."""
+    X2, acts, bias = _sequence_input(X, W_ih, b_ih, b_hh)  # the gates, once activated
+    T, B, hidden = acts.shape[0], acts.shape[1], acts.shape[2] // 4
+    dtype = acts.dtype
+    Hall = np.empty((T + 1, B, hidden), dtype)
+    Call = np.empty((T + 1, B, hidden), dtype)
+    Hall[0] = H0
+    Call[0] = C0
+    tanh_c = np.empty((T, B, hidden), dtype)
+    HW = np.empty((B, 4 * hidden), dtype)
+    kern = pick(_rec.lstm_forward_step, B * 4 * hidden)
+    Wt = blas(W_hh).T
+    for t in range(T):
+        np.matmul(Hall[t], Wt, out=HW)
+        kern(acts[t], HW, bias, Call[t], Call[t + 1], Hall[t + 1], tanh_c[t])
+    return X2, Hall, Call, acts, tanh_c
+
+
+def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
+    """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H), in this thread's workspace,
+    and the initial states' gradients (the last product is skipped without ``need_dh0``)."""
+    T = acts.shape[0]
+    dtype = acts.dtype
+    dY = c(dY)
+    dZ = workspace("lstm_dz", acts.shape, dtype)
+    dh = np.array(dh_n, dtype=dtype, order="C")
+    dc = np.array(dc_n, dtype=dtype, order="C")
+    dc_prev = np.empty(dc.shape, dtype)
+    kern = pick(_rec.lstm_backward_step, dZ[0].size)
+    W_hh = blas(W_hh)
+    for t in range(T - 1, -1, -1):
+        kern(dY[t], dh, dc, Call[t], acts[t], tanh_c[t], dZ[t], dc_prev)
+        if t or need_dh0:
+            np.matmul(dZ[t], W_hh, out=dh)
+        dc, dc_prev = dc_prev, dc
+    return dZ, dh, dc
+
+
+def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
+    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
+    product each over all T*B rows, db one column sum; None where not needed."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    dX = (dZ2 @ blas(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
+    dW_ih = dZ2.T @ X2 if need_w_ih else None
+    dW_hh = None
+    if need_w_hh:
+        # (H_prev.T @ dZ).T, not dZ.T @ H_prev: OpenBLAS took 3 ms against 9 ms for the
+        # lstm workload's (2240 x 1024).T @ (2240 x 256) on 2 threads
+        dW_hh = np.ascontiguousarray((Hall[:T].reshape(T * B, Hall.shape[2]).T @ dZ2).T)
+    db = dZ2.sum(axis=0) if need_b else None
+    return dX, dW_ih, dW_hh, db
+
+
+# ---------------------------------------------------------------------- optimizer updates
+class _inplace:
+    """``with _inplace(a) as flat:`` a 1-D view of ``a`` to update in place; a contiguous
+    copy for a strided ``a``, written back on exit. None stays None."""
+
+    __slots__ = ("array", "flat")
+
+    def __init__(self, array):
+        self.array = array
+
+    def __enter__(self):
+        a = self.array
+        if a is None:
+            self.flat = None
+        elif a.flags.c_contiguous:
+            self.flat = a.reshape(-1)
+        else:
+            self.flat = np.ascontiguousarray(a).reshape(-1)
+        return self.flat
+
+    def __exit__(self, *exc):
+        a = self.array
+        if a is not None and not a.flags.c_contiguous:
+            a[...] = self.flat.reshape(a.shape)
+        return False
+
+
+def sgd_update(params, grads, bufs, lr, momentum, weight_decay):
+    """The SGD kernel once per parameter, in place (strided ones through a copy)."""
+    scalars = (float(lr), float(momentum), float(weight_decay))
+    for p, g, buf in zip(params, grads, bufs):
+        with _inplace(p) as pf, _inplace(buf) as bf:
+            empty = EMPTY[p.dtype] if bf is None else bf
+            pick(_opt.sgd_update, pf.size)(pf, g.ravel(), empty, *scalars)
+
+
+def adam_update(params, grads, ms, vs, scalars):
+    """The Adam kernel once per parameter, in place; ``scalars`` as the kernel takes them."""
+    for p, g, m, v in zip(params, grads, ms, vs):
+        with _inplace(p) as pf, _inplace(m) as mf, _inplace(v) as vf:
+            pick(_opt.adam_update, pf.size)(pf, g.ravel(), mf, vf, *scalars)

@@ -1,0 +1,89 @@
+"""Threads and scratch memory of the CPU kernels.
+
+``gpunn.set_num_threads(n)`` / ``GPUNN_NUM_THREADS`` reach :func:`apply_threads`: Numba's
+thread count (clamped to the threads Numba launched) and, when threadpoolctl is installed,
+BLAS's. Kernels that loop over many elements come in a serial and a parallel variant;
+:func:`pick` chooses the parallel one from :data:`PARALLEL_MIN_SIZE` elements of work up.
+:func:`workspace` hands out scratch arrays kept per Python thread.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+
+import numba
+import numpy as np
+from gpunn.kernels.cpu import _jit
+
+#: Work (elements, times HEAVY for kernels that evaluate exp/log/tanh per element) from
+#: which an op runs the parallel variant of its kernel, when Numba has a thread-safe
+#: threading layer and more than one thread; GPUNN_NUMBA_PARALLEL_MIN sets it. Each
+#: parallel loop ends in a barrier, and barriers alternating with BLAS's own threads
+#: cost dearly on a busy machine: only loops with plenty of work are split.
+PARALLEL_MIN_SIZE = int(os.environ.get("GPUNN_NUMBA_PARALLEL_MIN", 1 << 18))
+#: The work factor of a kernel that evaluates exp, log or tanh per element.
+HEAVY = 4
+
+#: The work from which :func:`pick` runs parallel variants (set by :func:`apply_threads`;
+#: infinite with one thread or without a thread-safe layer).
+par_min = math.inf
+#: Numba's thread count as gpunn set it.
+num_threads = 1
+_generation = 0
+_local = threading.local()  # per Python thread: applied generation, workspaces
+
+
+def apply_threads(n: int, blas: bool = True) -> None:
+    """Use ``n`` threads: Numba's count (clamped to the threads Numba launched) and, with
+    ``blas``, BLAS's (through threadpoolctl when installed)."""
+    global num_threads, _generation, par_min
+    num_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(num_threads)
+    _generation += 1
+    _local.generation = _generation
+    par_min = PARALLEL_MIN_SIZE if _jit.PARALLEL and num_threads > 1 else math.inf
+    if blas:
+        set_blas_threads(int(n))
+
+
+def set_blas_threads(n: int) -> None:
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+
+
+def sync_threads() -> None:
+    """Numba's thread count is per Python thread: apply gpunn's in this thread once."""
+    if getattr(_local, "generation", -1) != _generation:
+        numba.set_num_threads(num_threads)
+        _local.generation = _generation
+
+
+def pick(kern, n):
+    """The serial or the parallel variant of ``kern`` for an op on ``n`` elements of work."""
+    if n >= par_min:
+        sync_threads()
+        return kern.parallel
+    return kern.serial
+
+
+def workspace(name, shape, dtype):
+    """A scratch array of ``shape`` reused by this Python thread (contents undefined)."""
+    spaces = getattr(_local, "spaces", None)
+    if spaces is None:
+        spaces = _local.spaces = {}
+    size = math.prod(shape)
+    key = (name, dtype)
+    buf = spaces.get(key)
+    if buf is None or buf.size < size:
+        buf = spaces[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def clear_workspaces() -> None:
+    """Free this thread's scratch arrays (convolution buffers)."""
+    _local.spaces = {}
