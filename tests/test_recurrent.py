@@ -9,12 +9,12 @@ import pytest
 
 import gpunn
 from gpunn import nn
-from gpunn.autograd import _topological_order
+from gpunn.autograd import walk
 from gpunn.errors import ShapeError
 
 
 def _nodes(t):
-    return [node.op for node in _topological_order(t._node)]
+    return [node.op for node in walk(t)]
 
 
 @pytest.mark.parametrize("layer", ["lstm", "rnn"])

@@ -971,7 +971,7 @@ class CupyBackend(Backend):
         dZ = self._unary_backward("rnn_cell_backward", dY, Hn)
         dH = cupy.dot(dZ, W_hh) if needs[1] else None
         dW = cupy.dot(dZ.T, H) if needs[2] else None
-        return dZ, dH, dW
+        return (dZ if needs[0] else None), dH, dW
 
     def lstm_cell_forward(self, XW, H, C, W_hh):
         """One LSTM step: the recurrent GEMM by cuBLAS, then ONE kernel for all four gates
@@ -1015,7 +1015,7 @@ class CupyBackend(Backend):
             )
         dH = cupy.dot(dG, W_hh) if needs[1] else None
         dW = cupy.dot(dG.T, H) if needs[3] else None
-        return dG, dH, dCp, dW
+        return (dG if needs[0] else None), dH, dCp, dW
 
     # ------------------------------------------------------------------ optimizer updates
     def _pointer_table(self, columns, sizes):
