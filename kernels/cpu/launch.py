@@ -502,10 +502,54 @@ def lstm_cell_backward(dH_new, dC_new, C, acts, tanh_C, need_dc):
 # gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the
 # initial state, so h_{t-1} of every step is one contiguous (T*B, H) block.
 #
-# The step kernels alternate with a BLAS product, so they are split over threads only from
-# PARALLEL_MIN_SIZE elements up (not weighted as HEAVY): on the lstm workload (64 x 1024
-# gates) the parallel variant measured no faster on 2 threads (forward + backward 100 ms
-# minimum either way, median 387 against 342 ms, on a loaded host).
+# Threads: the rows of a batch never meet inside the time loop, so with several threads the
+# loop runs once per block of batch rows, each block on its own thread with single-threaded
+# BLAS products and serial kernels: no barrier per step. Handing every step's product to
+# BLAS's threads and its kernel to Numba's instead costs two barriers per step, and each
+# barrier stalls whenever one of the two threads is descheduled: on the lstm workload (2
+# threads, a loaded host) the forward took 61 ms (min) / 99 ms (median) split by rows
+# against 136 / 1122 ms with per-step barriers.
+
+_row_pool = None
+_blas_controller = None
+
+
+def _row_blocks(batch, work):
+    """The (r0, r1) row blocks the time loop runs on: one per thread from ``threads.par_min``
+    elements of work up (when threadpoolctl can make BLAS single-threaded), else one."""
+    n = min(_threads.num_threads, batch)
+    if n < 2 or work < _threads.par_min or _blas_single() is None:
+        return [(0, batch)]
+    return [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
+
+
+def _blas_single():
+    """A context manager making BLAS single-threaded, or None without threadpoolctl."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            import threadpoolctl
+        except ImportError:
+            _blas_controller = False
+        else:
+            _blas_controller = threadpoolctl.ThreadpoolController()
+    return _blas_controller and _blas_controller.limit(limits=1, user_api="blas")
+
+
+def _run_rows(loop, blocks):
+    """``loop(r0, r1)`` for every row block: here for one block, else each on a thread of
+    a pool kept for this, with BLAS single-threaded meanwhile."""
+    global _row_pool
+    if len(blocks) == 1:
+        loop(*blocks[0])
+        return
+    if _row_pool is None or _row_pool._max_workers < len(blocks):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _row_pool = ThreadPoolExecutor(len(blocks), thread_name_prefix="gpunn-rows")
+    with _blas_single():
+        for future in [_row_pool.submit(loop, r0, r1) for r0, r1 in blocks]:
+            future.result()
 
 
 def _sequence_input(X, W_ih, b_ih, b_hh):
@@ -527,12 +571,16 @@ def rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code):
     T, B, hidden = XW.shape
     Hall = np.empty((T + 1, B, hidden), XW.dtype)
     Hall[0] = H0
-    HW = np.empty((B, hidden), XW.dtype)
-    kern = pick(_rec.rnn_forward_step, B * hidden)
     Wt = blas(W_hh).T
-    for t in range(T):
-        np.matmul(Hall[t], Wt, out=HW)
-        kern(XW[t], HW, bias, code, Hall[t + 1])
+    kern = _rec.rnn_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, hidden), XW.dtype)
+        for t in range(T):
+            np.matmul(Hall[t, r0:r1], Wt, out=HW)
+            kern(XW[t, r0:r1], HW, bias, code, Hall[t + 1, r0:r1])
+
+    _run_rows(loop, _row_blocks(B, XW.size * HEAVY))
     return X2, Hall
 
 
@@ -543,12 +591,16 @@ def rnn_backward(dY, dh_n, W_hh, Hall, code, need_dh0):
     dY = c(dY)
     dZ = workspace("rnn_dz", (T, B, hidden), Hall.dtype)
     dh = np.array(dh_n, dtype=Hall.dtype, order="C")
-    kern = pick(_rec.rnn_backward_step, B * hidden)
     W_hh = blas(W_hh)
-    for t in range(T - 1, -1, -1):
-        kern(dY[t], dh, Hall[t + 1], code, dZ[t])
-        if t or need_dh0:
-            np.matmul(dZ[t], W_hh, out=dh)
+    kern = _rec.rnn_backward_step.serial
+
+    def loop(r0, r1):
+        for t in range(T - 1, -1, -1):
+            kern(dY[t, r0:r1], dh[r0:r1], Hall[t + 1, r0:r1], code, dZ[t, r0:r1])
+            if t or need_dh0:
+                np.matmul(dZ[t, r0:r1], W_hh, out=dh[r0:r1])
+
+    _run_rows(loop, _row_blocks(B, dZ.size * HEAVY))
     return dZ, dh
 
 
@@ -563,33 +615,59 @@ def lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh):
     Hall[0] = H0
     Call[0] = C0
     tanh_c = np.empty((T, B, hidden), dtype)
-    HW = np.empty((B, 4 * hidden), dtype)
-    kern = pick(_rec.lstm_forward_step, B * 4 * hidden)
     Wt = blas(W_hh).T
-    for t in range(T):
-        np.matmul(Hall[t], Wt, out=HW)
-        kern(acts[t], HW, bias, Call[t], Call[t + 1], Hall[t + 1], tanh_c[t])
+    kern = _rec.lstm_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, 4 * hidden), dtype)
+        for t in range(T):
+            np.matmul(Hall[t, r0:r1], Wt, out=HW)
+            rows = slice(r0, r1)
+            kern(
+                acts[t, rows],
+                HW,
+                bias,
+                Call[t, rows],
+                Call[t + 1, rows],
+                Hall[t + 1, rows],
+                tanh_c[t, rows],
+            )
+
+    _run_rows(loop, _row_blocks(B, acts.size * HEAVY))
     return X2, Hall, Call, acts, tanh_c
 
 
 def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
     """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H), in this thread's workspace,
     and the initial states' gradients (the last product is skipped without ``need_dh0``)."""
-    T = acts.shape[0]
+    T, B = acts.shape[0], acts.shape[1]
     dtype = acts.dtype
     dY = c(dY)
     dZ = workspace("lstm_dz", acts.shape, dtype)
     dh = np.array(dh_n, dtype=dtype, order="C")
-    dc = np.array(dc_n, dtype=dtype, order="C")
-    dc_prev = np.empty(dc.shape, dtype)
-    kern = pick(_rec.lstm_backward_step, dZ[0].size)
+    dcs = [np.array(dc_n, dtype=dtype, order="C"), np.empty(dh.shape, dtype)]
     W_hh = blas(W_hh)
-    for t in range(T - 1, -1, -1):
-        kern(dY[t], dh, dc, Call[t], acts[t], tanh_c[t], dZ[t], dc_prev)
-        if t or need_dh0:
-            np.matmul(dZ[t], W_hh, out=dh)
-        dc, dc_prev = dc_prev, dc
-    return dZ, dh, dc
+    kern = _rec.lstm_backward_step.serial
+
+    def loop(r0, r1):
+        rows = slice(r0, r1)
+        for t in range(T - 1, -1, -1):  # dc in dcs[(T - 1 - t) % 2], dc_prev in the other
+            dc, dc_prev = dcs[(T - 1 - t) % 2], dcs[(T - t) % 2]
+            kern(
+                dY[t, rows],
+                dh[rows],
+                dc[rows],
+                Call[t, rows],
+                acts[t, rows],
+                tanh_c[t, rows],
+                dZ[t, rows],
+                dc_prev[rows],
+            )
+            if t or need_dh0:
+                np.matmul(dZ[t, rows], W_hh, out=dh[rows])
+
+    _run_rows(loop, _row_blocks(B, dZ.size))
+    return dZ, dh, dcs[T % 2]
 
 
 def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
