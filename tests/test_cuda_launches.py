@@ -2,9 +2,10 @@
 backend: at most 2 forward (the recurrent GEMM and the fused step kernel) and 3 backward.
 
 Runs without a GPU: CuPy is replaced by the NumPy stand-in of test_cuda_emulated, with
-kernels that only count their launches (nothing is compiled) and a ``cupy.matmul`` that
-counts its GEMMs. The values computed are meaningless here; the emulation test checks
-them. Runs in a subprocess so the stand-in never meets a real CuPy.
+kernels that do nothing (nothing is compiled), counted by the loader's ``count_launches``,
+and a ``cupy.matmul`` that counts its GEMMs (cuBLAS calls launch outside the loader). The
+values computed are meaningless here; the emulation test checks them. Runs in a subprocess
+so the stand-in never meets a real CuPy.
 """
 
 import ast
@@ -44,11 +45,11 @@ def _worker():
 
     emu._fake_cupy(os.environ.get("GPUNN_EMU_CACHE") or tempfile.mkdtemp())
     cupy = sys.modules["cupy"]
-    tally = {"kernels": 0, "gemms": 0}
+    gemms = [0]
 
     class Kernel:
         def __call__(self, grid, block, args):
-            tally["kernels"] += 1
+            pass
 
     class Module:  # compiles nothing: every kernel only counts
         def __init__(self, code, options=(), name_expressions=()):
@@ -58,12 +59,14 @@ def _worker():
             return Kernel()
 
     def matmul(a, b, out=None):
-        tally["gemms"] += 1
+        gemms[0] += 1
         return np.matmul(a, b, out=out)
 
     cupy.RawModule = Module
     cupy.matmul = matmul
     cupy.empty = lambda shape, dtype=np.float64: np.zeros(shape, dtype)
+
+    from gpunn.kernels.cuda.loader import count_launches
 
     from gpunn.backends import backend_object
 
@@ -77,13 +80,15 @@ def _worker():
             states = [np.zeros((b, h))] * (2 if op == "lstm" else 1)
             weights = [rng.standard_normal((gates * h, n_in)), rng.standard_normal((gates * h, h))]
             biases = [np.zeros(gates * h), np.zeros(gates * h)]
-            tally.update(kernels=0, gemms=0)
-            Y, saved = getattr(be, op + "_forward")(x, *states, *weights, *biases)
-            counts[(op, steps, "forward")] = (tally["kernels"], tally["gemms"])
-            tally.update(kernels=0, gemms=0)
+            gemms[0] = 0
+            with count_launches() as launches:
+                Y, saved = getattr(be, op + "_forward")(x, *states, *weights, *biases)
+            counts[(op, steps, "forward")] = (sum(launches.values()), gemms[0])
+            gemms[0] = 0
             dY = tuple(np.ones(y.shape) for y in Y)
-            getattr(be, op + "_backward")(dY, saved, (True,) * (5 + len(states)))
-            counts[(op, steps, "backward")] = (tally["kernels"], tally["gemms"])
+            with count_launches() as launches:
+                getattr(be, op + "_backward")(dY, saved, (True,) * (5 + len(states)))
+            counts[(op, steps, "backward")] = (sum(launches.values()), gemms[0])
     print(repr(counts))
 
 
