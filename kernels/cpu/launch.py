@@ -12,6 +12,7 @@ wrap them.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Number
 
 import numpy as np
@@ -512,6 +513,14 @@ def lstm_cell_backward(dH_new, dC_new, C, acts, tanh_C, need_dc):
 
 _row_pool = None
 _blas_controller = None
+
+
+def _forget_row_pool():
+    global _row_pool
+    _row_pool = None  # a forked child has none of its threads: start a new pool there
+
+
+os.register_at_fork(after_in_child=_forget_row_pool)
 
 
 def _row_blocks(batch, work):

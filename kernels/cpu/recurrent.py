@@ -1,5 +1,7 @@
-"""Recurrent cells: the nonlinearities and the state update fused into one pass after
-the recurrent product ``H @ W_hh.T`` (run on BLAS by the backend), and one pass back.
+"""Recurrent cells and the steps of whole-sequence layers: the nonlinearities and the state
+update fused into one pass after the recurrent product ``H @ W_hh.T`` (run on BLAS by the
+launcher), and one pass back. The cells serve ``rnn_cell``/``lstm_cell``; the ``*_step``
+kernels are one time step of ``rnn``/``lstm``, whose loop over time is in ``launch``.
 
 LSTM gates are in PyTorch's order i, f, g, o along the 4*hidden axis; ``acts`` keeps the
 activated gates for the backward, ``tanh_c`` the tanh of the new cell state. Each row is

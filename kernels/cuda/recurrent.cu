@@ -1,7 +1,8 @@
 // Recurrent cells, fused: the recurrent product H @ W_hh.T comes from cuBLAS, then ONE
 // kernel applies every gate nonlinearity and the state update (forward), or every gate
-// derivative (backward). The input projections of all time steps are one GEMM outside
-// the cell (gpunn.nn.LSTM), so XW already holds x_t @ W_ih.T + b_ih + b_hh.
+// derivative (backward). For the cells (rnn_cell, lstm_cell) the input projection is one
+// GEMM outside the cell, so XW already holds x_t @ W_ih.T + b_ih + b_hh; the whole-sequence
+// step kernels at the end of this file add the biases themselves.
 
 #include "common.cuh"
 
