@@ -527,13 +527,13 @@ def _row_blocks(batch, work):
     """The (r0, r1) row blocks the time loop runs on: one per thread from ``threads.par_min``
     elements of work up (when threadpoolctl can make BLAS single-threaded), else one."""
     n = min(_threads.num_threads, batch)
-    if n < 2 or work < _threads.par_min or _blas_single() is None:
+    if n < 2 or work < _threads.par_min or not _blas_control():
         return [(0, batch)]
     return [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
 
 
-def _blas_single():
-    """A context manager making BLAS single-threaded, or None without threadpoolctl."""
+def _blas_control():
+    """threadpoolctl's controller of the loaded BLAS libraries, or False without it."""
     global _blas_controller
     if _blas_controller is None:
         try:
@@ -542,7 +542,7 @@ def _blas_single():
             _blas_controller = False
         else:
             _blas_controller = threadpoolctl.ThreadpoolController()
-    return _blas_controller and _blas_controller.limit(limits=1, user_api="blas")
+    return _blas_controller
 
 
 def _run_rows(loop, blocks):
@@ -556,7 +556,7 @@ def _run_rows(loop, blocks):
         from concurrent.futures import ThreadPoolExecutor
 
         _row_pool = ThreadPoolExecutor(len(blocks), thread_name_prefix="gpunn-rows")
-    with _blas_single():
+    with _blas_control().limit(limits=1, user_api="blas"):  # restored on leaving
         for future in [_row_pool.submit(loop, r0, r1) for r0, r1 in blocks]:
             future.result()
 
