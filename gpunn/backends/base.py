@@ -764,6 +764,129 @@ class Backend:
             v += (1 - beta2) * g * g
             p -= (lr / bias1) * m / (xp.sqrt(v) / bias2_sqrt + eps)
 
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # One layer over a whole sequence as one op: X (T, B, I), initial states (B, H), weights
+    # and biases laid out as PyTorch's (W_ih (G*H, I), W_hh (G*H, H), b_ih, b_hh (G*H,) or
+    # None; G = 1 for the RNN, 4 for the LSTM with gates i, f, g, o). The reference is the
+    # lecture's equations, one step after the other.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act tanh or relu.
+        Returns ((Y (T, B, H), h_T (B, H)), saved); Y holds h_1 ... h_T."""
+        hs = [H0]
+        for t in range(X.shape[0]):
+            Z = X[t] @ W_ih.T + hs[-1] @ W_hh.T
+            if b_ih is not None:
+                Z = Z + b_ih
+            if b_hh is not None:
+                Z = Z + b_hh
+            hs.append(self.xp.tanh(Z) if nonlinearity == "tanh" else self.xp.maximum(Z, 0))
+        Y = self.xp.stack(hs[1:])
+        saved = (X, H0, W_ih, W_hh, Y, nonlinearity, b_ih is not None, b_hh is not None)
+        return (Y, hs[-1]), saved
+
+    def rnn_backward(self, dY, saved, needs):
+        """Back-propagation through time: from the last step to the first,
+        dZ_t = (dY_t + dh_t) * act'(h_t), dh_{t-1} = dZ_t @ W_hh, and every weight's
+        gradient summed over the steps."""
+        dY_seq, dh = dY
+        X, H0, W_ih, W_hh, Y, nonlinearity, has_b_ih, has_b_hh = saved
+        xp = self.xp
+        dX = xp.zeros(X.shape, X.dtype)
+        dW_ih = xp.zeros(W_ih.shape, W_ih.dtype)
+        dW_hh = xp.zeros(W_hh.shape, W_hh.dtype)
+        db = xp.zeros(W_hh.shape[0], W_hh.dtype)
+        for t in reversed(range(X.shape[0])):
+            h_prev = H0 if t == 0 else Y[t - 1]
+            dh = dY_seq[t] + dh
+            if nonlinearity == "tanh":
+                dZ = dh * (1 - Y[t] * Y[t])
+            else:
+                dZ = dh * (Y[t] > 0)
+            dX[t] = dZ @ W_ih
+            dW_ih += dZ.T @ X[t]
+            dW_hh += dZ.T @ h_prev
+            db += dZ.sum(axis=0)
+            dh = dZ @ W_hh
+        return (
+            dX if needs[0] else None,
+            dh if needs[1] else None,
+            dW_ih if needs[2] else None,
+            dW_hh if needs[3] else None,
+            db if has_b_ih and needs[4] else None,
+            db.copy() if has_b_hh and needs[5] else None,
+        )
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        """z_t = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh, cut into gates i, f, g, o;
+        i, f, o = sigmoid, g = tanh; c_t = f*c_{t-1} + i*g; h_t = o*tanh(c_t).
+        Returns ((Y (T, B, H), h_T, c_T), saved); Y holds h_1 ... h_T."""
+        hidden = H0.shape[1]
+        h, c = H0, C0
+        hs, cs, gates = [], [], []
+        for t in range(X.shape[0]):
+            Z = X[t] @ W_ih.T + h @ W_hh.T
+            if b_ih is not None:
+                Z = Z + b_ih
+            if b_hh is not None:
+                Z = Z + b_hh
+            i = self.sigmoid_forward(Z[:, :hidden])[0]
+            f = self.sigmoid_forward(Z[:, hidden : 2 * hidden])[0]
+            g = self.xp.tanh(Z[:, 2 * hidden : 3 * hidden])
+            o = self.sigmoid_forward(Z[:, 3 * hidden :])[0]
+            c = f * c + i * g
+            h = o * self.xp.tanh(c)
+            hs.append(h)
+            cs.append(c)
+            gates.append((i, f, g, o))
+        Y = self.xp.stack(hs)
+        saved = (X, H0, C0, W_ih, W_hh, Y, cs, gates, b_ih is not None, b_hh is not None)
+        return (Y, h, c), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        """Back-propagation through time, from the last step to the first:
+        dh = dY_t + dh_t; dc = dc_t + dh * o * (1 - tanh(c_t)^2);
+        dZ = [dc g i (1-i), dc c_{t-1} f (1-f), dc i (1-g^2), dh tanh(c_t) o (1-o)];
+        dh_{t-1} = dZ @ W_hh, dc_{t-1} = dc * f; every weight's gradient summed over steps."""
+        dY_seq, dh, dc = dY
+        X, H0, C0, W_ih, W_hh, Y, cs, gates, has_b_ih, has_b_hh = saved
+        xp = self.xp
+        dX = xp.zeros(X.shape, X.dtype)
+        dW_ih = xp.zeros(W_ih.shape, W_ih.dtype)
+        dW_hh = xp.zeros(W_hh.shape, W_hh.dtype)
+        db = xp.zeros(W_hh.shape[0], W_hh.dtype)
+        for t in reversed(range(X.shape[0])):
+            i, f, g, o = gates[t]
+            h_prev = H0 if t == 0 else Y[t - 1]
+            c_prev = C0 if t == 0 else cs[t - 1]
+            tanh_c = xp.tanh(cs[t])
+            dh = dY_seq[t] + dh
+            dc = dc + dh * o * (1 - tanh_c * tanh_c)
+            dZ = xp.concatenate(
+                [
+                    dc * g * i * (1 - i),  # input gate
+                    dc * c_prev * f * (1 - f),  # forget gate
+                    dc * i * (1 - g * g),  # cell candidate
+                    dh * tanh_c * o * (1 - o),  # output gate
+                ],
+                axis=1,
+            )
+            dX[t] = dZ @ W_ih
+            dW_ih += dZ.T @ X[t]
+            dW_hh += dZ.T @ h_prev
+            db += dZ.sum(axis=0)
+            dh = dZ @ W_hh
+            dc = dc * f
+        return (
+            dX if needs[0] else None,
+            dh if needs[1] else None,
+            dc if needs[2] else None,
+            dW_ih if needs[3] else None,
+            dW_hh if needs[4] else None,
+            db if has_b_ih and needs[5] else None,
+            db.copy() if has_b_hh and needs[6] else None,
+        )
+
 
 #: GELU's constants (Python floats, so float32 stays float32): sqrt(2), sqrt(2 pi), and
 #: the tanh form's sqrt(2 / pi) and cubic coefficient.

@@ -47,9 +47,9 @@ def _shape(x) -> tuple:
 
 
 class _LayerOps:
-    """The layer ops of CupyBackend (linear, convolution, pooling, dropout, recurrent cells,
-    optimizer updates, normalisation, embedding, leaky_relu and gelu): cuBLAS products around
-    gpunn kernels. ``self._dev`` is the backend's launch.Device."""
+    """The layer ops of CupyBackend (linear, convolution, pooling, dropout, recurrent cells
+    and whole-sequence layers, optimizer updates, normalisation, embedding, leaky_relu and
+    gelu): cuBLAS products around gpunn kernels. ``self._dev`` is the backend's launch.Device."""
 
     # ------------------------------------------------------------------ linear
     def linear_forward(self, X, W, b, activation=None):
@@ -137,6 +137,33 @@ class _LayerOps:
         dH = cupy.dot(dG, W_hh) if needs[1] else None
         dW = cupy.dot(dG.T, H) if needs[3] else None
         return (dG if needs[0] else None), dH, dCp, dW
+
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # The loops over time are in gpunn.kernels.cuda.launch (rnn_forward, ...): per step one
+    # cuBLAS GEMM and one fused step kernel, forward and backward; the weight gradients as
+    # one GEMM each over all steps.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        act = ACTIVATION_CODES[nonlinearity]
+        X2, Hall = L.rnn_forward(self._dev, X, H0, W_ih, W_hh, b_ih, b_hh, act)
+        saved = (X2, W_ih, W_hh, Hall, act, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[X.shape[0]]), saved
+
+    def rnn_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, act, has_b_ih, has_b_hh = saved
+        dZ, dH0 = L.rnn_backward(self._dev, dY[0], dY[1], W_hh, Hall, act, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh)
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        X2, Hall, Call, Z = L.lstm_forward(self._dev, X, H0, C0, W_ih, W_hh, b_ih, b_hh)
+        T = X.shape[0]
+        saved = (X2, W_ih, W_hh, Hall, Call, Z, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T], Call[T]), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, Call, Z, has_b_ih, has_b_hh = saved
+        dZ, dH0, dC0 = L.lstm_backward(self._dev, *dY, W_hh, Call, Z, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
@@ -232,6 +259,24 @@ class _LayerOps:
         idx, shape, padding_idx = saved
         dW = L.embedding_backward(self._dev, dY, idx, shape, padding_idx) if needs[1] else None
         return None, dW
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
+    dW_ih, dW_hh, db_ih, db_hh), None where not needed."""
+    k = len(state_grads)
+    want_b = (has_b_ih and needs[k + 3], has_b_hh and needs[k + 4])
+    dX, dW_ih, dW_hh, db = L.sequence_weight_grads(
+        dZ, X2, W_ih, Hall, needs[0], needs[k + 1], needs[k + 2], any(want_b)
+    )
+    return (
+        dX,
+        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
+        dW_ih,
+        dW_hh,
+        db if want_b[0] else None,
+        (db.copy() if want_b[0] else db) if want_b[1] else None,
+    )
 
 
 class CupyBackend(_LayerOps, Backend):

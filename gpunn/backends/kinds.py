@@ -107,6 +107,14 @@ NUMBA = {
     "rnn_cell_backward": "kernel: cell kernel, then BLAS products",
     "lstm_cell_forward": "kernel: BLAS product, then the fused gate kernel",
     "lstm_cell_backward": "kernel: fused gate kernel, then BLAS products",
+    "rnn_forward": "kernel: one BLAS product for all inputs, then per step a BLAS product "
+    "and the fused step kernel",
+    "rnn_backward": "kernel: per step the fused step kernel and a BLAS product, then BLAS "
+    "products over all steps",
+    "lstm_forward": "kernel: one BLAS product for all inputs, then per step a BLAS product "
+    "and the fused gate kernel",
+    "lstm_backward": "kernel: per step the fused gate kernel and a BLAS product, then BLAS "
+    "products over all steps",
     "sgd_update": "kernel",
     "adam_update": "kernel",
 }
@@ -199,6 +207,14 @@ CUPY = {
     "rnn_cell_backward": "kernel: cell kernel, then cuBLAS GEMMs",
     "lstm_cell_forward": "kernel: cuBLAS GEMM, then the fused gate kernel",
     "lstm_cell_backward": "kernel: fused gate kernel, then cuBLAS GEMMs",
+    "rnn_forward": "kernel: one cuBLAS GEMM for all inputs, then per step a GEMM and the "
+    "fused step kernel",
+    "rnn_backward": "kernel: per step the fused step kernel and a GEMM, then cuBLAS GEMMs "
+    "over all steps and a cupy.sum",
+    "lstm_forward": "kernel: one cuBLAS GEMM for all inputs, then per step a GEMM and the "
+    "fused gate kernel",
+    "lstm_backward": "kernel: per step the fused gate kernel and a GEMM, then cuBLAS GEMMs "
+    "over all steps and a cupy.sum",
     "sgd_update": "kernel",
     "adam_update": "kernel",
 }

@@ -392,6 +392,50 @@ class NumbaBackend(_NormalizationOps, Backend):
         scalars = (beta1, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, float(eps))
         launch.adam_update(params, grads, ms, vs, scalars + (float(weight_decay),))
 
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # The loops over time are in gpunn.kernels.cpu.launch (rnn_forward, ...): per step one
+    # BLAS product and one fused step kernel; the weight gradients as single products.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        code = ACTIVATION_CODES[nonlinearity]
+        X2, Hall = launch.rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code)
+        T = X.shape[0]
+        return (Hall[1:], Hall[T]), (X2, W_ih, W_hh, Hall, code, b_ih is not None, b_hh is not None)
+
+    def rnn_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, code, has_b_ih, has_b_hh = saved
+        dZ, dH0 = launch.rnn_backward(dY[0], dY[1], W_hh, Hall, code, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh)
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        X2, Hall, Call, acts, tanh_c = launch.lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh)
+        T = X.shape[0]
+        saved = (X2, W_ih, W_hh, Hall, Call, acts, tanh_c, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T], Call[T]), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, Call, acts, tanh_c, has_b_ih, has_b_hh = saved
+        dZ, dH0, dC0 = launch.lstm_backward(*dY, W_hh, Call, acts, tanh_c, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
+    dW_ih, dW_hh, db_ih, db_hh), None where not needed."""
+    k = len(state_grads)
+    want_b = (has_b_ih and needs[k + 3], has_b_hh and needs[k + 4])
+    dX, dW_ih, dW_hh, db = launch.sequence_weight_grads(
+        dZ, X2, W_ih, Hall, needs[0], needs[k + 1], needs[k + 2], any(want_b)
+    )
+    return (
+        dX,
+        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
+        dW_ih,
+        dW_hh,
+        db if want_b[0] else None,
+        (db.copy() if want_b[0] else db) if want_b[1] else None,
+    )
+
 
 def info() -> dict:
     """Settings of this backend, for ``gpunn info``."""

@@ -23,7 +23,7 @@ from gpunn.functional.losses import (
     mse_loss,
 )
 from gpunn.functional.normalization import batch_norm, layer_norm
-from gpunn.functional.recurrent import lstm_cell, rnn_cell
+from gpunn.functional.recurrent import lstm, lstm_cell, rnn, rnn_cell
 from gpunn.functional.shape import getitem, mean, reshape, stack, sum, transpose, unstack
 
 __all__ = [
@@ -45,6 +45,7 @@ __all__ = [
     "linear",
     "log",
     "log_softmax",
+    "lstm",
     "lstm_cell",
     "matmul",
     "max_pool2d",
@@ -55,6 +56,7 @@ __all__ = [
     "pow",
     "relu",
     "reshape",
+    "rnn",
     "rnn_cell",
     "sigmoid",
     "softmax",

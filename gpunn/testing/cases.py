@@ -498,6 +498,47 @@ def _normalization_cases():
     return cases
 
 
+def _sequence(rng, dt, t, b, i, h, gates, bias, cell_state):
+    """Inputs of a whole-sequence recurrent op: X, h0 (, c0), W_ih, W_hh, b_ih, b_hh."""
+    draw = lambda shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(dt)
+    rows = gates * h
+    states = [draw((b, h))] + ([draw((b, h))] if cell_state else [])
+    weights = [draw((rows, i), 0.5), draw((rows, h), 0.5)]
+    biases = [draw(rows, 0.5), draw(rows, 0.5)] if bias else [None, None]
+    return [draw((t, b, i)), *states, *weights, *biases]
+
+
+def _recurrent_cases():
+    cases = []
+    # (T, B, I, H, bias): sizes that divide nothing, one step, a batch of one
+    specs = [(4, 3, 5, 7, True), (1, 2, 3, 4, True), (3, 1, 2, 3, False), (5, 1, 7, 5, True)]
+    for t, b, i, h, bias in specs:
+        tag = f"T{t}-B{b}-I{i}-H{h}-{'bias' if bias else 'nobias'}"
+        for act in ("tanh", "relu"):
+            cases.append(
+                OpCase(
+                    f"rnn-{act}-{tag}",
+                    "rnn",
+                    lambda rng, dt, t=t, b=b, i=i, h=h, bias=bias: _sequence(
+                        rng, dt, t, b, i, h, 1, bias, False
+                    ),
+                    {"nonlinearity": act},
+                    family="reduce",
+                )
+            )
+        cases.append(
+            OpCase(
+                f"lstm-{tag}",
+                "lstm",
+                lambda rng, dt, t=t, b=b, i=i, h=h, bias=bias: _sequence(
+                    rng, dt, t, b, i, h, 4, bias, True
+                ),
+                family="reduce",
+            )
+        )
+    return cases
+
+
 def _small_cases():
     """0-d and one-element shapes for every op family where they are legal: a gradient must
     come back with its input's exact shape (never (1,) for a 0-d input)."""
@@ -699,6 +740,7 @@ _ALL_GRADS: list[OpCase] = (
     + _conv_cases()
     + _normalization_cases()
     + _other_cases()
+    + _recurrent_cases()
     + _cast_cases()
     + _small_cases()
 )

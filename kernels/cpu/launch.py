@@ -12,6 +12,7 @@ wrap them.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Number
 
 import numpy as np
@@ -494,6 +495,206 @@ def lstm_cell_backward(dH_new, dC_new, C, acts, tanh_C, need_dc):
         c(dH_new), c(dC_new), c(C), acts, tanh_C, dG, EMPTY2[dtype] if dC is None else dC
     )
     return dG, dC
+
+
+# ---------------------------------------------------------------------- whole-sequence recurrent
+# One layer over the whole sequence: the input projection of all T steps as one BLAS
+# product; per step the recurrent product into a buffer allocated once per call and one
+# fused step kernel (biases folded in); backward per step one fused kernel and one product
+# for dh; then dX, dW_ih and dW_hh as one product each over all T*B rows and the bias
+# gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the
+# initial state, so h_{t-1} of every step is one contiguous (T*B, H) block.
+#
+# Threads: the rows of a batch never meet inside the time loop, so with several threads the
+# loop runs once per block of batch rows, each block on its own thread with single-threaded
+# BLAS products and serial kernels: no barrier per step. Handing every step's product to
+# BLAS's threads and its kernel to Numba's instead costs two barriers per step, and each
+# barrier stalls whenever one of the two threads is descheduled: on the lstm workload (2
+# threads, a loaded host) the forward took 61 ms (min) / 99 ms (median) split by rows
+# against 136 / 1122 ms with per-step barriers.
+
+_row_pool = None
+_blas_controller = None
+
+
+def _forget_row_pool():
+    global _row_pool
+    _row_pool = None  # a forked child has none of its threads: start a new pool there
+
+
+os.register_at_fork(after_in_child=_forget_row_pool)
+
+
+def _row_blocks(batch, work):
+    """The (r0, r1) row blocks the time loop runs on: one per thread from ``threads.par_min``
+    elements of work up (when threadpoolctl can make BLAS single-threaded), else one."""
+    n = min(_threads.num_threads, batch)
+    if n < 2 or work < _threads.par_min or not _blas_control():
+        return [(0, batch)]
+    return [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
+
+
+def _blas_control():
+    """threadpoolctl's controller of the loaded BLAS libraries, or False without it."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            import threadpoolctl
+        except ImportError:
+            _blas_controller = False
+        else:
+            _blas_controller = threadpoolctl.ThreadpoolController()
+    return _blas_controller
+
+
+def _run_rows(loop, blocks):
+    """``loop(r0, r1)`` for every row block: here for one block, else each on a thread of
+    a pool kept for this, with BLAS single-threaded meanwhile."""
+    global _row_pool
+    if len(blocks) == 1:
+        loop(*blocks[0])
+        return
+    if _row_pool is None or _row_pool._max_workers < len(blocks):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _row_pool = ThreadPoolExecutor(len(blocks), thread_name_prefix="gpunn-rows")
+    with _blas_control().limit(limits=1, user_api="blas"):  # restored on leaving
+        for future in [_row_pool.submit(loop, r0, r1) for r0, r1 in blocks]:
+            future.result()
+
+
+def _sequence_input(X, W_ih, b_ih, b_hh):
+    """(X as (T*B, I), the input projection of every step (T, B, G*H) as one product,
+    b_ih + b_hh (zeros without biases))."""
+    T, B, n_in = X.shape
+    X2 = c(X).reshape(T * B, n_in)
+    XW = (X2 @ blas(W_ih).T).reshape(T, B, W_ih.shape[0])
+    bias = np.zeros(W_ih.shape[0], XW.dtype)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            bias += b
+    return X2, XW, bias
+
+
+def rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code):
+    """(X2, Hall): X as (T*B, I) and the states (T+1, B, H), Hall[0] = H0, Hall[t+1] = h_t."""
+    X2, XW, bias = _sequence_input(X, W_ih, b_ih, b_hh)
+    T, B, hidden = XW.shape
+    Hall = np.empty((T + 1, B, hidden), XW.dtype)
+    Hall[0] = H0
+    Wt = blas(W_hh).T
+    kern = _rec.rnn_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, hidden), XW.dtype)
+        for t in range(T):
+            np.matmul(Hall[t, r0:r1], Wt, out=HW)
+            kern(XW[t, r0:r1], HW, bias, code, Hall[t + 1, r0:r1])
+
+    _run_rows(loop, _row_blocks(B, XW.size * HEAVY))
+    return X2, Hall
+
+
+def rnn_backward(dY, dh_n, W_hh, Hall, code, need_dh0):
+    """(dZ, dH0): every step's pre-activation gradient (T, B, H), in this thread's workspace,
+    and the initial state's gradient (the last product is skipped without ``need_dh0``)."""
+    T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+    dY = c(dY)
+    dZ = workspace("rnn_dz", (T, B, hidden), Hall.dtype)
+    dh = np.array(dh_n, dtype=Hall.dtype, order="C")
+    W_hh = blas(W_hh)
+    kern = _rec.rnn_backward_step.serial
+
+    def loop(r0, r1):
+        for t in range(T - 1, -1, -1):
+            kern(dY[t, r0:r1], dh[r0:r1], Hall[t + 1, r0:r1], code, dZ[t, r0:r1])
+            if t or need_dh0:
+                np.matmul(dZ[t, r0:r1], W_hh, out=dh[r0:r1])
+
+    _run_rows(loop, _row_blocks(B, dZ.size * HEAVY))
+    return dZ, dh
+
+
+def lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, Call, acts, tanh_c): X as (T*B, I); states (T+1, B, H) with row 0 the
+    initial ones; the activated gates (T, B, 4H) and tanh(c_t) (T, B, H) for the backward."""
+    X2, acts, bias = _sequence_input(X, W_ih, b_ih, b_hh)  # the gates, once activated
+    T, B, hidden = acts.shape[0], acts.shape[1], acts.shape[2] // 4
+    dtype = acts.dtype
+    Hall = np.empty((T + 1, B, hidden), dtype)
+    Call = np.empty((T + 1, B, hidden), dtype)
+    Hall[0] = H0
+    Call[0] = C0
+    tanh_c = np.empty((T, B, hidden), dtype)
+    Wt = blas(W_hh).T
+    kern = _rec.lstm_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, 4 * hidden), dtype)
+        for t in range(T):
+            np.matmul(Hall[t, r0:r1], Wt, out=HW)
+            rows = slice(r0, r1)
+            kern(
+                acts[t, rows],
+                HW,
+                bias,
+                Call[t, rows],
+                Call[t + 1, rows],
+                Hall[t + 1, rows],
+                tanh_c[t, rows],
+            )
+
+    _run_rows(loop, _row_blocks(B, acts.size * HEAVY))
+    return X2, Hall, Call, acts, tanh_c
+
+
+def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
+    """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H), in this thread's workspace,
+    and the initial states' gradients (the last product is skipped without ``need_dh0``)."""
+    T, B = acts.shape[0], acts.shape[1]
+    dtype = acts.dtype
+    dY = c(dY)
+    dZ = workspace("lstm_dz", acts.shape, dtype)
+    dh = np.array(dh_n, dtype=dtype, order="C")
+    dcs = [np.array(dc_n, dtype=dtype, order="C"), np.empty(dh.shape, dtype)]
+    W_hh = blas(W_hh)
+    kern = _rec.lstm_backward_step.serial
+
+    def loop(r0, r1):
+        rows = slice(r0, r1)
+        for t in range(T - 1, -1, -1):  # dc in dcs[(T - 1 - t) % 2], dc_prev in the other
+            dc, dc_prev = dcs[(T - 1 - t) % 2], dcs[(T - t) % 2]
+            kern(
+                dY[t, rows],
+                dh[rows],
+                dc[rows],
+                Call[t, rows],
+                acts[t, rows],
+                tanh_c[t, rows],
+                dZ[t, rows],
+                dc_prev[rows],
+            )
+            if t or need_dh0:
+                np.matmul(dZ[t, rows], W_hh, out=dh[rows])
+
+    _run_rows(loop, _row_blocks(B, dZ.size))
+    return dZ, dh, dcs[T % 2]
+
+
+def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
+    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
+    product each over all T*B rows, db one column sum; None where not needed."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    dX = (dZ2 @ blas(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
+    dW_ih = dZ2.T @ X2 if need_w_ih else None
+    dW_hh = None
+    if need_w_hh:
+        # (H_prev.T @ dZ).T, not dZ.T @ H_prev: OpenBLAS took 3 ms against 9 ms for the
+        # lstm workload's (2240 x 1024).T @ (2240 x 256) on 2 threads
+        dW_hh = np.ascontiguousarray((Hall[:T].reshape(T * B, Hall.shape[2]).T @ dZ2).T)
+    db = dZ2.sum(axis=0) if need_b else None
+    return dX, dW_ih, dW_hh, db
 
 
 # ---------------------------------------------------------------------- optimizer updates

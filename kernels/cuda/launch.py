@@ -502,6 +502,115 @@ def lstm_cell_backward(dev: Device, dHn, dCn, C, S, need_dc: bool):
     return dG, dCp
 
 
+# ---------------------------------------------------------------------- whole-sequence recurrent
+# One layer over the whole sequence: the input projection of every step as one cuBLAS GEMM
+# into a gate buffer allocated once per call; per step one GEMM (h_{t-1} @ W_hh.T) and one
+# fused step kernel (biases folded in) forward, one fused kernel and one GEMM (dZ_t @ W_hh)
+# backward; then dX, dW_ih and dW_hh as one GEMM each over all T*B rows and the bias
+# gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the initial
+# state, so h_{t-1} of every step is one contiguous (T*B, H) block. GEMMs go through
+# cupy.matmul into preallocated outputs (one cuBLAS call each).
+
+
+def _sequence_input(X, W_ih, W_hh, b_ih, b_hh):
+    """(X as (T*B, I), the gate buffer (T, B, G*H) holding every step's input projection
+    (one GEMM), W_hh.T contiguous, the kernels' bias arguments (b_ih, b_hh, has_bias))."""
+    T, B, n_in = X.shape
+    X2 = contiguous(X).reshape(T * B, n_in)
+    Z = cupy.matmul(X2, contiguous(W_ih).T).reshape(T, B, W_ih.shape[0])
+    W_hhT = cupy.ascontiguousarray(W_hh.T)
+    if b_ih is None and b_hh is None:
+        return X2, Z, W_hhT, (Z, Z, i32(0))  # the bias pointers are not read
+    zero = cupy.zeros(W_ih.shape[0], X.dtype) if b_ih is None or b_hh is None else None
+    b_i = zero if b_ih is None else contiguous(b_ih)
+    b_h = zero if b_hh is None else contiguous(b_hh)
+    return X2, Z, W_hhT, (b_i, b_h, i32(1))
+
+
+def rnn_forward(dev: Device, X, H0, W_ih, W_hh, b_ih, b_hh, act: int):
+    """(X2, Hall): X as (T*B, I) and the states (T+1, B, H), Hall[0] = H0, Hall[t+1] = h_t."""
+    T, B, _ = X.shape
+    hidden = W_hh.shape[1]
+    X2, XW, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+    Hall[0] = H0
+    HW = cupy.empty((B, hidden), X.dtype)
+    for t in range(T):
+        cupy.matmul(Hall[t], W_hhT, out=HW)
+        if HW.size:
+            args = (XW[t], HW, b_i, b_h, Hall[t + 1], i64(B), i64(hidden), has_b, i32(act))
+            launch(dev, "rnn_forward_step", X.dtype, HW.size, args)
+    return X2, Hall
+
+
+def rnn_backward(dev: Device, dY, dh_n, W_hh, Hall, act: int, need_dh0: bool):
+    """(dZ, dH0): every step's pre-activation gradient (T, B, H) and the initial state's
+    (the last GEMM is skipped without ``need_dh0``)."""
+    T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+    dY = contiguous(dY)
+    dH = cupy.array(dh_n, dtype=Hall.dtype, order="C")
+    dZ = cupy.empty((T, B, hidden), Hall.dtype)
+    W_hh = contiguous(W_hh)
+    for t in range(T - 1, -1, -1):
+        if dH.size:
+            args = (dY[t], dH, Hall[t + 1], dZ[t], i64(dH.size), i32(act))
+            launch(dev, "rnn_backward_step", Hall.dtype, dH.size, args)
+        if t or need_dh0:
+            cupy.matmul(dZ[t], W_hh, out=dH)
+    return dZ, dH
+
+
+def lstm_forward(dev: Device, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, Call, Z): X as (T*B, I); states (T+1, B, H) with row 0 the initial ones;
+    Z (T, B, 4H) the activated gates of every step, for the backward."""
+    T, B, _ = X.shape
+    hidden = W_hh.shape[1]
+    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+    Call = cupy.empty((T + 1, B, hidden), X.dtype)
+    Hall[0] = H0
+    Call[0] = C0
+    HW = cupy.empty((B, 4 * hidden), X.dtype)
+    for t in range(T):
+        cupy.matmul(Hall[t], W_hhT, out=HW)
+        if HW.size:
+            args = (Z[t], HW, b_i, b_h, Call[t], Call[t + 1], Hall[t + 1])
+            args += (i64(B), i64(hidden), has_b)
+            launch(dev, "lstm_forward_step", X.dtype, B * hidden, args)
+    return X2, Hall, Call, Z
+
+
+def lstm_backward(dev: Device, dY, dh_n, dc_n, W_hh, Call, Z, need_dh0: bool):
+    """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H) and the initial states' (the
+    last GEMM is skipped without ``need_dh0``)."""
+    T, B, hidden = Call.shape[0] - 1, Call.shape[1], Call.shape[2]
+    dY = contiguous(dY)
+    dH = cupy.array(dh_n, dtype=Z.dtype, order="C")
+    dC = cupy.array(dc_n, dtype=Z.dtype, order="C")  # dC_t in, dC_{t-1} out
+    dZ = cupy.empty(Z.shape, Z.dtype)
+    W_hh = contiguous(W_hh)
+    for t in range(T - 1, -1, -1):
+        if dH.size:
+            args = (dY[t], dH, dC, Z[t], Call[t], Call[t + 1], dZ[t], i64(B), i64(hidden))
+            launch(dev, "lstm_backward_step", Z.dtype, dH.size, args)
+        if t or need_dh0:
+            cupy.matmul(dZ[t], W_hh, out=dH)
+    return dZ, dH, dC
+
+
+def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
+    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
+    GEMM each over all T*B rows, db one column sum; None where not needed."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    dX = cupy.matmul(dZ2, contiguous(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
+    dW_ih = cupy.matmul(dZ2.T, X2) if need_w_ih else None
+    H_prev = Hall[:T].reshape(T * B, Hall.shape[2])
+    dW_hh = cupy.matmul(dZ2.T, H_prev) if need_w_hh else None
+    db = dZ2.sum(axis=0) if need_b else None
+    return dX, dW_ih, dW_hh, db
+
+
 # ---------------------------------------------------------------------- optimizer updates
 def fused_update(dev: Device, stem: str, columns, scalars) -> None:
     """sgd_update / adam_update: one launch per dtype over all parameters. ``columns`` =
