@@ -16,6 +16,8 @@ import gpunn
 from gpunn import cli
 from gpunn import train as gtrain
 from gpunn.data import idx as gidx
+from gpunn.training import settings as gsettings
+from gpunn.training.extensions import CurvePlot
 
 pytest.importorskip("sklearn")
 
@@ -30,7 +32,7 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(gidx, "_urlopen", offline)
     monkeypatch.setenv("GPUNN_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(gtrain.Trainer, "_write_curves", lambda self: None)
+    monkeypatch.setattr(CurvePlot, "draw", lambda self, t: None)
 
 
 def _train(*flags):
@@ -149,7 +151,7 @@ def test_bad_numbers_are_refused(capsys):
 
 
 def test_unavailable_backend_says_why(monkeypatch, capsys):
-    monkeypatch.setattr(gtrain, "why_unavailable", lambda name: "cupy: no CUDA device found")
+    monkeypatch.setattr(gsettings, "why_unavailable", lambda name: "cupy: no CUDA device found")
     assert cli.main(["train", "--backend", "cupy"]) == 2
     err = capsys.readouterr().err
     assert "backend 'cupy' cannot run here: cupy: no CUDA device found" in err
@@ -217,14 +219,15 @@ def test_nan_loss_exits_with_a_message(capsys):
 
 
 def test_ctrl_c_exits_130_after_saving(monkeypatch, capsys):
-    real_emit = gtrain.Trainer._emit
+    real_emit = gtrain.Trainer.emit
 
     def emit(self, event):
+        said = real_emit(self, event)
         if event == "batch_end" and self.batch == 3:
             raise KeyboardInterrupt
-        real_emit(self, event)
+        return said
 
-    monkeypatch.setattr(gtrain.Trainer, "_emit", emit)
+    monkeypatch.setattr(gtrain.Trainer, "emit", emit)
     assert _train("--model", "mlp", "--data", "digits", "--out", "cc") == 130
     err = capsys.readouterr().err
     assert "interrupted at epoch 1, after batch 4" in err and "gpunn train --out cc --resume" in err

@@ -10,13 +10,14 @@ from gpunn import data as gdata
 from gpunn import models
 from gpunn import train as gtrain
 from gpunn.train import train
+from gpunn.training.extensions import CurvePlot
 
 pytest.importorskip("sklearn")
 
 
 @pytest.fixture(autouse=True)
 def _no_curves(monkeypatch):
-    monkeypatch.setattr(gtrain.Trainer, "_write_curves", lambda self: None)
+    monkeypatch.setattr(CurvePlot, "draw", lambda self, t: None)
 
 
 def _run(model, data, tmp_path, **kw):
