@@ -21,11 +21,13 @@ The pieces live in :mod:`gpunn.training`: the model table (``specs``), the setti
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 
 import numpy as np
 
+import gpunn
 from gpunn import data as gdata
 from gpunn import distributed as dist
 from gpunn.backends import backend_object
@@ -37,6 +39,7 @@ from gpunn.training.extensions import (
     ProgressReport,
     read_config,
     read_metrics,
+    write_text,
 )
 from gpunn.training.loop import (
     Trainer,
@@ -64,7 +67,8 @@ __all__ = [
     "DATASETS", "DEFAULTS", "MODELS", "MODEL_INFO", "OPTIMIZERS", "SPECS", "TrainError",
     "TrainResult", "Trainer", "TrainingDiverged", "TrainingInterrupted", "build_model",
     "build_optimizer", "check_compatible", "default_backend", "defaults_for",
-    "prepare_arrays", "read_config", "read_metrics", "resolve_settings", "train",
+    "prepare_arrays", "read_config", "read_metrics", "resolve_settings", "result_record",
+    "train",
 ]  # fmt: skip
 
 
@@ -98,11 +102,14 @@ def train(
     hidden=None,
     seed: int | None = None,
     threads: int | None = None,
+    weight_decay: float | None = None,
+    scheduler: str | None = None,
     out: str | None = None,
     resume: bool = False,
     callbacks=(),
     progress: bool = True,
     stream=None,
+    json_path: str | None = None,
 ) -> TrainResult:
     """Train ``model`` (one of :data:`MODELS`) on ``data`` (a name from :data:`DATASETS`, or
     a :class:`gpunn.data.DataSplit`) and write the run into ``out``.
@@ -115,13 +122,14 @@ def train(
     Raises :class:`TrainError` before training for settings that cannot work,
     :class:`TrainingDiverged` when the loss turns NaN or infinite, and
     :class:`TrainingInterrupted` (a KeyboardInterrupt) after saving on Ctrl-C.
+    ``json_path``: also write :func:`result_record` of the finished run there.
     """
     stream = stream or sys.stdout
     options = {
         "model": model, "data": data, "backend": backend, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
         "hidden": list(hidden) if hidden is not None else None, "seed": seed,
-        "threads": threads,
+        "threads": threads, "weight_decay": weight_decay, "scheduler": scheduler,
     }  # fmt: skip
     explicit = {k for k, v in options.items() if v is not None}
     split = data if isinstance(data, gdata.DataSplit) else None
@@ -164,4 +172,30 @@ def train(
         CurvePlot(out),
         *callbacks,
     ]
-    return Trainer(settings, split, out, extensions, stream, world).run()
+    result = Trainer(settings, split, out, extensions, stream, world).run()
+    if json_path is not None and writer:
+        write_text(json_path, json.dumps(result_record(result), indent=2) + "\n")
+    return result
+
+
+def result_record(result: TrainResult) -> dict:
+    """A finished run as plain data: its settings, the final epoch's validation loss and
+    accuracy, the test loss and accuracy (measured once, at the end), the best validation
+    accuracy (picked on validation: not an estimate of anything) and the mean seconds per
+    training epoch."""
+    times = [m["epoch_time_s"] for m in result.history]
+    return {
+        "settings": result.config,
+        "gpunn_version": gpunn.__version__,
+        "epochs": result.epochs,
+        "stopped": result.stopped,
+        "final_val_loss": result.val_loss,
+        "final_val_acc": result.val_acc,
+        "test_loss": result.test_loss,
+        "test_acc": result.test_acc,
+        "test_samples": result.test_samples,
+        "best_val_acc": result.best_acc,
+        "best_epoch": result.best_epoch,
+        "seconds_per_epoch": sum(times) / len(times) if times else None,
+        "elapsed_s": result.elapsed,
+    }

@@ -91,8 +91,11 @@ def test_run_writes_config_metrics_checkpoint_and_curves(tmp_path):
     assert "epoch 3/3: loss" in text and "val_acc" in text and "samples/s" in text
     summary = text.strip().splitlines()[-1]
     assert summary == r.summary
-    assert "best val accuracy" in summary and "on numpy" in summary and " s " in summary
+    assert "final val accuracy" in summary and "on numpy" in summary and " s " in summary
+    assert "test accuracy" in summary and "(picked on val)" in summary
     assert r.best_acc == max(m["val_acc"] for m in lines) and r.epochs == 3
+    assert r.val_acc == lines[-1]["val_acc"] and r.test_samples == 113  # 20% of each class of 569
+    assert 0.5 < r.test_acc <= 1.0
 
 
 def test_progress_bar_shows_loss_and_rate(tmp_path, capsys):

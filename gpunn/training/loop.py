@@ -61,16 +61,29 @@ class TrainResult:
     config: dict = field(default_factory=dict)
     stopped: str = "completed"
     summary: str = ""
+    val_loss: float = float("nan")  # of the final epoch
+    val_acc: float = float("nan")
+    test_loss: float = float("nan")  # on the test part, measured once at the end
+    test_acc: float = float("nan")
+    test_samples: int = 0
 
 
 def build_optimizer(settings: dict, model):
     """SGD or Adam over ``model``'s parameters; None for a rule without an optimizer."""
     if not SPECS[settings["model"]].update.uses_optimizer:
         return None
-    params = list(model.parameters())
+    params, lr, decay = list(model.parameters()), settings["lr"], settings["weight_decay"]
     if settings["optimizer"] == "sgd":
-        return optim.SGD(params, lr=settings["lr"], momentum=settings["momentum"] or 0.0)
-    return optim.Adam(params, lr=settings["lr"])
+        return optim.SGD(params, lr=lr, momentum=settings["momentum"] or 0.0, weight_decay=decay)
+    return optim.Adam(params, lr=lr, weight_decay=decay)
+
+
+def scheduled_lr(settings: dict, step: int, steps: int) -> float:
+    """The learning rate of update ``step`` of ``steps``: constant, or (``cosine``) falling
+    from ``lr`` to 0 along half a cosine over the whole run."""
+    if settings["scheduler"] == "cosine":
+        return settings["lr"] * 0.5 * (1.0 + math.cos(math.pi * step / steps))
+    return settings["lr"]
 
 
 class Trainer:
@@ -238,7 +251,15 @@ class Trainer:
                 f"(is --lr {self.settings['lr']:g} too large?). Stopped; {kept}."
             ) from None
         self.emit("finish")
-        return self._result(stopped, time.perf_counter() - t_run)
+        test = (float("nan"), float("nan"))
+        if self.split.x_test is not None:  # looked at once, after every choice was made
+            kind, task = self.split.kind, self.split.task
+            x, y = (
+                self.spec.layout(self.split.x_test, kind),
+                self.spec.targets(self.split.y_test, task),
+            )
+            test = self.evaluate(x, y)
+        return self._result(stopped, time.perf_counter() - t_run, test)
 
     def _epoch(self) -> None:
         loader, nb = self.loader, len(self.loader)
@@ -251,6 +272,10 @@ class Trainer:
             if self.net is not None:  # this rank's share of the global batch
                 idx = idx[self.world.rank :: self.world.size]
             x, y = loader.fetch(idx)
+            if self.optimizer is not None:
+                self.optimizer.lr = scheduled_lr(
+                    self.settings, self.epoch * nb + b, self.settings["epochs"] * nb
+                )
             value = self.rule.step(self, x, y)
             if not math.isfinite(value):
                 raise _Diverged(value, (self.epoch + 1, b + 1, nb))
@@ -273,21 +298,28 @@ class Trainer:
         self.rule.record(record, self)
         self.history.append(record)
 
-    def _result(self, stopped, elapsed) -> TrainResult:
-        s = self.settings
-        best = max(self.history, key=lambda m: m["val_acc"], default=None)
-        best_acc = best["val_acc"] if best else float("nan")
-        best_epoch = best["epoch"] if best else 0
+    def _result(self, stopped, elapsed, test) -> TrainResult:
+        s, h = self.settings, self.history
+        best = max(h, key=lambda m: m["val_acc"], default=None)
+        last = h[-1] if h else {"val_loss": float("nan"), "val_acc": float("nan")}
         what = "accuracy"
         if self.split.task == "regression":
             what = f"accuracy (|error| < {self.tolerance:g})"
-        summary = (
-            f"done: best val {what} {best_acc:.2%} at epoch {best_epoch}; "
-            f"{len(self.history)} epochs, {elapsed:.1f} s on {s['backend']} ({stopped}); "
+        text = f"done: final val {what} {last['val_acc']:.2%}"
+        n_test = 0 if self.split.x_test is None else len(self.split.x_test)
+        if n_test:
+            text += f", test {what} {test[1]:.2%} ({n_test} held-out samples)"
+            if self.split.task == "regression":
+                text += f", test MSE {test[0]:.4f}"
+        if best is not None:
+            text += f"; best val {best['val_acc']:.2%} at epoch {best['epoch']} (picked on val)"
+        text += (
+            f"; {len(h)} epochs, {elapsed:.1f} s on {s['backend']} ({stopped}); "
             f"{s['model']} on {s['data']} -> {self.out}"
         )
-        self.say(summary)
+        self.say(text)
         return TrainResult(
-            self.model, list(self.history), best_acc, best_epoch, self.epoch, elapsed,
-            s["backend"], self.out, dict(s), stopped, summary,
+            self.model, list(h), best["val_acc"] if best else float("nan"),
+            best["epoch"] if best else 0, self.epoch, elapsed, s["backend"], self.out, dict(s),
+            stopped, text, last["val_loss"], last["val_acc"], test[0], test[1], n_test,
         )  # fmt: skip

@@ -19,7 +19,8 @@ MODEL_INFO = {name: spec.info for name, spec in SPECS.items()}
 DEFAULTS = {name: dict(spec.defaults) for name, spec in SPECS.items()}
 DEFAULT_MOMENTUM = 0.9  # for sgd, unless the model's defaults say otherwise
 SETTINGS = ("model", "data", "backend", "epochs", "batch_size", "lr", "optimizer", "momentum")
-SETTINGS += ("hidden", "seed", "threads")
+SETTINGS += ("hidden", "seed", "threads", "weight_decay", "scheduler")
+SCHEDULERS = ("constant", "cosine")
 
 
 def default_backend() -> str:
@@ -30,7 +31,8 @@ def default_backend() -> str:
 def defaults_for(model: str, data: str) -> dict:
     """The default settings of ``model`` on ``data``."""
     spec = SPECS[model]
-    out = {"momentum": None, "hidden": None, **spec.defaults, **spec.per_data.get(data, {})}
+    out = {"momentum": None, "hidden": None, "weight_decay": 0.0, "scheduler": "constant"}
+    out.update({**spec.defaults, **spec.per_data.get(data, {})})
     if out.get("optimizer") == "sgd" and out.get("momentum") is None:
         out["momentum"] = DEFAULT_MOMENTUM
     return out
@@ -92,6 +94,14 @@ def resolve_settings(options: dict, saved: dict | None = None) -> dict:
     if s.get("momentum") is not None and not 0 <= float(s["momentum"]) < 1:
         raise TrainError(f"--momentum must be in [0, 1), got {s['momentum']}")
     s["seed"] = int(s.get("seed") or 0)
+    s["weight_decay"] = float(s.get("weight_decay") or 0.0)  # runs saved before it: none
+    if not s["weight_decay"] >= 0:
+        raise TrainError(f"--weight-decay must be >= 0, got {s['weight_decay']}")
+    s["scheduler"] = s.get("scheduler") or "constant"
+    if s["scheduler"] not in SCHEDULERS:
+        raise TrainError(
+            f"unknown scheduler {s['scheduler']!r}; choose from {', '.join(SCHEDULERS)}"
+        )
     return s
 
 
