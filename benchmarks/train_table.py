@@ -70,7 +70,9 @@ def versions() -> dict:
     return out
 
 
-def run_all(backends, seeds, table, path) -> dict:
+def run_all(backends, seeds, table, path, keep=()) -> dict:
+    """Train every (model, data) of ``table`` on every backend and seed; ``keep``: rows of
+    an earlier file to carry over (other models), written first."""
     from gpunn.train import result_record, train
 
     results = {
@@ -80,7 +82,7 @@ def run_all(backends, seeds, table, path) -> dict:
         "versions": versions(),
         "seeds": list(seeds),
         "backends": list(backends),
-        "runs": [],
+        "runs": list(keep),
     }
     with tempfile.TemporaryDirectory() as tmp:
         for model, data in table:
@@ -154,7 +156,11 @@ def main(argv=None) -> int:
     p.add_argument("--file", default=DEFAULT_FILE, help="the results file (default: %(default)s)")
     p.add_argument("--backends", help="comma-separated (default: every available one)")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="default: %(default)s")
-    p.add_argument("--models", help="comma-separated model/data pairs (default: the table)")
+    p.add_argument(
+        "--models",
+        help="comma-separated model/data pairs to (re)train, keeping the file's other rows "
+        "(default: the whole table)",
+    )
     args = p.parse_args(argv)
     if args.readme:
         with open(args.file, encoding="utf-8") as f:
@@ -168,7 +174,11 @@ def main(argv=None) -> int:
         table = [tuple(pair.split("/")) for pair in args.models.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(os.path.dirname(os.path.abspath(args.file)), exist_ok=True)
-    run_all(backends, seeds, table, args.file)
+    keep = []
+    if args.models and os.path.exists(args.file):  # redo some rows, keep the others
+        with open(args.file, encoding="utf-8") as f:
+            keep = [r for r in json.load(f)["runs"] if (r["model"], r["data"]) not in table]
+    run_all(backends, seeds, table, args.file, keep)
     print(f"wrote {args.file}")
     return 0
 
