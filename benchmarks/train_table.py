@@ -70,18 +70,23 @@ def versions() -> dict:
     return out
 
 
-def run_all(backends, seeds, table, path, keep=()) -> dict:
+def _order(backend: str) -> int:
+    return ["numpy", "numba", "cupy"].index(backend) if backend in ("numpy", "numba", "cupy") else 9
+
+
+def run_all(backends, seeds, table, path, keep=(), commands=()) -> dict:
     """Train every (model, data) of ``table`` on every backend and seed; ``keep``: rows of
     an earlier file to carry over (other models), written first."""
     from gpunn.train import result_record, train
 
     results = {
-        "command": "python benchmarks/train_table.py " + " ".join(sys.argv[1:]),
+        # every command that wrote rows of this file, the last one last
+        "commands": [*commands, " ".join(["python benchmarks/train_table.py", *sys.argv[1:]])],
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "machine": machine(),
         "versions": versions(),
         "seeds": list(seeds),
-        "backends": list(backends),
+        "backends": sorted({*backends, *(r["backend"] for r in keep)}, key=_order),
         "runs": list(keep),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +135,9 @@ def readme_table(results: dict) -> str:
     head += [f"test, {b}" for b in backends] + [f"final val, {b}" for b in backends]
     head += [f"{b} s/epoch" for b in backends]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    for model, data in dict.fromkeys((r["model"], r["data"]) for r in results["runs"]):
+    pairs = dict.fromkeys((r["model"], r["data"]) for r in results["runs"])
+    rank = {pair: k for k, pair in enumerate(TABLE)}
+    for model, data in sorted(pairs, key=lambda pair: rank.get(pair, len(TABLE))):
         rows = [r for r in results["runs"] if (r["model"], r["data"]) == (model, data)]
         regression = data == "adding"
         cells = [f"{model} / {data}"]
@@ -158,8 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="default: %(default)s")
     p.add_argument(
         "--models",
-        help="comma-separated model/data pairs to (re)train, keeping the file's other rows "
-        "(default: the whole table)",
+        help="comma-separated model/data pairs to (re)train on --backends, keeping the "
+        "file's other rows (default: the whole table)",
     )
     args = p.parse_args(argv)
     if args.readme:
@@ -174,11 +181,14 @@ def main(argv=None) -> int:
         table = [tuple(pair.split("/")) for pair in args.models.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     os.makedirs(os.path.dirname(os.path.abspath(args.file)), exist_ok=True)
-    keep = []
+    keep, commands = [], []
     if args.models and os.path.exists(args.file):  # redo some rows, keep the others
         with open(args.file, encoding="utf-8") as f:
-            keep = [r for r in json.load(f)["runs"] if (r["model"], r["data"]) not in table]
-    run_all(backends, seeds, table, args.file, keep)
+            earlier = json.load(f)
+            commands = earlier.get("commands", [earlier.get("command")])
+            redo = {(m, d, b) for m, d in table for b in backends}
+            keep = [r for r in earlier["runs"] if (r["model"], r["data"], r["backend"]) not in redo]
+    run_all(backends, seeds, table, args.file, keep, commands)
     print(f"wrote {args.file}")
     return 0
 
