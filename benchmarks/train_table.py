@@ -145,14 +145,18 @@ def readme_table(results: dict) -> str:
             for b in backends:
                 mine = [r for r in rows if r["backend"] == b]
                 if not mine:
-                    cells.append("")
-                elif regression:
-                    cells.append(_mse([r[f"{key}_loss"] for r in mine]))
+                    cells.append("not run")
+                    continue
+                if regression:
+                    cell = _mse([r[f"{key}_loss"] for r in mine])
                 else:
-                    cells.append(_pct([r[f"{key}_acc"] for r in mine]))
+                    cell = _pct([r[f"{key}_acc"] for r in mine])
+                if len(mine) < len(results["seeds"]):
+                    cell += f", {len(mine)} of {len(results['seeds'])} seeds"
+                cells.append(cell)
         for b in backends:
             times = [r["seconds_per_epoch"] for r in rows if r["backend"] == b]
-            cells.append(f"{sum(times) / len(times):.2g}" if times else "")
+            cells.append(f"{sum(times) / len(times):.2g}" if times else "not run")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
