@@ -265,7 +265,14 @@ SPECS = {
         kinds=("image",),
         noun="a convolutional network",
         reads="needs images (N, C, H, W) with neighbouring pixels",
-        defaults={"epochs": 20, "batch_size": 32, "lr": 2e-3, "optimizer": "adam"},
+        defaults={
+            "epochs": 50,
+            "batch_size": 32,
+            "lr": 4e-3,
+            "optimizer": "adam",
+            "weight_decay": 1e-3,
+            "scheduler": "cosine",
+        },
         per_data={
             "mnist": {"epochs": 3, "batch_size": 64, "lr": 1e-3},
             "fashion_mnist": {"epochs": 5, "batch_size": 64, "lr": 1e-3},
