@@ -1058,7 +1058,7 @@ class CupyBackend(Backend):
             )
             self._launch(stem, dtype, max(sizes), args)
 
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
+    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
         """One fused launch over every parameter (per dtype): weight decay, momentum, step."""
         self._fused_update(
             "sgd_update",
@@ -1069,13 +1069,17 @@ class CupyBackend(Backend):
                 float(weight_decay),
                 np.int32(momentum != 0),
                 np.int32(weight_decay != 0),
+                np.int32(bool(nesterov)),
             ),
         )
 
-    def adam_update(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
-        """One fused launch over every parameter (per dtype), as PyTorch's Adam."""
+    def adam_update(
+        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+    ):
+        """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW."""
         bias1 = 1 - beta1**step
         bias2_sqrt = (1 - beta2**step) ** 0.5
+        l2 = bool(weight_decay) and not decoupled
         self._fused_update(
             "adam_update",
             (params, grads, ms, vs),
@@ -1088,9 +1092,58 @@ class CupyBackend(Backend):
                 float(bias2_sqrt),
                 float(eps),
                 float(weight_decay),
-                np.int32(weight_decay != 0),
+                np.int32(l2),
+                float(1 - lr * weight_decay),
+                np.int32(bool(weight_decay) and bool(decoupled)),
             ),
         )
+
+    _NORM_CODES = {1.0: 1, 2.0: 2}
+
+    def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):
+        """Two launches over every gradient (one dtype), no host read unless
+        ``error_if_nonfinite``: the reduction writes the norm and the scale factor to the
+        device, the scaling reads the factor there."""
+        dtype = grads[0].dtype
+        for g in grads:
+            if not g.flags.c_contiguous:
+                raise ValueError("clip_grad_norm_: gradients must be contiguous to scale in place")
+        total = cupy.zeros((), dtype)
+        coef = cupy.empty((), dtype)
+        sizes = [g.size for g in grads]
+        norm_type = float(norm_type)
+        code = 0 if norm_type == float("inf") else self._NORM_CODES.get(norm_type, 3)
+        partials, counter = self._grid_sum_scratch(np.dtype(np.float64))
+        table = self._pointer_table([list(grads)], sizes)
+        self._kernels("clip_grad_norm_reduce", dtype)(
+            self._grid(max(sizes)),
+            (BLOCK,),
+            (
+                table,
+                np.int32(len(grads)),
+                np.int32(code),
+                np.float64(norm_type),
+                dtype.type(max_norm),
+                partials,
+                counter,
+                total,
+                coef,
+            ),
+        )
+        if error_if_nonfinite and not bool(cupy.isfinite(total)):
+            raise RuntimeError(
+                f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+                f"{float(total)}, so they cannot be clipped (error_if_nonfinite=True)"
+            )
+        if any(sizes):
+            self._launch(
+                "clip_grad_norm_scale", dtype, max(sizes), (table, np.int32(len(grads)), coef)
+            )
+        return total
+
+    def clip_grad_value_update(self, grads, clip_value):
+        """One launch per dtype over every gradient."""
+        self._fused_update("clip_grad_value_update", (grads,), (float(clip_value),))
 
 
 # Every op (and the allocating utilities) reports running out of GPU memory as a

@@ -97,6 +97,8 @@ NUMBA = {
     "lstm_cell_backward": "kernel: fused gate kernel, then BLAS products",
     "sgd_update": "kernel",
     "adam_update": "kernel",
+    "clip_grad_norm_update": "kernel",
+    "clip_grad_value_update": "kernel",
 }
 
 CUPY = {
@@ -179,6 +181,8 @@ CUPY = {
     "lstm_cell_backward": "kernel: fused gate kernel, then cuBLAS GEMMs",
     "sgd_update": "kernel",
     "adam_update": "kernel",
+    "clip_grad_norm_update": "kernel",
+    "clip_grad_value_update": "kernel",
 }
 
 #: backend name -> {op: entry}. The numpy backend is the reference itself: no table.

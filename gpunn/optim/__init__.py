@@ -1,5 +1,5 @@
-"""Optimizers: SGD and Adam with PyTorch's update rules."""
+"""Optimizers: SGD (with Nesterov), Adam and AdamW with PyTorch's update rules."""
 
-from gpunn.optim.optimizer import SGD, Adam, Optimizer
+from gpunn.optim.optimizer import SGD, Adam, AdamW, Optimizer
 
-__all__ = ["SGD", "Adam", "Optimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer"]

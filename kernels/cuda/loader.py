@@ -87,7 +87,13 @@ KERNELS = {
         "lstm_cell_forward",
         "lstm_cell_backward",
     ),
-    "optim.cu": ("sgd_update", "adam_update"),
+    "optim.cu": (
+        "sgd_update",
+        "adam_update",
+        "clip_grad_norm_reduce",
+        "clip_grad_norm_scale",
+        "clip_grad_value_update",
+    ),
 }
 
 #: Options gpunn passes to NVRTC. CuPy appends ``-arch=sm_XY`` for the device, ``-ftz=true``
