@@ -135,3 +135,71 @@ def test_state_dict_round_trip_continues_identically(tmp_path, make):
     steps(ps2, opt2, grads[2:])
     for p, q in zip(ps, ps2):
         np.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+# ---------------------------------------------------------------------- gradient clipping
+def _with_grads(backend, dtype, scale, seed=4):
+    ours, theirs = _pair(backend, dtype, seed)
+    rng = np.random.default_rng(seed + 1)
+    for p, t in zip(ours, theirs):
+        g = (scale * rng.standard_normal(t.shape)).astype(dtype)
+        p.grad = gpunn.tensor(g, backend=backend)
+        t.grad = torch.tensor(g)
+    return ours, theirs
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(
+    "norm_type, max_norm, scale",
+    [(2.0, 1.0, 1.0), (2.0, 100.0, 1.0), (1.0, 0.5, 3.0), ("inf", 0.2, 1.0), (3.0, 0.7, 2.0)],
+)
+def test_clip_grad_norm_matches_torch(backend, dtype, norm_type, max_norm, scale):
+    ours, theirs = _with_grads(backend, dtype, scale)
+    total = gpunn.nn.utils.clip_grad_norm_(ours, max_norm, norm_type)
+    ref = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type)
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    assert total.shape == () and total.dtype == dtype and total.backend == backend
+    np.testing.assert_allclose(total.numpy(), ref.numpy(), rtol=rtol)
+    for p, t in zip(ours, theirs):
+        np.testing.assert_allclose(p.grad.numpy(), t.grad.numpy(), rtol=rtol, atol=1e-7)
+
+
+def test_clip_grad_norm_reports_a_nonfinite_norm_only_when_asked(backend):
+    ours, _ = _with_grads(backend, "float64", 1.0)
+    ours[1].grad = gpunn.tensor(np.array([1.0, np.inf, 0, 0, 0]), backend=backend)
+    before = [p.grad.numpy().copy() for p in ours]
+    with pytest.raises(RuntimeError, match="total norm of order 2.0 .* is inf"):
+        gpunn.nn.utils.clip_grad_norm_(ours, 1.0, error_if_nonfinite=True)
+    for p, b in zip(ours, before):  # nothing scaled before the error
+        np.testing.assert_array_equal(p.grad.numpy(), b)
+    total = gpunn.nn.utils.clip_grad_norm_(ours, 1.0)
+    assert np.isinf(total.numpy())
+
+
+def test_clip_grad_norm_without_gradients_and_with_a_single_tensor():
+    a = nn.Parameter(gpunn.tensor(np.ones(3)))
+    assert float(gpunn.nn.utils.clip_grad_norm_([a], 1.0).numpy()) == 0.0
+    a.grad = gpunn.tensor(np.array([3.0, 4.0, 0.0]))
+    assert float(gpunn.nn.utils.clip_grad_norm_(a, 1.0).numpy()) == 5.0
+    np.testing.assert_allclose(a.grad.numpy(), [0.6, 0.8, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="norm_type must be > 0"):
+        gpunn.nn.utils.clip_grad_norm_(a, 1.0, norm_type=0)
+
+
+def test_clip_grad_norm_refuses_mixed_dtypes():
+    a, b = nn.Parameter(gpunn.tensor(np.ones(2))), nn.Parameter(gpunn.tensor(np.ones(2)))
+    a.grad = gpunn.tensor(np.ones(2, np.float32))
+    b.grad = gpunn.tensor(np.ones(2))
+    with pytest.raises(gpunn.errors.DTypeError, match="clip_grad_norm_: gradients of several"):
+        gpunn.nn.utils.clip_grad_norm_([a, b], 1.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_clip_grad_value_matches_torch(backend, dtype):
+    ours, theirs = _with_grads(backend, dtype, 1.0)
+    ours[0].grad.data[0, 0] = np.nan  # stays nan, as in PyTorch
+    theirs[0].grad[0, 0] = float(ours[0].grad.numpy()[0, 0])
+    gpunn.nn.utils.clip_grad_value_(ours, 0.5)
+    torch.nn.utils.clip_grad_value_(theirs, 0.5)
+    for p, t in zip(ours, theirs):
+        np.testing.assert_array_equal(p.grad.numpy(), t.grad.numpy())

@@ -628,8 +628,9 @@ class Backend:
                 f"{float(total)}, so they cannot be clipped (error_if_nonfinite=True)"
             )
         coef = xp.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1))
-        for g in grads:
-            g *= coef
+        with np.errstate(invalid="ignore"):  # an inf norm makes inf * 0 = nan, as in PyTorch
+            for g in grads:
+                g *= coef
         return total
 
     def clip_grad_value_update(self, grads, clip_value):

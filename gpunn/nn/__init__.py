@@ -1,6 +1,6 @@
 """Layers, losses and the Module container."""
 
-from gpunn.nn import functional
+from gpunn.nn import functional, utils
 from gpunn.nn.layers import (
     AvgPool2d,
     Conv2d,
@@ -41,4 +41,5 @@ __all__ = [
     "Softmax",
     "Tanh",
     "functional",
+    "utils",
 ]
