@@ -24,6 +24,8 @@ written against ``self.xp`` (NumPy here). Clarity beats speed in this file.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from gpunn.kernels.codes import ACTIVATIONS  # noqa: F401 (the activation names, one table)
@@ -99,6 +101,12 @@ class Backend:
                 f"{op}: target holds class indices outside [0, {num_classes}): "
                 f"min {int(labels.min())}, max {int(labels.max())}"
             )
+
+    def autocast(self, dtype: str):
+        """A context in which ``linear``, ``matmul`` and ``conv2d`` (forward and backward) may
+        compute in ``dtype`` ("bfloat16" or "float16"), as ``gpunn.autocast`` asks. The CPU
+        backends keep float32: this reference returns a context that changes nothing."""
+        return contextlib.nullcontext()
 
     def synchronize(self) -> None:
         """Wait until queued work is done (a no-op on the CPU)."""

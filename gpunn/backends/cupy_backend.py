@@ -14,11 +14,14 @@ reads at its next synchronisation (or right away with ``gpunn.cuda.set_eager_che
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 
 import numpy as np
 
+from gpunn.backends import lowp as _lowp
 from gpunn.backends.base import Backend, _is_basic_index
 from gpunn.errors import BackendError, DeviceMemoryError
 from gpunn.kernels.cuda.loader import ACTIVATION_CODES, DTYPES, KernelLoader
@@ -489,22 +492,40 @@ class CupyBackend(Backend):
     def step_backward(self, dY, saved, needs):
         return (cupy.zeros(saved, dtype=dY.dtype),)
 
+    # ------------------------------------------------------------------ mixed precision
+    # Written and compiled, not yet run on a GPU.
+    def autocast(self, dtype):
+        """Within it, the float32 products of linear, matmul and conv2d round their inputs
+        to ``dtype`` and multiply with cuBLAS in float32 accumulation (see gpunn.amp)."""
+        return _autocast_scope(dtype)
+
+    def _mm(self, A, B):
+        """A @ B (cupy.matmul), or under autocast for float32 operands the lower-precision
+        product: one cublasGemmEx for 2-D operands; batched ones multiply their rounded
+        values in float32 (the same numbers, without the speed-up)."""
+        dtype = _LOWP.get()
+        if dtype is None or A.dtype != np.float32 or B.dtype != np.float32:
+            return cupy.dot(A, B) if A.ndim == 2 and B.ndim == 2 else cupy.matmul(A, B)
+        if A.ndim == 2 and B.ndim == 2:
+            return _lowp_gemm(A, B, dtype)
+        return cupy.matmul(_lowp.round_to(cupy, A, dtype), _lowp.round_to(cupy, B, dtype))
+
     # ------------------------------------------------------------------ matrix products
     def matmul_forward(self, A, B):
-        return cupy.matmul(A, B), (A, B)
+        return self._mm(A, B), (A, B)
 
     def matmul_backward(self, dY, saved, needs):
         A, B = saved
         dA = dB = None
         if needs[0]:
-            dA = self.unbroadcast(cupy.matmul(dY, B.swapaxes(-1, -2)), A.shape)
+            dA = self.unbroadcast(self._mm(dY, B.swapaxes(-1, -2)), A.shape)
         if needs[1]:
-            dB = self.unbroadcast(cupy.matmul(A.swapaxes(-1, -2), dY), B.shape)
+            dB = self.unbroadcast(self._mm(A.swapaxes(-1, -2), dY), B.shape)
         return dA, dB
 
     def linear_forward(self, X, W, b, activation=None):
         """Z = X @ W.T by cuBLAS, then bias and activation in one in-place pass."""
-        Z = cupy.dot(X, W.T)
+        Z = self._mm(X, W.T)
         act = ACTIVATION_CODES[activation]
         rows, cols = Z.shape
         if (b is not None or act) and Z.size:
@@ -557,8 +578,8 @@ class CupyBackend(Backend):
             dZ = self._unary_backward(stem, dY, Y)
         else:
             dZ = dY
-        dX = cupy.dot(dZ, W) if needs[0] else None
-        dW = cupy.dot(dZ.T, X) if needs[1] else None
+        dX = self._mm(dZ, W) if needs[0] else None
+        dW = self._mm(dZ.T, X) if needs[1] else None
         return dX, dW, db
 
     # ------------------------------------------------------------------ reductions and shapes
@@ -830,7 +851,7 @@ class CupyBackend(Backend):
         )
         if col.size:
             self._launch("conv2d_im2col", X.dtype, col.size, (X, col, *geometry))
-        Ymat = cupy.dot(W.reshape(k, ckk), col)
+        Ymat = self._mm(W.reshape(k, ckk), col)
         Y = cupy.empty((n, k, oh, ow), X.dtype)
         if Y.size:
             self._launch(
@@ -862,12 +883,12 @@ class CupyBackend(Backend):
             self._launch("conv2d_grad_output", dtype, dYt.size, (dY, dYt, i32(n), i32(k), i32(p)))
         dX = dW = db = None
         if needs[0]:
-            dcol = cupy.dot(W.reshape(k, -1).T, dYt)
+            dcol = self._mm(W.reshape(k, -1).T, dYt)
             dX = cupy.empty(x_shape, dtype)
             if dX.size:
                 self._launch("conv2d_col2im", dtype, dX.size, (dcol, dX, *geometry))
         if needs[1]:
-            dW = cupy.dot(dYt, col.T).reshape(W.shape)
+            dW = self._mm(dYt, col.T).reshape(W.shape)
         if has_bias and needs[2]:
             db = cupy.dot(dYt, self._ones_vector(n * p, dtype))
         return dX, dW, db
@@ -1144,6 +1165,64 @@ class CupyBackend(Backend):
     def clip_grad_value_update(self, grads, clip_value):
         """One launch per dtype over every gradient."""
         self._fused_update("clip_grad_value_update", (grads,), (float(clip_value),))
+
+
+# ---------------------------------------------------------------------- mixed precision
+_LOWP: contextvars.ContextVar = contextvars.ContextVar("gpunn_cupy_lowp", default=None)
+
+# cuBLAS and CUDA library constants (library_types.h, cublas_api.h)
+_CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
+_CUBLAS_OP_N, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT = 0, 68, -1
+_ONE_ZERO = np.array([1.0, 0.0], np.float32)  # alpha, beta (host pointer mode)
+
+
+@contextlib.contextmanager
+def _autocast_scope(dtype):
+    token = _LOWP.set(dtype)
+    try:
+        yield
+    finally:
+        _LOWP.reset(token)
+
+
+def _lowp_gemm(A, B, dtype):
+    """float32 (m, k) @ (k, n) with both inputs rounded to ``dtype`` ("float16" or
+    "bfloat16"), float32 accumulation and a float32 (m, n) result: one cublasGemmEx.
+    Row-major C = A @ B is column-major C^T = B^T @ A^T, so B goes first."""
+    from cupy.cuda import cublas, device
+
+    m, k = A.shape
+    n = B.shape[1]
+    if m * n == 0 or k == 0:
+        return cupy.zeros((m, n), np.float32)
+    C = cupy.empty((m, n), np.float32)
+    if dtype == "float16":
+        a, b, code = A.astype(np.float16, order="C"), B.astype(np.float16, order="C"), _CUDA_R_16F
+    else:
+        a, b, code = _lowp.bfloat16_bits(cupy, A), _lowp.bfloat16_bits(cupy, B), _CUDA_R_16BF
+    alpha = _ONE_ZERO.ctypes.data
+    cublas.gemmEx(
+        device.get_cublas_handle(),
+        _CUBLAS_OP_N,
+        _CUBLAS_OP_N,
+        n,
+        m,
+        k,
+        alpha,
+        _ptr(b),
+        code,
+        n,
+        _ptr(a),
+        code,
+        k,
+        alpha + 4,
+        _ptr(C),
+        _CUDA_R_32F,
+        n,
+        _CUBLAS_COMPUTE_32F,
+        _CUBLAS_GEMM_DEFAULT,
+    )
+    return C
 
 
 # Every op (and the allocating utilities) reports running out of GPU memory as a
