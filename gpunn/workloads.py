@@ -470,8 +470,12 @@ def bandwidth_cases(be, mib: int = 256) -> dict:
     hn, cn = cupy.empty_like(c), cupy.empty_like(c)
     gates = cupy.empty((5, batch, hidden), np.float32)
     # The epilogue and the LSTM gate kernel have no op of their own (the GEMM comes
-    # first); they are launched through the backend's launcher, by kernel stem.
-    launch = getattr(be, "_launch", None)
+    # first); they are launched through the CUDA launcher, by kernel stem.
+    from gpunn.kernels.cuda import launch as cuda_launch
+
+    def launch(stem, dtype, n, args):
+        cuda_launch.launch(be._dev, stem, dtype, n, args)
+
     return {
         "copy": (copy, 2 * n * f32),
         "relu_forward": (lambda: be.relu_forward(a), 2 * n * f32),
