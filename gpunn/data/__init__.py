@@ -5,6 +5,8 @@
 * ``load_mnist()``, ``load_fashion_mnist()``: IDX files from the data folder
   (``GPUNN_DATA``, default ``<user cache>/gpunn/data``), downloaded and verified on first
   use; ``read_idx`` / ``write_idx`` read and write the format itself.
+* ``load_cifar10()``: CIFAR-10's binary archive from the data folder, downloaded and verified
+  the same way; ``read_cifar_batch`` / ``write_cifar_batch`` handle its .bin files.
 * ``load_adding()``, ``load_parity()``: synthetic sequence tasks generated from a seed.
 
 ``load(name)`` loads any of them by name; ``DATASETS`` says what each one is.
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+from gpunn.data.cifar import CIFARError, load_cifar10, read_cifar_batch, write_cifar_batch
 from gpunn.data.idx import (
     DataUnavailableError,
     IDXError,
@@ -32,6 +35,7 @@ DATASETS = {
     "digits": ("image", "classification", 10, load_digits),
     "mnist": ("image", "classification", 10, load_mnist),
     "fashion_mnist": ("image", "classification", 10, load_fashion_mnist),
+    "cifar10": ("image", "classification", 10, load_cifar10),
     "adding": ("sequence", "regression", None, load_adding),
     "parity": ("sequence", "classification", 2, load_parity),
 }
@@ -45,6 +49,7 @@ def load(name: str, **kwargs) -> DataSplit:
 
 
 __all__ = [
+    "CIFARError",
     "DATASETS",
     "DataLoader",
     "DataSplit",
@@ -56,11 +61,14 @@ __all__ = [
     "load",
     "load_adding",
     "load_breast_cancer",
+    "load_cifar10",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
     "load_parity",
     "parity",
+    "read_cifar_batch",
     "read_idx",
+    "write_cifar_batch",
     "write_idx",
 ]
