@@ -548,12 +548,12 @@ def clip_grad_norm_update(grads, max_norm, norm_type, error_if_nonfinite):
     dtype = grads[0].dtype
     t = dtype.type
     parts = [pick(_opt.clip_grad_norm_reduce, g.size)(_flat(g), float(norm_type)) for g in grads]
-    if norm_type == math.inf:
-        total = max(parts, key=lambda a: math.inf if a != a else a) if parts else 0.0
+    if any(a != a for a in parts):
+        total = math.nan
+    elif norm_type == math.inf:
+        total = max(parts, default=0.0)
     else:
-        total = (
-            math.fsum(parts) ** (1.0 / norm_type) if not any(a != a for a in parts) else math.nan
-        )
+        total = math.fsum(parts) ** (1.0 / norm_type)
     total = np.asarray(total, dtype=dtype)
     if error_if_nonfinite and not np.isfinite(total):
         raise RuntimeError(
