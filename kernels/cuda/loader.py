@@ -59,6 +59,10 @@ KERNELS = {
         "relu_forward",
         "relu_backward",
         "step_forward",
+        "leaky_relu_forward",
+        "leaky_relu_backward",
+        "gelu_forward",
+        "gelu_backward",
     ),
     "linear.cu": ("linear_forward", "linear_backward"),
     "conv.cu": ("conv2d_im2col", "conv2d_output", "conv2d_grad_output", "conv2d_col2im"),
@@ -89,6 +93,10 @@ KERNELS = {
         "rnn_cell_backward",
         "lstm_cell_forward",
         "lstm_cell_backward",
+        "rnn_forward_step",
+        "rnn_backward_step",
+        "lstm_forward_step",
+        "lstm_backward_step",
     ),
     "optim.cu": (
         "sgd_update",
@@ -98,6 +106,16 @@ KERNELS = {
         "clip_grad_value_update",
     ),
     "dropout.cu": ("dropout_forward", "dropout_backward"),
+    "normalization.cu": (
+        "batch_norm_stats",
+        "batch_norm_running",
+        "batch_norm_forward",
+        "batch_norm_backward",
+        "layer_norm_forward",
+        "layer_norm_backward",
+        "layer_norm_affine_grad",
+    ),
+    "embedding.cu": ("embedding_forward", "embedding_backward"),
 }
 
 #: Options gpunn passes to NVRTC. CuPy appends ``-arch=sm_XY`` for the device, ``-ftz=true``
