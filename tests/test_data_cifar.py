@@ -67,7 +67,7 @@ def test_malformed_batches_are_refused(raw, message):
 
 
 def test_download_verifies_the_archive_caches_it_and_standardizes(monkeypatch, tmp_path):
-    batches = _batches()
+    batches = _batches(n=10)
     blob = _archive(tmp_path, batches)
     name = gcifar.CIFAR10["archive"][0]
     monkeypatch.setitem(gcifar.CIFAR10, "archive", (name, hashlib.md5(blob).hexdigest()))
@@ -80,13 +80,18 @@ def test_download_verifies_the_archive_caches_it_and_standardizes(monkeypatch, t
     monkeypatch.setattr(gidx, "_urlopen", serve)
     s = gdata.load("cifar10", quiet=True)
     assert calls == ["https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"]
-    assert s.x_train.shape == (20, 3, 32, 32) and s.x_val.shape == (4, 3, 32, 32)
+    assert len(s.x_train) + len(s.x_val) == 50 and len(s.x_val) > 0
+    assert s.x_train.shape[1:] == (3, 32, 32) and s.x_test.shape == (10, 3, 32, 32)
     assert s.x_train.dtype == np.float32 and s.num_classes == 10
-    train = np.concatenate([batches[n][0] for n in gcifar.CIFAR10["train"]]) / 255.0
-    mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
+    np.testing.assert_array_equal(s.y_test, batches["test_batch.bin"][1])
+    all_x = np.concatenate([batches[n][0] for n in gcifar.CIFAR10["train"]]) / 255.0
+    all_y = np.concatenate([batches[n][1] for n in gcifar.CIFAR10["train"]])
+    tr, va = gdata.split.stratified_split(all_y, 0.1, seed=0)
+    np.testing.assert_array_equal(s.y_train, all_y[tr])
+    mean, std = all_x[tr].mean(axis=(0, 2, 3)), all_x[tr].std(axis=(0, 2, 3))
     expected = (batches["test_batch.bin"][0] / 255.0 - mean[:, None, None]) / std[:, None, None]
-    np.testing.assert_allclose(s.x_val, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(s.y_train[4:8], batches["data_batch_2.bin"][1])
+    np.testing.assert_allclose(s.x_test, expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s.x_train.mean(axis=(0, 2, 3)), 0, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "data" / "cifar10").iterdir()) == [name]
     calls.clear()
     gdata.load_cifar10(quiet=True)  # cached now
@@ -121,8 +126,8 @@ def test_an_extracted_folder_the_user_placed(tmp_path):
     for name, (x, y) in batches.items():
         gdata.write_cifar_batch(folder / name, x, y)
     s = gdata.load_cifar10()
-    assert s.x_train.shape == (15, 3, 32, 32)
-    np.testing.assert_array_equal(s.y_val, batches["test_batch.bin"][1])
+    assert len(s.x_train) + len(s.x_val) == 15
+    np.testing.assert_array_equal(s.y_test, batches["test_batch.bin"][1])
     (folder / "data_batch_3.bin").unlink()
     with pytest.raises(gdata.CIFARError, match="data_batch_3.bin is missing"):
         gdata.load_cifar10()

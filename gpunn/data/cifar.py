@@ -17,7 +17,7 @@ import tarfile
 import numpy as np
 
 from gpunn.data.idx import fetch_file
-from gpunn.data.split import DataSplit
+from gpunn.data.split import DataSplit, stratified_split
 
 CIFAR10 = {
     "title": "CIFAR-10",
@@ -94,10 +94,13 @@ def _read_files(path: str, names) -> list[tuple[np.ndarray, np.ndarray]]:
         raise CIFARError(f"CIFAR-10: cannot read {path} as a .tar.gz archive: {e}") from None
 
 
-def load_cifar10(download: bool = True, quiet: bool = False) -> DataSplit:
-    """CIFAR-10: 50,000 training and 10,000 test images of 32x32 in color, 10 classes (the
-    test images serve as validation). Pixels scaled to [0, 1] and standardized per channel
-    with the training images' mean and deviation. Images (N, 3, 32, 32) float32."""
+def load_cifar10(
+    download: bool = True, quiet: bool = False, val_fraction: float = 0.1
+) -> DataSplit:
+    """CIFAR-10: 32x32 color images, 10 classes. The official test batch is the test part;
+    a stratified, seeded ``val_fraction`` of the 50,000 training images (5,000) is the
+    validation part, the rest trains. Pixels scaled to [0, 1] and standardized per channel
+    with the training part's mean and deviation. Images (N, 3, 32, 32) float32."""
     name, md5 = CIFAR10["archive"]
     path = fetch_file(
         CIFAR10["title"],
@@ -112,21 +115,26 @@ def load_cifar10(download: bool = True, quiet: bool = False) -> DataSplit:
     )
     train = _read_files(path, CIFAR10["train"])
     test = _read_files(path, CIFAR10["test"])
-    x_train = np.concatenate([x for x, _ in train]).astype(np.float32) / np.float32(255)
-    y_train = np.concatenate([y for _, y in train])
-    x_val = np.concatenate([x for x, _ in test]).astype(np.float32) / np.float32(255)
-    y_val = np.concatenate([y for _, y in test])
-    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)[:, None, None]
-    std = x_train.std(axis=(0, 2, 3), dtype=np.float64).astype(np.float32)[:, None, None]
-    std[std == 0] = 1
+    x_all = np.concatenate([x for x, _ in train]).astype(np.float32) / np.float32(255)
+    y_all = np.concatenate([y for _, y in train])
+    x_test = np.concatenate([x for x, _ in test]).astype(np.float32) / np.float32(255)
+    y_test = np.concatenate([y for _, y in test])
+    tr, va = stratified_split(y_all, val_fraction, seed=0)
+    x_train = x_all[tr]
+    mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)[:, None, None]
+    std = x_train.std(axis=(0, 2, 3), dtype=np.float64)[:, None, None]
+    std = np.where(std > 0, std, 1.0)
+    scaled = [((x - mean) / std).astype(np.float32) for x in (x_train, x_all[va], x_test)]
     return DataSplit(
         "cifar10",
-        (x_train - mean) / std,
-        y_train,
-        (x_val - mean) / std,
-        y_val,
+        scaled[0],
+        y_all[tr],
+        scaled[1],
+        y_all[va],
         kind="image",
         num_classes=10,
         description="CIFAR-10: 32x32 color images, 10 classes",
         info={"classes": CLASSES},
+        x_test=scaled[2],
+        y_test=y_test,
     )
