@@ -132,7 +132,7 @@ def test_train_progress_bars(capsys):
 
 def test_unknown_choices_list_the_choices(capsys):
     for flag, value, listed in [
-        ("--model", "svm", "'perceptron', 'logreg', 'mlp', 'cnn', 'rnn', 'lstm'"),
+        ("--model", "svm", "'perceptron', 'logreg', 'mlp', 'cnn', 'resnet', 'rnn', 'lstm'"),
         ("--data", "cifar", "'breast_cancer', 'digits', 'mnist'"),
         ("--backend", "tpu", "'numpy', 'numba', 'cupy'"),
         ("--optimizer", "lbfgs", "'sgd', 'adam'"),
