@@ -408,5 +408,5 @@ def test_console_script_runs(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    assert "best val accuracy" in run.stdout
+    assert "test accuracy" in run.stdout and "; best val " in run.stdout
     assert sorted(os.listdir(tmp_path / "sub"))[:3] == ["checkpoint", "config.json", "curves.png"]
