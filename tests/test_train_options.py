@@ -149,3 +149,18 @@ def test_resnet_reads_images_only():
         gtrain.check_compatible("resnet", "breast_cancer")
     gtrain.check_compatible("resnet", "cifar10")
     assert Trainer is not None and lr_scheduler.CosineAnnealingLR is not None
+
+
+def test_resnet_trains_on_a_placed_cifar10(tmp_path, monkeypatch):
+    """`gpunn train --model resnet --data cifar10` end to end, on a tiny CIFAR-10 the test
+    writes into the data folder (3x32x32 images through the whole network)."""
+    monkeypatch.setenv("GPUNN_DATA", str(tmp_path / "data"))
+    folder = tmp_path / "data" / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in gdata.cifar.CIFAR10["train"] + gdata.cifar.CIFAR10["test"]:
+        x = rng.integers(0, 256, (6, 3, 32, 32)).astype(np.uint8)
+        gdata.write_cifar_batch(folder / name, x, np.arange(6) % 3)
+    r = train("resnet", "cifar10", out=str(tmp_path / "run"), **_quiet(epochs=1, batch_size=8))
+    assert r.test_samples == 6 and 0 <= r.test_acc <= 1
+    assert r.config["optimizer"] == "adamw" and r.config["scheduler"] == "cosine"
