@@ -3,7 +3,8 @@ or CUDA kernels through CuPy, switchable at run time."""
 
 import numpy as _np
 
-from gpunn import distributed, functional, models, nn, optim, testing
+from gpunn import amp, distributed, functional, models, nn, optim, testing
+from gpunn.amp import autocast
 from gpunn.autograd import enable_grad, is_grad_enabled, no_grad
 from gpunn.backends import available_backends, get_backend, set_backend, use_backend
 from gpunn.cuda import set_tf32
@@ -35,6 +36,8 @@ __all__ = [
     "GraphError",
     "ShapeError",
     "Tensor",
+    "amp",
+    "autocast",
     "available_backends",
     "distributed",
     "enable_grad",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 
+from gpunn.amp import AUTOCAST_OPS, autocast_dtype
 from gpunn.errors import BackendError, GraphError
 
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("gpunn_grad", default=True)
@@ -45,9 +46,9 @@ def enable_grad():
 class Node:
     """One recorded op: its backend, its inputs and what its backward needs."""
 
-    __slots__ = ("op", "be", "inputs", "saved", "needs", "out_meta", "multi", "freed")
+    __slots__ = ("op", "be", "inputs", "saved", "needs", "out_meta", "multi", "freed", "lowp")
 
-    def __init__(self, op, be, inputs, saved, needs, out_meta, multi=False):
+    def __init__(self, op, be, inputs, saved, needs, out_meta, multi=False, lowp=None):
         self.op = op
         self.be = be
         self.inputs = inputs  # tuple of Tensor or None (non-tensor inputs), one per position
@@ -56,6 +57,7 @@ class Node:
         self.out_meta = out_meta  # ((shape, dtype), ...) per output
         self.multi = multi  # the forward returned a tuple (maybe of one array): dY is a tuple
         self.freed = False
+        self.lowp = lowp  # the autocast precision its forward ran in (None: none)
 
     def __repr__(self):
         return f"<Node {self.op} on {self.be.name}>"
@@ -93,7 +95,12 @@ def apply(op: str, *inputs, **params):
 
     be = backend_of(op, inputs)
     arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
-    Y, saved = getattr(be, op + "_forward")(*arrays, **params)
+    lowp = autocast_dtype() if op in AUTOCAST_OPS else None
+    if lowp is None:
+        Y, saved = getattr(be, op + "_forward")(*arrays, **params)
+    else:
+        with be.autocast(lowp):
+            Y, saved = getattr(be, op + "_forward")(*arrays, **params)
     Y = tuple(_native(be, y) for y in Y) if isinstance(Y, tuple) else _native(be, Y)
     needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
     record = any(needs) and _grad_enabled.get()
@@ -110,6 +117,7 @@ def apply(op: str, *inputs, **params):
             needs,
             tuple((o.data.shape, o.data.dtype) for o in outs),
             isinstance(Y, tuple),
+            lowp,
         )
         for k, o in enumerate(outs):
             o._node = node
@@ -146,7 +154,11 @@ def backward(root, grad, retain_graph: bool = False) -> None:
                 g if g is not None else node.be.zeros(shape, dtype)
                 for g, (shape, dtype) in zip(grads, node.out_meta)
             )
-        in_grads = getattr(node.be, node.op + "_backward")(dY, node.saved, node.needs)
+        if node.lowp is None:
+            in_grads = getattr(node.be, node.op + "_backward")(dY, node.saved, node.needs)
+        else:
+            with node.be.autocast(node.lowp):
+                in_grads = getattr(node.be, node.op + "_backward")(dY, node.saved, node.needs)
         if len(in_grads) != len(node.inputs):
             raise GraphError(
                 f"{node.op}_backward on {node.be.name!r} returned {len(in_grads)} gradients "

@@ -64,7 +64,7 @@ def _add_train(sub) -> None:
         ),
         epilog=(
             f"models: {models}. data: breast_cancer, digits (scikit-learn, pip install "
-            "'gpunn[data]'); mnist, fashion_mnist (IDX files in $GPUNN_DATA, downloaded on "
+            "'gpunn[data]'); mnist, fashion_mnist, cifar10 (files in $GPUNN_DATA, downloaded on "
             "first use); adding, parity (synthetic sequences). Ctrl-C saves a checkpoint; "
             "--resume continues it exactly."
         ),
@@ -79,7 +79,9 @@ def _add_train(sub) -> None:
     p.add_argument("--epochs", type=_positive_int, help="epochs to train in all")
     p.add_argument("--batch-size", type=_positive_int, help="samples per batch")
     p.add_argument("--lr", type=_positive_float, help="learning rate")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, help="sgd or adam")
+    p.add_argument(
+        "--optimizer", choices=OPTIMIZERS, help="sgd, adam or adamw (decoupled weight decay)"
+    )
     p.add_argument("--momentum", type=float, help="momentum of sgd (default 0.9; 0 for logreg)")
     p.add_argument(
         "--hidden", type=_sizes, help="hidden sizes: 256,128 for mlp; one size for rnn/lstm"
@@ -87,12 +89,26 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of parameters, shuffles, dropout (default 0)")
     p.add_argument("--threads", type=_positive_int, help="threads of the CPU backends")
     p.add_argument(
-        "--weight-decay", type=float, help="L2 penalty added to the gradient (default per model)"
+        "--weight-decay",
+        type=float,
+        help="L2 penalty added to the gradient (sgd, adam) or decoupled decay (adamw); "
+        "default per model (0, or 0.01 for adamw)",
     )
     p.add_argument(
         "--scheduler",
         choices=SCHEDULERS,
-        help="learning rate over the run: constant, or cosine (from --lr down to 0)",
+        help="learning rate over the run, changed after every update: none (constant), "
+        "step (x0.1 after each third), cosine (from --lr down to 0), onecycle (up to --lr "
+        "over 30%%, then down)",
+    )
+    p.add_argument(
+        "--clip", type=_positive_float, metavar="NORM", help="clip the gradients' norm to NORM"
+    )
+    p.add_argument(
+        "--amp",
+        choices=("bfloat16", "float16"),
+        help="mixed precision for linear/matmul/conv on cupy (float16 with loss scaling); "
+        "the CPU backends accept it and compute in float32",
     )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/MODEL-DATA)")
     p.add_argument(
@@ -129,6 +145,8 @@ def _cmd_train(args) -> int:
             threads=args.threads,
             weight_decay=args.weight_decay,
             scheduler=args.scheduler,
+            clip=args.clip,
+            amp=args.amp,
             out=args.out,
             resume=args.resume,
             progress=not args.no_progress,

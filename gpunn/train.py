@@ -104,6 +104,8 @@ def train(
     threads: int | None = None,
     weight_decay: float | None = None,
     scheduler: str | None = None,
+    clip: float | None = None,
+    amp: str | None = None,
     out: str | None = None,
     resume: bool = False,
     callbacks=(),
@@ -130,6 +132,7 @@ def train(
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
         "hidden": list(hidden) if hidden is not None else None, "seed": seed,
         "threads": threads, "weight_decay": weight_decay, "scheduler": scheduler,
+        "clip": clip, "amp": amp,
     }  # fmt: skip
     explicit = {k for k, v in options.items() if v is not None}
     split = data if isinstance(data, gdata.DataSplit) else None

@@ -132,7 +132,7 @@ def test_train_progress_bars(capsys):
 
 def test_unknown_choices_list_the_choices(capsys):
     for flag, value, listed in [
-        ("--model", "svm", "'perceptron', 'logreg', 'mlp', 'cnn', 'rnn', 'lstm'"),
+        ("--model", "svm", "'perceptron', 'logreg', 'mlp', 'cnn', 'resnet', 'rnn', 'lstm'"),
         ("--data", "cifar", "'breast_cancer', 'digits', 'mnist'"),
         ("--backend", "tpu", "'numpy', 'numba', 'cupy'"),
         ("--optimizer", "lbfgs", "'sgd', 'adam'"),
@@ -408,5 +408,5 @@ def test_console_script_runs(tmp_path):
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    assert "best val accuracy" in run.stdout
+    assert "test accuracy" in run.stdout and "; best val " in run.stdout
     assert sorted(os.listdir(tmp_path / "sub"))[:3] == ["checkpoint", "config.json", "curves.png"]

@@ -413,6 +413,17 @@ def _run(part):
             for i, (g, w) in enumerate(zip(*outs)):
                 if not np.allclose(g, w, rtol=1e-10, atol=1e-12):
                     failures.append(f"{op} output {i}: max diff {np.max(np.abs(g - w))}")
+        for norm_type in (2.0, 1.0, float("inf"), 3.0):  # the norm over several blocks
+            outs = []
+            for k in (be, ref):
+                grads = [k.asarray(z * 0.1), k.asarray(a.copy()), k.asarray(b.copy())]
+                total = k.clip_grad_norm_update(grads, 0.5, norm_type)
+                outs.append([np.asarray(k.to_numpy(x)) for x in (total, *grads)])
+            for i, (g, w) in enumerate(zip(*outs)):
+                if not np.allclose(g, w, rtol=1e-10, atol=1e-12):
+                    failures.append(
+                        f"clip_grad_norm {norm_type} output {i}: {np.max(np.abs(g - w))}"
+                    )
     return failures
 
 

@@ -97,6 +97,7 @@ TARGETS = [
     ("mlp", "digits", 0.97),  # 97.8, 98.1, 98.1%
     ("rnn", "digits", 0.95),  # 96.4, 96.4, 96.4%
     ("lstm", "digits", 0.95),
+    ("resnet", "digits", 0.98),  # 99.2, 99.4, 98.9% (batch norm, cosine schedule, clipping)
 ]
 
 

@@ -24,6 +24,7 @@ written against ``self.xp`` (NumPy here). Clarity beats speed in this file.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -101,6 +102,12 @@ class Backend:
                 f"{op}: target holds class indices outside [0, {num_classes}): "
                 f"min {int(labels.min())}, max {int(labels.max())}"
             )
+
+    def autocast(self, dtype: str):
+        """A context in which ``linear``, ``matmul`` and ``conv2d`` (forward and backward) may
+        compute in ``dtype`` ("bfloat16" or "float16"), as ``gpunn.autocast`` asks. The CPU
+        backends keep float32: this reference returns a context that changes nothing."""
+        return contextlib.nullcontext()
 
     def check_indices(self, op: str, indices, size: int) -> None:
         """Raise IndexError naming ``op`` unless every index is in [0, size)."""
@@ -735,9 +742,10 @@ class Backend:
         return (dG if needs[0] else None), dH, dC_prev, dW
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
+    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
         """In place, per parameter, as PyTorch's SGD without dampening:
-        g = grad + weight_decay*p; buf = momentum*buf + g; p -= lr*buf (p -= lr*g without momentum).
+        g = grad + weight_decay*p; with momentum: buf = momentum*buf + g, then
+        g = buf (or g = g + momentum*buf with ``nesterov``); p -= lr*g.
         ``bufs`` holds zero-initialised arrays when momentum is used, else Nones."""
         for p, g, buf in zip(params, grads, bufs):
             if weight_decay:
@@ -745,24 +753,61 @@ class Backend:
             if momentum:
                 buf *= momentum
                 buf += g
-                g = buf
+                g = g + momentum * buf if nesterov else buf
             p -= lr * g
 
-    def adam_update(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
-        """In place, per parameter, as PyTorch's Adam (L2 weight decay added to the gradient):
+    def adam_update(
+        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+    ):
+        """In place, per parameter, as PyTorch's Adam (weight decay an L2 term added to the
+        gradient) or, with ``decoupled``, as its AdamW (p *= 1 - lr*weight_decay first):
         m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
         p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
         xp = self.xp
         bias1 = 1 - beta1**step
         bias2_sqrt = (1 - beta2**step) ** 0.5
         for p, g, m, v in zip(params, grads, ms, vs):
-            if weight_decay:
+            if weight_decay and decoupled:
+                p *= 1 - lr * weight_decay
+            elif weight_decay:
                 g = g + weight_decay * p
             m *= beta1
             m += (1 - beta1) * g
             v *= beta2
             v += (1 - beta2) * g * g
             p -= (lr / bias1) * m / (xp.sqrt(v) / bias2_sqrt + eps)
+
+    def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):
+        """The ``norm_type``-norm of all ``grads`` together (as if concatenated; ``inf``: the
+        largest magnitude), and every gradient scaled in place by
+        min(max_norm / (norm + 1e-6), 1), as PyTorch's clip_grad_norm_. The powers are summed
+        in float64; the norm, a 0-d array of the gradients' (one) dtype, stays on the device
+        and so does the scale factor. ``error_if_nonfinite``: RuntimeError if the norm is
+        nan or inf (the only host read), before anything is scaled."""
+        xp = self.xp
+        dtype = grads[0].dtype
+        if norm_type == float("inf"):
+            parts = [xp.max(xp.abs(g)).astype(xp.float64) for g in grads if g.size]
+            total = xp.max(xp.stack(parts)) if parts else xp.zeros((), xp.float64)
+        else:
+            parts = [xp.sum(xp.abs(g.astype(xp.float64)) ** norm_type) for g in grads]
+            total = xp.sum(xp.stack(parts)) ** (1.0 / norm_type)
+        total = xp.asarray(total, dtype=dtype)
+        if error_if_nonfinite and not bool(xp.isfinite(total)):
+            raise RuntimeError(
+                f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+                f"{float(total)}, so they cannot be clipped (error_if_nonfinite=True)"
+            )
+        coef = xp.minimum(dtype.type(max_norm) / (total + dtype.type(1e-6)), dtype.type(1))
+        with np.errstate(invalid="ignore"):  # an inf norm makes inf * 0 = nan, as in PyTorch
+            for g in grads:
+                g *= coef
+        return total
+
+    def clip_grad_value_update(self, grads, clip_value):
+        """Every gradient clamped in place to [-clip_value, clip_value] (nan stays nan)."""
+        for g in grads:
+            self.xp.clip(g, -clip_value, clip_value, out=g)
 
     # ------------------------------------------------------------------ whole-sequence recurrent
     # One layer over a whole sequence as one op: X (T, B, I), initial states (B, H), weights

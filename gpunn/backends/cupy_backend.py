@@ -54,7 +54,7 @@ class _LayerOps:
     # ------------------------------------------------------------------ linear
     def linear_forward(self, X, W, b, activation=None):
         """Z = X @ W.T by cuBLAS, then bias and activation in one in-place pass."""
-        Z = cupy.dot(X, W.T)
+        Z = L.matmul(X, W.T)
         act = ACTIVATION_CODES[activation]
         L.linear_forward(self._dev, Z, b, act)
         return Z, (X, W, Z, act, b is not None)
@@ -63,8 +63,8 @@ class _LayerOps:
         """dZ = act'(dY) and db = column sums of dZ in one kernel; dX, dW by cuBLAS."""
         X, W, Y, act, has_bias = saved
         dZ, db = L.linear_backward(self._dev, dY, Y, act, has_bias and needs[2])
-        dX = cupy.dot(dZ, W) if needs[0] else None
-        dW = cupy.dot(dZ.T, X) if needs[1] else None
+        dX = L.matmul(dZ, W) if needs[0] else None
+        dW = L.matmul(dZ.T, X) if needs[1] else None
         return dX, dW, db
 
     # ------------------------------------------------------------------ convolution and pooling
@@ -73,7 +73,7 @@ class _LayerOps:
         X, W = _c(X), _c(W)
         col, geometry = L.conv2d_im2col(self._dev, X, W, stride, padding)
         k = W.shape[0]
-        Y = L.conv2d_output(self._dev, cupy.dot(W.reshape(k, -1), col), b, geometry, k)
+        Y = L.conv2d_output(self._dev, L.matmul(W.reshape(k, -1), col), b, geometry, k)
         return Y, (X.shape, W, col, geometry, b is not None)
 
     def conv2d_backward(self, dY, saved, needs):
@@ -82,9 +82,9 @@ class _LayerOps:
         dYt = L.conv2d_grad_output(self._dev, dY)
         dX = dW = db = None
         if needs[0]:
-            dX = L.conv2d_col2im(self._dev, cupy.dot(W.reshape(k, -1).T, dYt), x_shape, geometry)
+            dX = L.conv2d_col2im(self._dev, L.matmul(W.reshape(k, -1).T, dYt), x_shape, geometry)
         if needs[1]:
-            dW = cupy.dot(dYt, col.T).reshape(W.shape)
+            dW = L.matmul(dYt, col.T).reshape(W.shape)
         if has_bias and needs[2]:
             db = cupy.dot(dYt, self._dev.workspace.ones(dYt.shape[1], W.dtype))
         return dX, dW, db
@@ -166,19 +166,51 @@ class _LayerOps:
         return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
+    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
         """One fused launch over every parameter (per dtype): weight decay, momentum, step."""
-        flags = (np.int32(momentum != 0), np.int32(weight_decay != 0))
+        flags = (np.int32(momentum != 0), np.int32(weight_decay != 0), np.int32(bool(nesterov)))
         scalars = (float(lr), float(momentum), float(weight_decay), *flags)
         L.fused_update(self._dev, "sgd_update", (params, grads, bufs), scalars)
 
-    def adam_update(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
-        """One fused launch over every parameter (per dtype), as PyTorch's Adam."""
+    def adam_update(
+        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+    ):
+        """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW."""
         bias1 = 1 - beta1**step
         bias2_sqrt = (1 - beta2**step) ** 0.5
         scalars = (lr / bias1, beta1, 1 - beta1, beta2, 1 - beta2, bias2_sqrt, eps, weight_decay)
-        scalars = (*(float(s) for s in scalars), np.int32(weight_decay != 0))
-        L.fused_update(self._dev, "adam_update", (params, grads, ms, vs), scalars)
+        l2, shrink = bool(weight_decay) and not decoupled, bool(weight_decay) and decoupled
+        scalars = (*(float(s) for s in scalars), np.int32(l2), float(1 - lr * weight_decay))
+        L.fused_update(
+            self._dev, "adam_update", (params, grads, ms, vs), (*scalars, np.int32(shrink))
+        )
+
+    def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):
+        """Two launches over every gradient; the norm and the scale factor stay on the device."""
+        return L.clip_grad_norm(self._dev, grads, max_norm, norm_type, error_if_nonfinite)
+
+    def clip_grad_value_update(self, grads, clip_value):
+        """One fused launch per dtype over every gradient."""
+        L.fused_update(self._dev, "clip_grad_value_update", (grads,), (float(clip_value),))
+
+    # ------------------------------------------------------------------ mixed precision
+    # Written and checked under a NumPy stand-in; not yet run on a GPU.
+    def autocast(self, dtype):
+        """Within it, the float32 products of linear, matmul and conv2d round their inputs
+        to ``dtype`` and multiply with cuBLAS in float32 accumulation (see gpunn.amp)."""
+        return L.autocast_scope(dtype)
+
+    def matmul_forward(self, A, B):
+        return L.matmul(A, B), (A, B)
+
+    def matmul_backward(self, dY, saved, needs):
+        A, B = saved
+        dA = dB = None
+        if needs[0]:
+            dA = self.unbroadcast(L.matmul(dY, B.swapaxes(-1, -2)), A.shape)
+        if needs[1]:
+            dB = self.unbroadcast(L.matmul(A.swapaxes(-1, -2), dY), B.shape)
+        return dA, dB
 
     # ------------------------------------------------------------------ normalization, embedding
     # (and the activations leaky_relu and gelu)

@@ -117,6 +117,8 @@ NUMBA = {
     "products over all steps",
     "sgd_update": "kernel",
     "adam_update": "kernel",
+    "clip_grad_norm_update": "kernel",
+    "clip_grad_value_update": "kernel",
 }
 
 CUPY = {
@@ -161,8 +163,9 @@ CUPY = {
     "embedding_backward": "kernel: cupy.argsort of (index, position) keys and "
     "cupy.searchsorted, then one reduction per row",
     # matrix products
-    "matmul_forward": "reference: cuBLAS GEMM (cupy.matmul, batched when broadcasting)",
-    "matmul_backward": "reference: cuBLAS GEMMs; cupy sum to un-broadcast batch dimensions",
+    "matmul_forward": "blas: cuBLAS GEMM (cupy.matmul, batched when broadcasting); "
+    "cublasGemmEx in float16/bfloat16 under autocast",
+    "matmul_backward": "blas: cuBLAS GEMMs (as the forward); cupy sum to un-broadcast",
     "linear_forward": "kernel: cuBLAS GEMM, then the bias+activation kernel",
     "linear_backward": "kernel: activation-grad+bias-sum kernel, then cuBLAS GEMMs",
     # reductions and shapes
@@ -217,6 +220,8 @@ CUPY = {
     "over all steps and a cupy.sum",
     "sgd_update": "kernel",
     "adam_update": "kernel",
+    "clip_grad_norm_update": "kernel",
+    "clip_grad_value_update": "kernel",
 }
 
 #: backend name -> {op: entry}. The numpy backend is the reference itself: no table.

@@ -383,14 +383,26 @@ class NumbaBackend(_NormalizationOps, Backend):
         return (dG if needs[0] else None), dH, dC, dW
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
-        launch.sgd_update(params, grads, bufs, lr, momentum, weight_decay)
+    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
+        launch.sgd_update(params, grads, bufs, lr, momentum, weight_decay, nesterov)
 
-    def adam_update(self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay):
-        beta1, beta2 = float(beta1), float(beta2)
+    def adam_update(
+        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+    ):
+        beta1, beta2, lr, weight_decay = float(beta1), float(beta2), float(lr), float(weight_decay)
         bias1, bias2_sqrt = 1 - beta1**step, (1 - beta2**step) ** 0.5
         scalars = (beta1, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, float(eps))
-        launch.adam_update(params, grads, ms, vs, scalars + (float(weight_decay),))
+        if decoupled:
+            scalars += (0.0, 1 - lr * weight_decay)
+        else:
+            scalars += (weight_decay, 1.0)
+        launch.adam_update(params, grads, ms, vs, scalars)
+
+    def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):
+        return launch.clip_grad_norm_update(grads, max_norm, norm_type, error_if_nonfinite)
+
+    def clip_grad_value_update(self, grads, clip_value):
+        launch.clip_grad_value_update(grads, clip_value)
 
     # ------------------------------------------------------------------ whole-sequence recurrent
     # The loops over time are in gpunn.kernels.cpu.launch (rnn_forward, ...): per step one

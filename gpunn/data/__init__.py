@@ -6,6 +6,8 @@
   (``GPUNN_DATA``, default ``<user cache>/gpunn/data``), downloaded and verified on first
   use; the official test images are the test part. ``read_idx`` / ``write_idx`` read and
   write the format itself.
+* ``load_cifar10()``: CIFAR-10's binary archive from the data folder, downloaded and verified
+  the same way; ``read_cifar_batch`` / ``write_cifar_batch`` handle its .bin files.
 * ``load_adding()``, ``load_parity()``: synthetic sequence tasks generated from a seed.
 
 ``load(name)`` loads any of them by name; ``DATASETS`` says what each one is.
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+from gpunn.data.cifar import CIFARError, load_cifar10, read_cifar_batch, write_cifar_batch
 from gpunn.data.idx import (
     DataUnavailableError,
     IDXError,
@@ -33,6 +36,7 @@ DATASETS = {
     "digits": ("image", "classification", 10, load_digits),
     "mnist": ("image", "classification", 10, load_mnist),
     "fashion_mnist": ("image", "classification", 10, load_fashion_mnist),
+    "cifar10": ("image", "classification", 10, load_cifar10),
     "adding": ("sequence", "regression", None, load_adding),
     "parity": ("sequence", "classification", 2, load_parity),
 }
@@ -46,6 +50,7 @@ def load(name: str, **kwargs) -> DataSplit:
 
 
 __all__ = [
+    "CIFARError",
     "DATASETS",
     "DataLoader",
     "DataSplit",
@@ -57,11 +62,14 @@ __all__ = [
     "load",
     "load_adding",
     "load_breast_cancer",
+    "load_cifar10",
     "load_digits",
     "load_fashion_mnist",
     "load_mnist",
     "load_parity",
     "parity",
+    "read_cifar_batch",
     "read_idx",
+    "write_cifar_batch",
     "write_idx",
 ]

@@ -191,19 +191,50 @@ def fetch_idx_file(name: str, part: str, download: bool = True, quiet: bool = Fa
     downloading the ``.gz`` first when neither is there."""
     spec = IDX_SETS[name]
     gz_name, md5 = spec["files"][part]
-    folder = os.path.join(data_home(), name)
-    gz_path = os.path.join(folder, gz_name)
-    raw_path = os.path.join(folder, _raw_name(gz_name))
-    if os.path.exists(gz_path):
-        if not _checksum_ok(gz_path, md5):
+    raw_name = _raw_name(gz_name)
+    return fetch_file(
+        spec["title"],
+        name,
+        gz_name,
+        md5,
+        spec["urls"],
+        download,
+        quiet,
+        placed=raw_name,
+        placed_note=f"the uncompressed {raw_name} works too",
+    )
+
+
+def fetch_file(
+    title: str,
+    folder_name: str,
+    file_name: str,
+    checksum: str,
+    urls,
+    download: bool = True,
+    quiet: bool = False,
+    placed: str | None = None,
+    placed_note: str = "",
+) -> str:
+    """Path of ``<data folder>/<folder_name>/<file_name>``, verified against ``checksum``
+    (MD5, or SHA-256 when 64 digits), downloaded from the first of ``urls`` (folders the
+    file name is appended to) that works when it is not there yet. ``placed``: another
+    name in that folder that the user may have put there instead (a file or a folder;
+    returned unverified, its reader checks it). Raises :class:`DataUnavailableError` saying
+    where to put the file when it is missing and cannot be downloaded."""
+    folder = os.path.join(data_home(), folder_name)
+    path = os.path.join(folder, file_name)
+    placed_path = os.path.join(folder, placed) if placed else None
+    if os.path.exists(path):
+        if not _checksum_ok(path, checksum):
+            instead = f", or put {placed} there instead" if placed else ""
             raise DataUnavailableError(
-                f"{spec['title']}: {gz_path} does not have the published MD5 sum {md5} "
-                f"(a partial download or another file): delete it to download it again, "
-                f"or put the uncompressed {_raw_name(gz_name)} there instead"
+                f"{title}: {path} does not have the published MD5 sum {checksum} "
+                f"(a partial download or another file): delete it to download it again{instead}"
             )
-        return gz_path
-    if os.path.exists(raw_path):
-        return raw_path  # placed by the user; its header and shape are checked on reading
+        return path
+    if placed_path and os.path.exists(placed_path):
+        return placed_path  # placed by the user; its reader checks it
     if not download:
         reason = "downloading was not allowed (download=False)"
     elif os.environ.get("GPUNN_OFFLINE", "") not in ("", "0"):
@@ -215,19 +246,19 @@ def fetch_idx_file(name: str, part: str, download: bool = True, quiet: bool = Fa
         except OSError as e:
             problems.append(f"cannot create {folder}: {e}")
         else:
-            for base in spec["urls"]:
+            for base in urls:
                 try:
-                    _download(base + gz_name, gz_path, md5, quiet=quiet)
-                    return gz_path
+                    _download(base + file_name, path, checksum, quiet=quiet)
+                    return path
                 except (OSError, urllib.error.URLError) as e:
-                    problems.append(f"{base + gz_name}: {getattr(e, 'reason', e)}")
+                    problems.append(f"{base + file_name}: {getattr(e, 'reason', e)}")
         reason = "could not be downloaded: " + "; ".join(problems)
+    also = f"({placed_note}), " if placed_note else ""
     raise DataUnavailableError(
-        f"{spec['title']} file {gz_name} is missing and {reason}.\n"
-        f"Download it from {' or '.join(u + gz_name for u in spec['urls'])} and put it at\n"
-        f"    {gz_path}\n"
-        f"(the uncompressed {_raw_name(gz_name)} works too), or set GPUNN_DATA to a folder "
-        f"that holds {name}/{gz_name}."
+        f"{title} file {file_name} is missing and {reason}.\n"
+        f"Download it from {' or '.join(u + file_name for u in urls)} and put it at\n"
+        f"    {path}\n"
+        f"{also}or set GPUNN_DATA to a folder that holds {folder_name}/{file_name}."
     )
 
 

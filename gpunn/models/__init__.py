@@ -2,6 +2,15 @@
 
 from gpunn.models.classic import MLP, LogisticRegression, Perceptron
 from gpunn.models.convolutional import LeNet5
+from gpunn.models.resnet import ResNet8
 from gpunn.models.sequence import LSTMClassifier, RNNClassifier
 
-__all__ = ["LSTMClassifier", "LeNet5", "LogisticRegression", "MLP", "Perceptron", "RNNClassifier"]
+__all__ = [
+    "LSTMClassifier",
+    "LeNet5",
+    "LogisticRegression",
+    "MLP",
+    "Perceptron",
+    "RNNClassifier",
+    "ResNet8",
+]

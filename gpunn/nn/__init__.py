@@ -1,6 +1,6 @@
 """Layers, losses and the Module container."""
 
-from gpunn.nn import functional
+from gpunn.nn import functional, utils
 from gpunn.nn.layers import (
     GELU,
     AvgPool2d,
@@ -53,4 +53,5 @@ __all__ = [
     "Softmax",
     "Tanh",
     "functional",
+    "utils",
 ]

@@ -1,5 +1,7 @@
-"""Optimizers: SGD and Adam with PyTorch's update rules."""
+"""Optimizers: SGD (with Nesterov), Adam and AdamW with PyTorch's update rules, and
+learning-rate schedules (``gpunn.optim.lr_scheduler``)."""
 
-from gpunn.optim.optimizer import SGD, Adam, Optimizer
+from gpunn.optim import lr_scheduler
+from gpunn.optim.optimizer import SGD, Adam, AdamW, Optimizer
 
-__all__ = ["SGD", "Adam", "Optimizer"]
+__all__ = ["SGD", "Adam", "AdamW", "Optimizer", "lr_scheduler"]

@@ -13,40 +13,78 @@ def _host(value):
 
 
 class Optimizer:
-    """Holds the parameters and their per-parameter state.
+    """Holds the parameters, their per-parameter state and the parameter groups.
 
+    ``params`` is an iterable of parameters, or (as in PyTorch) of dicts
+    ``{"params": [...], "lr": ..., ...}``, one per group; a group's missing settings take
+    the constructor's. ``param_groups`` is that list of dicts (a scheduler changes a group's
+    ``"lr"``); reading ``opt.lr`` gives the first group's value, setting it sets every group's.
     ``state[i]`` maps slot names to tensors on parameter i's backend (and ``"step"`` to an
-    int); a slot follows its parameter when the parameter moves (``Module.to``).
-    ``state_dict()`` is flat (name -> Tensor or 0-d array), so ``gpunn.save`` can write it.
+    int), i counting parameters over all groups in order; a slot follows its parameter when
+    the parameter moves (``Module.to``). ``state_dict()`` is flat (name -> Tensor or 0-d
+    array), so ``gpunn.save`` can write it.
     """
 
     hyper: tuple[str, ...] = ()
     slots: tuple[str, ...] = ()
 
-    def __init__(self, params, **hyper):
-        self.params = list(params)
+    def __init__(self, params, **defaults):
+        items = list(params)
+        groups = items if items and all(isinstance(g, dict) for g in items) else [{"params": items}]
+        self.param_groups: list[dict] = []
+        self.params: list = []
+        for group in groups:
+            group = dict(group)
+            group["params"] = list(group["params"])
+            for name in self.hyper:
+                group.setdefault(name, defaults[name])
+            self._check_group(group)
+            self.param_groups.append(group)
+            self.params.extend(group["params"])
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
-        for name, value in hyper.items():
-            if value < 0:
-                raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {value}")
-            setattr(self, name, value)
         self.state: list[dict] = [{} for _ in self.params]
+
+    def _check_group(self, group) -> None:
+        for name in self.hyper:
+            if group[name] < 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be >= 0, got {group[name]}")
+
+    def __getattr__(self, name):
+        groups = self.__dict__.get("param_groups")
+        if groups and name in type(self).hyper:
+            return groups[0][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in type(self).hyper and "param_groups" in self.__dict__:
+            for group in self.param_groups:
+                group[name] = value
+        else:
+            super().__setattr__(name, value)
 
     def zero_grad(self) -> None:
         """Forget every parameter's gradient (gradients accumulate until this is called)."""
         for p in self.params:
             p.grad = None
 
-    def _with_grads(self):
-        """(index, parameter) for every parameter that has a gradient; all on one backend."""
-        live = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
-        backends = {p.backend for _, p in live}
+    def _live_groups(self):
+        """(group, [(index, parameter), ...]) for every group, listing the parameters that
+        have a gradient; all of them on one backend (else BackendError). Groups without
+        such parameters are left out."""
+        out, start = [], 0
+        for group in self.param_groups:
+            n = len(group["params"])
+            live = [(start + k, p) for k, p in enumerate(group["params"]) if p.grad is not None]
+            start += n
+            if live:
+                out.append((group, live))
+        backends = {p.backend for _, live in out for _, p in live}
         if len(backends) > 1:
             raise BackendError(
                 f"{type(self).__name__}.step: parameters live on several backends: {sorted(backends)}"
             )
-        return live
+        return out
 
     def _slot(self, i, p, name):
         """The native array of state ``name`` of parameter i: moved to the parameter's
@@ -61,11 +99,13 @@ class Optimizer:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        """Flat mapping: hyper-parameters as 0-d arrays, ``state.<i>.<slot>`` as tensors."""
-        out = {
-            name: tensor(getattr(self, name), dtype="float64", backend="numpy")
-            for name in self.hyper
-        }
+        """Flat mapping: the first group's hyper-parameters as 0-d arrays under their names,
+        group g's (g >= 1) under ``group.<g>.<name>``, and ``state.<i>.<slot>`` as tensors."""
+        out = {}
+        for g, group in enumerate(self.param_groups):
+            prefix = f"group.{g}." if g else ""
+            for name in self.hyper:
+                out[prefix + name] = tensor(float(group[name]), dtype="float64", backend="numpy")
         for i, st in enumerate(self.state):
             for name, value in st.items():
                 key = f"state.{i}.{name}"
@@ -77,9 +117,18 @@ class Optimizer:
 
     def load_state_dict(self, state) -> None:
         """Restore from :meth:`state_dict` output (values may be tensors or arrays); copies."""
-        for name in self.hyper:
-            if name in state:
-                setattr(self, name, float(_host(state[name])))
+        for key, value in state.items():
+            if key.startswith("group."):
+                _, g, name = key.split(".", 2)
+                if int(g) >= len(self.param_groups):
+                    raise CheckpointError(
+                        f"{type(self).__name__}.load_state_dict: {key!r} names parameter group "
+                        f"{g}, but the optimizer has {len(self.param_groups)}"
+                    )
+                if name in self.hyper:
+                    self.param_groups[int(g)][name] = float(_host(value))
+            elif key in self.hyper:
+                self.param_groups[0][key] = float(_host(value))
         self.state = [{} for _ in self.params]
         for key, value in state.items():
             if not key.startswith("state."):
@@ -105,38 +154,64 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, as PyTorch's SGD without dampening or Nesterov:
-    g = grad + weight_decay*p; buf = momentum*buf + g; p -= lr*buf."""
+    """Stochastic gradient descent, as PyTorch's SGD without dampening:
+    g = grad + weight_decay*p; buf = momentum*buf + g; p -= lr*buf
+    (``nesterov``: p -= lr*(g + momentum*buf), which needs momentum > 0)."""
 
-    hyper = ("lr", "momentum", "weight_decay")
+    hyper = ("lr", "momentum", "weight_decay", "nesterov")
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0):
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(
+            params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+        )
+
+    def _check_group(self, group) -> None:
+        super()._check_group(group)
+        if group["nesterov"] and not group["momentum"] > 0:
+            raise ValueError(
+                f"SGD: nesterov momentum needs momentum > 0, got momentum={group['momentum']}"
+            )
 
     def step(self) -> None:
-        live = self._with_grads()
-        if not live:
-            return
-        be = live[0][1].backend_object
-        bufs = [self._slot(i, p, "momentum_buffer") if self.momentum else None for i, p in live]
-        be.sgd_update(
-            [p.data for _, p in live],
-            [p.grad.data for _, p in live],
-            bufs,
-            float(self.lr),
-            float(self.momentum),
-            float(self.weight_decay),
-        )
+        for group, live in self._live_groups():
+            momentum = float(group["momentum"])
+            be = live[0][1].backend_object
+            bufs = [self._slot(i, p, "momentum_buffer") if momentum else None for i, p in live]
+            be.sgd_update(
+                [p.data for _, p in live],
+                [p.grad.data for _, p in live],
+                bufs,
+                float(group["lr"]),
+                momentum,
+                float(group["weight_decay"]),
+                bool(group["nesterov"]),
+            )
 
 
 class Adam(Optimizer):
-    """Adam, as PyTorch's (weight_decay adds an L2 term to the gradient)."""
+    """Adam, as PyTorch's: weight_decay adds an L2 term to the gradient, or, with
+    ``decoupled_weight_decay`` (what :class:`AdamW` sets), shrinks the parameter by
+    lr*weight_decay before the step."""
 
-    hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    hyper = ("lr", "beta1", "beta2", "eps", "weight_decay", "decoupled_weight_decay")
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(
+        self,
+        params,
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        decoupled_weight_decay=False,
+    ):
         super().__init__(
-            params, lr=lr, beta1=betas[0], beta2=betas[1], eps=eps, weight_decay=weight_decay
+            [_split_betas(g) for g in params] if _is_groups(params) else params,
+            lr=lr,
+            beta1=betas[0],
+            beta2=betas[1],
+            eps=eps,
+            weight_decay=weight_decay,
+            decoupled_weight_decay=decoupled_weight_decay,
         )
 
     @property
@@ -144,24 +219,43 @@ class Adam(Optimizer):
         return (self.beta1, self.beta2)
 
     def step(self) -> None:
-        live = self._with_grads()
-        if not live:
-            return
-        be = live[0][1].backend_object
-        groups: dict[int, list] = {}  # parameters that have taken the same number of steps
-        for i, p in live:
-            self.state[i]["step"] = self.state[i].get("step", 0) + 1
-            groups.setdefault(self.state[i]["step"], []).append((i, p))
-        for step, members in groups.items():
-            be.adam_update(
-                [p.data for _, p in members],
-                [p.grad.data for _, p in members],
-                [self._slot(i, p, "exp_avg") for i, p in members],
-                [self._slot(i, p, "exp_avg_sq") for i, p in members],
-                step,
-                float(self.lr),
-                float(self.beta1),
-                float(self.beta2),
-                float(self.eps),
-                float(self.weight_decay),
-            )
+        for group, live in self._live_groups():
+            be = live[0][1].backend_object
+            by_step: dict[int, list] = {}  # parameters that have taken the same number of steps
+            for i, p in live:
+                self.state[i]["step"] = self.state[i].get("step", 0) + 1
+                by_step.setdefault(self.state[i]["step"], []).append((i, p))
+            for step, members in by_step.items():
+                be.adam_update(
+                    [p.data for _, p in members],
+                    [p.grad.data for _, p in members],
+                    [self._slot(i, p, "exp_avg") for i, p in members],
+                    [self._slot(i, p, "exp_avg_sq") for i, p in members],
+                    step,
+                    float(group["lr"]),
+                    float(group["beta1"]),
+                    float(group["beta2"]),
+                    float(group["eps"]),
+                    float(group["weight_decay"]),
+                    bool(group["decoupled_weight_decay"]),
+                )
+
+
+class AdamW(Adam):
+    """AdamW, as PyTorch's: Adam with decoupled weight decay (p *= 1 - lr*weight_decay,
+    then the Adam step on the plain gradient), weight_decay 1e-2 by default."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)
+
+
+def _is_groups(params) -> bool:
+    return isinstance(params, (list, tuple)) and bool(params) and isinstance(params[0], dict)
+
+
+def _split_betas(group: dict) -> dict:
+    """A PyTorch-style group's ``"betas": (b1, b2)`` as gpunn's ``beta1`` and ``beta2``."""
+    group = dict(group)
+    if "betas" in group:
+        group["beta1"], group["beta2"] = group.pop("betas")
+    return group

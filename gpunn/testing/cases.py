@@ -770,6 +770,23 @@ UPDATE_CASES = [
         "adam_update",
         dict(step=7, lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-6, weight_decay=0.1),
     ),
+    UpdateCase(
+        "sgd-nesterov-wd",
+        "sgd_update",
+        dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
+    ),
+    UpdateCase(
+        "adamw-step3",
+        "adam_update",
+        dict(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled=True),
+    ),
+    UpdateCase("clip-norm-2", "clip_grad_norm_update", dict(max_norm=1.0, norm_type=2.0)),
+    UpdateCase("clip-norm-1-large", "clip_grad_norm_update", dict(max_norm=1e3, norm_type=1.0)),
+    UpdateCase(
+        "clip-norm-inf", "clip_grad_norm_update", dict(max_norm=0.5, norm_type=float("inf"))
+    ),
+    UpdateCase("clip-norm-3", "clip_grad_norm_update", dict(max_norm=0.7, norm_type=3.0)),
+    UpdateCase("clip-value", "clip_grad_value_update", dict(clip_value=0.4)),
 ]
 
 
@@ -813,14 +830,21 @@ def run_case(be, case: OpCase, dtype, layout="C", seed=0):
 
 
 def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3, 4), (), (1,))):
-    """Apply one update to random parameters on ``be``; returns the host params and state."""
+    """Apply one update to random parameters on ``be``; returns the host params and state
+    (for the clipping ops: the gradients, and the returned norm as the one state slot)."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     draw = lambda: [rng.standard_normal(s).astype(dtype) for s in shapes]
     params, grads = draw(), draw()
     p = [be.asarray(x.copy()) for x in params]
     g = [be.asarray(x) for x in grads]
-    if case.op == "sgd_update":
+    if case.op == "clip_grad_norm_update":
+        total = be.clip_grad_norm_update(g, **case.params)
+        p, slots = g, [[total]]
+    elif case.op == "clip_grad_value_update":
+        be.clip_grad_value_update(g, **case.params)
+        p, slots = g, []
+    elif case.op == "sgd_update":
         state = [be.asarray(x) for x in draw()] if case.params["momentum"] else [None] * len(shapes)
         be.sgd_update(p, g, state, **case.params)
         slots = [state]

@@ -73,7 +73,8 @@ def read_metrics(out: str) -> list[dict]:
 # ---------------------------------------------------------------------- checkpoint
 class Checkpoint(Extension):
     """The run's resumable state: ``checkpoint`` (parameters ``model.<name>``, optimizer
-    state ``optimizer.<key>``, epoch, batches done in an unfinished epoch with its sample
+    state ``optimizer.<key>``, the learning-rate schedule's ``scheduler.<key>`` and the
+    float16 loss scaler's ``scaler.<key>`` when the run has them, epoch, batches done in an unfinished epoch with its sample
     order and partial sums, gpunn's random state), written atomically after every epoch
     and on Ctrl-C, and ``config.json`` (the settings resume reads).
 
@@ -150,6 +151,10 @@ class Checkpoint(Extension):
         state = {f"model.{k}": v for k, v in t.model.state_dict().items()}
         if t.optimizer is not None:
             state.update({f"optimizer.{k}": v for k, v in t.optimizer.state_dict().items()})
+        if t.scheduler is not None:
+            state.update({f"scheduler.{k}": v for k, v in t.scheduler.state_dict().items()})
+        if t.scaler.is_enabled():
+            state.update({f"scaler.{k}": v for k, v in t.scaler.state_dict().items()})
         state["epoch"] = np.array(epoch, dtype=np.int64)
         state["batch"] = np.array(batch, dtype=np.int64)
         state["rng_state"] = get_rng_state() if rng_state is None else rng_state
@@ -170,13 +175,23 @@ class Checkpoint(Extension):
         )
         opt = {k[len("optimizer.") :]: v for k, v in state.items() if k.startswith("optimizer.")}
         if t.optimizer is not None:
-            kind = "adam" if "beta1" in opt else "sgd" if "lr" in opt else None
+            kind = "sgd" if "lr" in opt else None
+            if "beta1" in opt:
+                kind = "adamw" if float(opt.get("decoupled_weight_decay", 0)) else "adam"
             if kind != t.settings["optimizer"]:
                 raise CheckpointError(
                     f"{self.path} holds {kind or 'no'} optimizer state, this run uses "
                     f"{t.settings['optimizer']}; pass --optimizer {kind or 'sgd'}"
                 )
             t.optimizer.load_state_dict(opt)
+            sched = {
+                k[len("scheduler.") :]: v for k, v in state.items() if k.startswith("scheduler.")
+            }
+            if t.scheduler is not None and sched:
+                t.scheduler.load_state_dict(sched)  # (sets the groups' lr to its last one)
+            scaler = {k[len("scaler.") :]: v for k, v in state.items() if k.startswith("scaler.")}
+            if t.scaler.is_enabled() and scaler:
+                t.scaler.load_state_dict(scaler)
             for key in ("lr", "momentum"):  # explicit settings win over the saved ones
                 if key in self.explicit and hasattr(t.optimizer, key):
                     setattr(t.optimizer, key, float(t.settings[key] or 0.0))
@@ -197,7 +212,7 @@ class Checkpoint(Extension):
                 f"{saved.get('model')} on {saved.get('data')})"
             )
         stored = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        mine = dict(t.model.named_parameters())
+        mine = t.model.state_dict()  # parameters and buffers (batch norm's statistics)
         name, head = t.settings["model"], f"{self.path} was written by another model{origin}"
         for pname, p in mine.items():
             if pname not in stored:

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpunn
+from gpunn import amp, nn, optim
 from gpunn import data as gdata
 from gpunn import distributed as dist
-from gpunn import optim
 from gpunn.data.synthetic import ADDING_TOLERANCE
 from gpunn.errors import GpunnError
+from gpunn.optim import lr_scheduler
 from gpunn.training.specs import SPECS
 
 EVAL_BATCH = 512
@@ -69,21 +70,32 @@ class TrainResult:
 
 
 def build_optimizer(settings: dict, model):
-    """SGD or Adam over ``model``'s parameters; None for a rule without an optimizer."""
+    """SGD, Adam or AdamW over ``model``'s parameters; None for a rule without an optimizer."""
     if not SPECS[settings["model"]].update.uses_optimizer:
         return None
     params, lr, decay = list(model.parameters()), settings["lr"], settings["weight_decay"]
     if settings["optimizer"] == "sgd":
         return optim.SGD(params, lr=lr, momentum=settings["momentum"] or 0.0, weight_decay=decay)
+    if settings["optimizer"] == "adamw":
+        return optim.AdamW(params, lr=lr, weight_decay=decay)
     return optim.Adam(params, lr=lr, weight_decay=decay)
 
 
-def scheduled_lr(settings: dict, step: int, steps: int) -> float:
-    """The learning rate of update ``step`` of ``steps``: constant, or (``cosine``) falling
-    from ``lr`` to 0 along half a cosine over the whole run."""
-    if settings["scheduler"] == "cosine":
-        return settings["lr"] * 0.5 * (1.0 + math.cos(math.pi * step / steps))
-    return settings["lr"]
+def build_scheduler(settings: dict, optimizer, steps_per_epoch: int):
+    """The ``--scheduler`` of the run, stepped after every update (``steps_per_epoch``
+    updates an epoch), or None: ``step`` multiplies the rate by 0.1 after each third of
+    the run; ``cosine`` falls from ``lr`` to 0 along half a cosine over the run;
+    ``onecycle`` rises to ``lr`` over the first 30% of the run and falls to lr/25/1e4
+    (PyTorch's OneCycleLR, momentum or beta1 cycling between 0.85 and 0.95)."""
+    name = settings["scheduler"]
+    if optimizer is None or name == "none":
+        return None
+    total = settings["epochs"] * steps_per_epoch
+    if name == "step":
+        return lr_scheduler.StepLR(optimizer, step_size=max(1, total // 3), gamma=0.1)
+    if name == "cosine":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return lr_scheduler.OneCycleLR(optimizer, max_lr=settings["lr"], total_steps=total)
 
 
 class Trainer:
@@ -145,6 +157,25 @@ class Trainer:
         self.loader = gdata.DataLoader(
             gdata.TensorDataset(self.x_train, self.y_train), s["batch_size"] * self.ranks, True
         )
+        self.scheduler = build_scheduler(s, self.optimizer, len(self.loader))
+        self.scaler = amp.GradScaler(enabled=s.get("amp") == "float16")
+
+    def autocast(self):
+        """The ``--amp`` precision for the forward pass (float32 on the CPU backends)."""
+        dtype = self.settings.get("amp")
+        return amp.autocast(dtype or "bfloat16", enabled=dtype is not None)
+
+    def apply_update(self) -> None:
+        """After backward: unscale (float16 loss scaling), clip the gradients' norm to
+        ``--clip``, step the optimizer (skipped by the scaler on inf/nan gradients) and the
+        learning-rate schedule."""
+        if self.settings.get("clip"):
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     def forward(self, x):
         fn = self.spec.output_fn(self.model)
@@ -272,10 +303,6 @@ class Trainer:
             if self.net is not None:  # this rank's share of the global batch
                 idx = idx[self.world.rank :: self.world.size]
             x, y = loader.fetch(idx)
-            if self.optimizer is not None:
-                self.optimizer.lr = scheduled_lr(
-                    self.settings, self.epoch * nb + b, self.settings["epochs"] * nb
-                )
             value = self.rule.step(self, x, y)
             if not math.isfinite(value):
                 raise _Diverged(value, (self.epoch + 1, b + 1, nb))

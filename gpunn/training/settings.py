@@ -14,13 +14,17 @@ from gpunn.training.specs import SPECS, TrainError, refusal
 
 MODELS = tuple(SPECS)
 DATASETS = tuple(gdata.DATASETS)
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 MODEL_INFO = {name: spec.info for name, spec in SPECS.items()}
 DEFAULTS = {name: dict(spec.defaults) for name, spec in SPECS.items()}
 DEFAULT_MOMENTUM = 0.9  # for sgd, unless the model's defaults say otherwise
 SETTINGS = ("model", "data", "backend", "epochs", "batch_size", "lr", "optimizer", "momentum")
-SETTINGS += ("hidden", "seed", "threads", "weight_decay", "scheduler")
-SCHEDULERS = ("constant", "cosine")
+SETTINGS += ("hidden", "seed", "threads", "weight_decay", "scheduler", "clip", "amp")
+#: --scheduler choices (gpunn.optim.lr_scheduler, stepped after every update); runs saved
+#: before "none" was the name say "constant"
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+AMP = ("bfloat16", "float16")
+ADAMW_WEIGHT_DECAY = 1e-2  # PyTorch's AdamW default, when --weight-decay is not given
 
 
 def default_backend() -> str:
@@ -31,7 +35,8 @@ def default_backend() -> str:
 def defaults_for(model: str, data: str) -> dict:
     """The default settings of ``model`` on ``data``."""
     spec = SPECS[model]
-    out = {"momentum": None, "hidden": None, "weight_decay": 0.0, "scheduler": "constant"}
+    out = {"momentum": None, "hidden": None, "weight_decay": None, "scheduler": "none"}
+    out.update(clip=None, amp=None)
     out.update({**spec.defaults, **spec.per_data.get(data, {})})
     if out.get("optimizer") == "sgd" and out.get("momentum") is None:
         out["momentum"] = DEFAULT_MOMENTUM
@@ -94,14 +99,28 @@ def resolve_settings(options: dict, saved: dict | None = None) -> dict:
     if s.get("momentum") is not None and not 0 <= float(s["momentum"]) < 1:
         raise TrainError(f"--momentum must be in [0, 1), got {s['momentum']}")
     s["seed"] = int(s.get("seed") or 0)
-    s["weight_decay"] = float(s.get("weight_decay") or 0.0)  # runs saved before it: none
+    if s.get("weight_decay") is None:  # (runs saved before it had none)
+        s["weight_decay"] = ADAMW_WEIGHT_DECAY if s["optimizer"] == "adamw" else 0.0
+    s["weight_decay"] = float(s["weight_decay"])
     if not s["weight_decay"] >= 0:
         raise TrainError(f"--weight-decay must be >= 0, got {s['weight_decay']}")
-    s["scheduler"] = s.get("scheduler") or "constant"
+    s["scheduler"] = {None: "none", "constant": "none"}.get(s.get("scheduler"), s.get("scheduler"))
     if s["scheduler"] not in SCHEDULERS:
         raise TrainError(
             f"unknown scheduler {s['scheduler']!r}; choose from {', '.join(SCHEDULERS)}"
         )
+    if s.get("clip") is not None:
+        s["clip"] = float(s["clip"])
+        if not s["clip"] > 0:
+            raise TrainError(f"--clip must be > 0 (a gradient norm), got {s['clip']}")
+    if s.get("amp") not in (None, *AMP):
+        raise TrainError(f"unknown --amp {s['amp']!r}; choose from {', '.join(AMP)}")
+    if not spec.update.uses_optimizer and (s.get("clip") or s.get("scheduler") != "none"):
+        raise TrainError(
+            f"{model} learns by the perceptron rule, without gradients or an optimizer: "
+            "--clip and --scheduler do not apply"
+        )
+    s["clip"], s["amp"] = s.get("clip"), s.get("amp")
     return s
 
 

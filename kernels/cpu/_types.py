@@ -9,3 +9,4 @@ A3 = "{T}[:, :, ::1]"
 A4 = "{T}[:, :, :, ::1]"
 INT = "int64"  # a Python int
 FLOAT = "float64"  # a Python float
+BOOL = "boolean"  # a Python bool

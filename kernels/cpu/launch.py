@@ -724,20 +724,57 @@ class _inplace:
         return False
 
 
-def sgd_update(params, grads, bufs, lr, momentum, weight_decay):
+def sgd_update(params, grads, bufs, lr, momentum, weight_decay, nesterov):
     """The SGD kernel once per parameter, in place (strided ones through a copy)."""
-    scalars = (float(lr), float(momentum), float(weight_decay))
+    scalars = (float(lr), float(momentum), float(weight_decay), bool(nesterov))
     for p, g, buf in zip(params, grads, bufs):
         with _inplace(p) as pf, _inplace(buf) as bf:
             empty = EMPTY[p.dtype] if bf is None else bf
-            pick(_opt.sgd_update, pf.size)(pf, g.ravel(), empty, *scalars)
+            pick(_opt.sgd_update, pf.size)(pf, _flat(g), empty, *scalars)
 
 
 def adam_update(params, grads, ms, vs, scalars):
     """The Adam kernel once per parameter, in place; ``scalars`` as the kernel takes them."""
     for p, g, m, v in zip(params, grads, ms, vs):
         with _inplace(p) as pf, _inplace(m) as mf, _inplace(v) as vf:
-            pick(_opt.adam_update, pf.size)(pf, g.ravel(), mf, vf, *scalars)
+            pick(_opt.adam_update, pf.size)(pf, _flat(g), mf, vf, *scalars)
+
+
+def _flat(a):
+    """A contiguous 1-D view (or copy) of ``a``."""
+    return np.ascontiguousarray(a).reshape(-1)
+
+
+def clip_grad_norm_update(grads, max_norm, norm_type, error_if_nonfinite):
+    """The reduction kernel once per gradient, summed here in float64; the norm and scale
+    factor in the gradients' dtype (as the reference); the scaling kernel in place."""
+    dtype = grads[0].dtype
+    t = dtype.type
+    parts = [pick(_opt.clip_grad_norm_reduce, g.size)(_flat(g), float(norm_type)) for g in grads]
+    if any(a != a for a in parts):
+        total = math.nan
+    elif norm_type == math.inf:
+        total = max(parts, default=0.0)
+    else:
+        total = math.fsum(parts) ** (1.0 / norm_type)
+    total = np.asarray(total, dtype=dtype)
+    if error_if_nonfinite and not np.isfinite(total):
+        raise RuntimeError(
+            f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+            f"{float(total)}, so they cannot be clipped (error_if_nonfinite=True)"
+        )
+    coef = np.minimum(t(max_norm) / (total + t(1e-6)), t(1)).reshape(1)
+    for g in grads:
+        with _inplace(g) as gf:
+            pick(_opt.clip_grad_norm_scale, gf.size)(gf, coef)
+    return total
+
+
+def clip_grad_value_update(grads, clip_value):
+    """The clamping kernel once per gradient, in place."""
+    for g in grads:
+        with _inplace(g) as gf:
+            pick(_opt.clip_grad_value_update, gf.size)(gf, float(clip_value))
 
 
 # ---------------------------------------------------------------------- normalization, embedding

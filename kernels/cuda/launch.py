@@ -12,7 +12,13 @@ Every function takes a :class:`Device`: the kernel loader, the grid cap and the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
+
 import numpy as np
+from gpunn.kernels import lowp
+from gpunn.kernels.cuda import workspace as _ws
 from gpunn.kernels.cuda.workspace import Workspace
 
 try:
@@ -633,6 +639,90 @@ def fused_update(dev: Device, stem: str, columns, scalars) -> None:
         t = dtype.type
         args = (table, i32(len(idx)), *(t(s) if isinstance(s, float) else s for s in scalars))
         launch(dev, stem, dtype, max(sizes), args)
+
+
+def clip_grad_norm(dev: Device, grads, max_norm: float, norm_type: float, check: bool):
+    """clip_grad_norm_update: the reduction kernel over all gradients (one dtype) writes the
+    0-d norm and the scale factor on the device, the scaling kernel reads the factor there;
+    no host read unless ``check`` (error_if_nonfinite). Returns the 0-d norm."""
+    for g in grads:
+        if not g.flags.c_contiguous:
+            raise ValueError("clip_grad_norm_: gradients must be contiguous to scale in place")
+    dtype = grads[0].dtype
+    total, coef = cupy.zeros((), dtype), cupy.empty((), dtype)
+    sizes = [g.size for g in grads]
+    norm_type = float(norm_type)
+    code = 0 if norm_type == math.inf else {1.0: 1, 2.0: 2}.get(norm_type, 3)
+    partials, counter = dev.workspace.grid_sum_scratch(np.dtype(np.float64))
+    table = dev.workspace.pointer_table([list(grads)], sizes)
+    args = (table, i32(len(grads)), i32(code), np.float64(norm_type), dtype.type(max_norm))
+    args += (partials, counter, total, coef)
+    dev.kernels.launch("clip_grad_norm_reduce", dtype, grid(dev, max(sizes)), (BLOCK,), args)
+    if check and not bool(cupy.isfinite(total)):
+        raise RuntimeError(
+            f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+            f"{float(total)}, so they cannot be clipped (error_if_nonfinite=True)"
+        )
+    if any(sizes):
+        launch(dev, "clip_grad_norm_scale", dtype, max(sizes), (table, i32(len(grads)), coef))
+    return total
+
+
+# ---------------------------------------------------------------------- mixed precision
+# Written and checked under a NumPy stand-in for CuPy and cuBLAS; not yet run on a GPU.
+_LOWP: contextvars.ContextVar = contextvars.ContextVar("gpunn_cuda_lowp", default=None)
+
+# cuBLAS and CUDA library constants (library_types.h, cublas_api.h)
+_CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
+_CUBLAS_OP_N, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT = 0, 68, -1
+_ONE_ZERO = np.array([1.0, 0.0], np.float32)  # alpha, beta (host pointer mode)
+
+
+@contextlib.contextmanager
+def autocast_scope(dtype):
+    """Within it, :func:`matmul` lowers float32 products to ``dtype``."""
+    token = _LOWP.set(dtype)
+    try:
+        yield
+    finally:
+        _LOWP.reset(token)
+
+
+def matmul(A, B):
+    """A @ B by cuBLAS (cupy.dot for 2-D operands, cupy.matmul when batched). Under
+    :func:`autocast_scope`, for float32 operands: both rounded to float16 or bfloat16 and
+    multiplied with float32 accumulation into a float32 result, by one cublasGemmEx for 2-D
+    operands; batched operands multiply their rounded values in float32 (the same numbers
+    without the speed-up)."""
+    dtype = _LOWP.get()
+    if dtype is None or A.dtype != np.float32 or B.dtype != np.float32:
+        return cupy.dot(A, B) if A.ndim == 2 and B.ndim == 2 else cupy.matmul(A, B)
+    if A.ndim == 2 and B.ndim == 2:
+        return _lowp_gemm(A, B, dtype)
+    return cupy.matmul(lowp.round_to(cupy, A, dtype), lowp.round_to(cupy, B, dtype))
+
+
+def _lowp_gemm(A, B, dtype):
+    """float32 (m, k) @ (k, n), inputs rounded to ``dtype``, float32 accumulation and
+    result: one cublasGemmEx. Row-major C = A @ B is column-major C^T = B^T @ A^T, so B
+    goes first."""
+    from cupy.cuda import cublas, device
+
+    m, k = A.shape
+    n = B.shape[1]
+    if m * n == 0 or k == 0:
+        return cupy.zeros((m, n), np.float32)
+    C = cupy.empty((m, n), np.float32)
+    if dtype == "float16":
+        a, b, code = A.astype(np.float16, order="C"), B.astype(np.float16, order="C"), _CUDA_R_16F
+    else:
+        a, b, code = lowp.bfloat16_bits(cupy, A), lowp.bfloat16_bits(cupy, B), _CUDA_R_16BF
+    alpha = _ONE_ZERO.ctypes.data
+    handle = device.get_cublas_handle()
+    args = (handle, _CUBLAS_OP_N, _CUBLAS_OP_N, n, m, k, alpha, _ws.ptr(b), code, n)
+    args += (_ws.ptr(a), code, k, alpha + 4, _ws.ptr(C), _CUDA_R_32F, n)
+    cublas.gemmEx(*args, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+    return C
 
 
 # ---------------------------------------------------------------------- normalization, embedding

@@ -98,7 +98,13 @@ KERNELS = {
         "lstm_forward_step",
         "lstm_backward_step",
     ),
-    "optim.cu": ("sgd_update", "adam_update"),
+    "optim.cu": (
+        "sgd_update",
+        "adam_update",
+        "clip_grad_norm_reduce",
+        "clip_grad_norm_scale",
+        "clip_grad_value_update",
+    ),
     "dropout.cu": ("dropout_forward", "dropout_backward"),
     "normalization.cu": (
         "batch_norm_stats",
