@@ -17,9 +17,12 @@ def _nodes(t):
     return [node.op for node in walk(t)]
 
 
-@pytest.mark.parametrize("layer", ["lstm", "rnn"])
+LAYERS = {"lstm": nn.LSTM, "rnn": nn.RNN, "gru": nn.GRU}
+
+
+@pytest.mark.parametrize("layer", ["lstm", "rnn", "gru"])
 def test_graph_nodes_of_a_layer_do_not_grow_with_the_sequence(layer):
-    make = (lambda: nn.LSTM(3, 5)) if layer == "lstm" else (lambda: nn.RNN(3, 5))
+    make = lambda: LAYERS[layer](3, 5)
     counts = []
     for steps in (1, 7, 60):
         gpunn.manual_seed(0)
@@ -37,9 +40,11 @@ def test_two_layers_are_two_nodes():
 
 
 def _torch_pair(kind, dtype, **kw):
-    torch = pytest.importorskip("torch", reason="compares with PyTorch's RNN/LSTM (torch absent)")
+    torch = pytest.importorskip(
+        "torch", reason="compares with PyTorch's RNN/LSTM/GRU (torch absent)"
+    )
     torch.manual_seed(0)
-    tcls, gcls = (torch.nn.LSTM, nn.LSTM) if kind == "lstm" else (torch.nn.RNN, nn.RNN)
+    tcls, gcls = getattr(torch.nn, kind.upper()), LAYERS[kind]
     t = tcls(4, 6, **kw).to(getattr(torch, dtype))
     g = gcls(4, 6, **kw)
     g.load_state_dict({k: v.detach().numpy() for k, v in t.state_dict().items()})
@@ -53,6 +58,9 @@ CONFIGS = [
     ("lstm", dict(num_layers=3, dropout=0.5), True),  # dropout is off in eval()
     ("rnn", dict(num_layers=2, nonlinearity="relu"), True),
     ("rnn", dict(num_layers=1, nonlinearity="tanh", batch_first=True), False),
+    ("gru", dict(num_layers=2, batch_first=True), True),
+    ("gru", dict(num_layers=1, bias=False), True),
+    ("gru", dict(num_layers=3, dropout=0.5), False),  # dropout is off in eval()
 ]
 
 
