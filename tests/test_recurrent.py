@@ -153,6 +153,12 @@ def test_bad_shapes_name_the_op_and_shapes():
         F.rnn(x, h, gpunn.randn(5, 3), gpunn.randn(5, 5), nonlinearity="gelu")
     with pytest.raises(ShapeError, match=r"LSTM: h0 must have shape \(1, 2, 5\)"):
         nn.LSTM(3, 5)(x, (gpunn.zeros(1, 3, 5), gpunn.zeros(1, 2, 5)))
+    with pytest.raises(ShapeError, match=r"gru: .*w_ih \(15, 3\)"):
+        F.gru(x, h, gpunn.randn(20, 3), gpunn.randn(15, 5))
+    with pytest.raises(ShapeError, match=r"gru: .*b_hh \(5,\)"):
+        F.gru(x, h, gpunn.randn(15, 3), gpunn.randn(15, 5), None, gpunn.zeros(5))
+    with pytest.raises(ShapeError, match=r"GRU: h0 must have shape \(2, 2, 5\)"):
+        nn.GRU(3, 5, num_layers=2)(x, gpunn.zeros(1, 2, 5))
 
 
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
