@@ -161,13 +161,14 @@ def test_bad_shapes_name_the_op_and_shapes():
         nn.GRU(3, 5, num_layers=2)(x, gpunn.zeros(1, 2, 5))
 
 
+@pytest.mark.parametrize("model_class", ["LSTMClassifier", "GRUClassifier"])
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
-def test_lstm_over_1000_steps_trains_with_flat_memory(backend_name):
+def test_recurrent_over_1000_steps_trains_with_flat_memory(backend_name, model_class):
     if backend_name not in gpunn.available_backends():
         pytest.skip(f"{backend_name} backend not available")
     gpunn.manual_seed(0)
     with gpunn.use_backend(backend_name):
-        model = gpunn.models.LSTMClassifier(3, 8, 2)
+        model = getattr(gpunn.models, model_class)(3, 8, 2)
         x = gpunn.randn(2, 1000, 3)
         y = gpunn.tensor(np.array([0, 1]), backend=backend_name)
     opt = gpunn.optim.SGD(model.parameters(), lr=0.1)

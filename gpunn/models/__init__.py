@@ -2,6 +2,14 @@
 
 from gpunn.models.classic import MLP, LogisticRegression, Perceptron
 from gpunn.models.convolutional import LeNet5
-from gpunn.models.sequence import LSTMClassifier, RNNClassifier
+from gpunn.models.sequence import GRUClassifier, LSTMClassifier, RNNClassifier
 
-__all__ = ["LSTMClassifier", "LeNet5", "LogisticRegression", "MLP", "Perceptron", "RNNClassifier"]
+__all__ = [
+    "GRUClassifier",
+    "LSTMClassifier",
+    "LeNet5",
+    "LogisticRegression",
+    "MLP",
+    "Perceptron",
+    "RNNClassifier",
+]
