@@ -35,7 +35,7 @@ def _run(part, tmp_path):
 
 def test_launches_per_time_step(tmp_path):
     counts = ast.literal_eval(_run("launches", tmp_path))  # {(op, T, pass): (kernels, gemms)}
-    for op in ("rnn", "lstm"):
+    for op in ("rnn", "lstm", "gru"):
         for direction, most in (("forward", 2), ("backward", 3)):
             (k0, g0), (k1, g1) = (counts[(op, t, direction)] for t in STEPS)
             steps = STEPS[1] - STEPS[0]
@@ -90,7 +90,7 @@ def _launches():
     be = backend_object("cupy")
     rng = np.random.default_rng(0)
     counts = {}
-    for op, gates in (("rnn", 1), ("lstm", 4)):
+    for op, gates in (("rnn", 1), ("lstm", 4), ("gru", 3)):
         for steps in STEPS:
             b, n_in, h = 3, 4, 5
             x = rng.standard_normal((steps, b, n_in))
@@ -120,6 +120,7 @@ def _grid():
     t, b, n_in, h = 3, 30, 7, 300
     for op, gates, params in (
         ("lstm", 4, {}),
+        ("gru", 3, {}),
         ("rnn", 1, {"nonlinearity": "tanh"}),
         ("rnn", 1, {"nonlinearity": "relu"}),
     ):

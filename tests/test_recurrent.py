@@ -17,9 +17,12 @@ def _nodes(t):
     return [node.op for node in walk(t)]
 
 
-@pytest.mark.parametrize("layer", ["lstm", "rnn"])
+LAYERS = {"lstm": nn.LSTM, "rnn": nn.RNN, "gru": nn.GRU}
+
+
+@pytest.mark.parametrize("layer", ["lstm", "rnn", "gru"])
 def test_graph_nodes_of_a_layer_do_not_grow_with_the_sequence(layer):
-    make = (lambda: nn.LSTM(3, 5)) if layer == "lstm" else (lambda: nn.RNN(3, 5))
+    make = lambda: LAYERS[layer](3, 5)
     counts = []
     for steps in (1, 7, 60):
         gpunn.manual_seed(0)
@@ -37,9 +40,11 @@ def test_two_layers_are_two_nodes():
 
 
 def _torch_pair(kind, dtype, **kw):
-    torch = pytest.importorskip("torch", reason="compares with PyTorch's RNN/LSTM (torch absent)")
+    torch = pytest.importorskip(
+        "torch", reason="compares with PyTorch's RNN/LSTM/GRU (torch absent)"
+    )
     torch.manual_seed(0)
-    tcls, gcls = (torch.nn.LSTM, nn.LSTM) if kind == "lstm" else (torch.nn.RNN, nn.RNN)
+    tcls, gcls = getattr(torch.nn, kind.upper()), LAYERS[kind]
     t = tcls(4, 6, **kw).to(getattr(torch, dtype))
     g = gcls(4, 6, **kw)
     g.load_state_dict({k: v.detach().numpy() for k, v in t.state_dict().items()})
@@ -53,6 +58,9 @@ CONFIGS = [
     ("lstm", dict(num_layers=3, dropout=0.5), True),  # dropout is off in eval()
     ("rnn", dict(num_layers=2, nonlinearity="relu"), True),
     ("rnn", dict(num_layers=1, nonlinearity="tanh", batch_first=True), False),
+    ("gru", dict(num_layers=2, batch_first=True), True),
+    ("gru", dict(num_layers=1, bias=False), True),
+    ("gru", dict(num_layers=3, dropout=0.5), False),  # dropout is off in eval()
 ]
 
 
@@ -145,15 +153,22 @@ def test_bad_shapes_name_the_op_and_shapes():
         F.rnn(x, h, gpunn.randn(5, 3), gpunn.randn(5, 5), nonlinearity="gelu")
     with pytest.raises(ShapeError, match=r"LSTM: h0 must have shape \(1, 2, 5\)"):
         nn.LSTM(3, 5)(x, (gpunn.zeros(1, 3, 5), gpunn.zeros(1, 2, 5)))
+    with pytest.raises(ShapeError, match=r"gru: .*w_ih \(15, 3\)"):
+        F.gru(x, h, gpunn.randn(20, 3), gpunn.randn(15, 5))
+    with pytest.raises(ShapeError, match=r"gru: .*b_hh \(5,\)"):
+        F.gru(x, h, gpunn.randn(15, 3), gpunn.randn(15, 5), None, gpunn.zeros(5))
+    with pytest.raises(ShapeError, match=r"GRU: h0 must have shape \(2, 2, 5\)"):
+        nn.GRU(3, 5, num_layers=2)(x, gpunn.zeros(1, 2, 5))
 
 
+@pytest.mark.parametrize("model_class", ["LSTMClassifier", "GRUClassifier"])
 @pytest.mark.parametrize("backend_name", ["numpy", "numba"])
-def test_lstm_over_1000_steps_trains_with_flat_memory(backend_name):
+def test_recurrent_over_1000_steps_trains_with_flat_memory(backend_name, model_class):
     if backend_name not in gpunn.available_backends():
         pytest.skip(f"{backend_name} backend not available")
     gpunn.manual_seed(0)
     with gpunn.use_backend(backend_name):
-        model = gpunn.models.LSTMClassifier(3, 8, 2)
+        model = getattr(gpunn.models, model_class)(3, 8, 2)
         x = gpunn.randn(2, 1000, 3)
         y = gpunn.tensor(np.array([0, 1]), backend=backend_name)
     opt = gpunn.optim.SGD(model.parameters(), lr=0.1)

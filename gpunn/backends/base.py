@@ -812,8 +812,8 @@ class Backend:
     # ------------------------------------------------------------------ whole-sequence recurrent
     # One layer over a whole sequence as one op: X (T, B, I), initial states (B, H), weights
     # and biases laid out as PyTorch's (W_ih (G*H, I), W_hh (G*H, H), b_ih, b_hh (G*H,) or
-    # None; G = 1 for the RNN, 4 for the LSTM with gates i, f, g, o). The reference is the
-    # lecture's equations, one step after the other.
+    # None; G = 1 for the RNN, 4 for the LSTM with gates i, f, g, o, 3 for the GRU with
+    # gates r, z, n). The reference is the lecture's equations, one step after the other.
 
     def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
         """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act tanh or relu.
@@ -930,6 +930,70 @@ class Backend:
             dW_hh if needs[4] else None,
             db if has_b_ih and needs[5] else None,
             db.copy() if has_b_hh and needs[6] else None,
+        )
+
+    def gru_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh):
+        """Gates r, z, n as PyTorch's, with gi = x_t @ W_ih.T + b_ih and
+        gh = h_{t-1} @ W_hh.T + b_hh cut into (r, z, n) parts:
+        r = sigmoid(gi_r + gh_r); z = sigmoid(gi_z + gh_z); n = tanh(gi_n + r * gh_n);
+        h_t = (1 - z) * n + z * h_{t-1}.
+        Returns ((Y (T, B, H), h_T), saved); Y holds h_1 ... h_T."""
+        hidden = H0.shape[1]
+        h = H0
+        hs, steps = [], []
+        for t in range(X.shape[0]):
+            gi = X[t] @ W_ih.T
+            gh = h @ W_hh.T
+            if b_ih is not None:
+                gi = gi + b_ih
+            if b_hh is not None:
+                gh = gh + b_hh
+            r = self.sigmoid_forward(gi[:, :hidden] + gh[:, :hidden])[0]
+            z = self.sigmoid_forward(gi[:, hidden : 2 * hidden] + gh[:, hidden : 2 * hidden])[0]
+            hn = gh[:, 2 * hidden :]
+            n = self.xp.tanh(gi[:, 2 * hidden :] + r * hn)
+            h = (1 - z) * n + z * h
+            hs.append(h)
+            steps.append((r, z, n, hn))
+        Y = self.xp.stack(hs)
+        saved = (X, H0, W_ih, W_hh, Y, steps, b_ih is not None, b_hh is not None)
+        return (Y, h), saved
+
+    def gru_backward(self, dY, saved, needs):
+        """Back-propagation through time, from the last step to the first, with
+        dh = dY_t + dh_t: dn = dh (1-z) (1-n^2); dz = dh (h_{t-1} - n) z (1-z);
+        dr = dn gh_n r (1-r). The input side's gate gradient is [dr, dz, dn], the recurrent
+        side's [dr, dz, dn * r] (r multiplies W_hn h + b_hn); dh_{t-1} = dh z + that @ W_hh."""
+        dY_seq, dh = dY
+        X, H0, W_ih, W_hh, Y, steps, has_b_ih, has_b_hh = saved
+        xp = self.xp
+        dX = xp.zeros(X.shape, X.dtype)
+        dW_ih = xp.zeros(W_ih.shape, W_ih.dtype)
+        dW_hh = xp.zeros(W_hh.shape, W_hh.dtype)
+        db_ih = xp.zeros(W_ih.shape[0], W_ih.dtype)
+        db_hh = xp.zeros(W_hh.shape[0], W_hh.dtype)
+        for t in reversed(range(X.shape[0])):
+            r, z, n, hn = steps[t]
+            h_prev = H0 if t == 0 else Y[t - 1]
+            dh = dY_seq[t] + dh
+            dn = dh * (1 - z) * (1 - n * n)
+            dz = dh * (h_prev - n) * z * (1 - z)
+            dr = dn * hn * r * (1 - r)
+            dGi = xp.concatenate([dr, dz, dn], axis=1)
+            dGh = xp.concatenate([dr, dz, dn * r], axis=1)
+            dX[t] = dGi @ W_ih
+            dW_ih += dGi.T @ X[t]
+            dW_hh += dGh.T @ h_prev
+            db_ih += dGi.sum(axis=0)
+            db_hh += dGh.sum(axis=0)
+            dh = dh * z + dGh @ W_hh
+        return (
+            dX if needs[0] else None,
+            dh if needs[1] else None,
+            dW_ih if needs[2] else None,
+            dW_hh if needs[3] else None,
+            db_ih if has_b_ih and needs[4] else None,
+            db_hh if has_b_hh and needs[5] else None,
         )
 
 

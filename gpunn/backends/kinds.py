@@ -115,6 +115,10 @@ NUMBA = {
     "and the fused gate kernel",
     "lstm_backward": "kernel: per step the fused gate kernel and a BLAS product, then BLAS "
     "products over all steps",
+    "gru_forward": "kernel: one BLAS product for all inputs, then per step a BLAS product "
+    "and the fused gate kernel",
+    "gru_backward": "kernel: per step the fused gate kernel and a BLAS product, then BLAS "
+    "products over all steps",
     "sgd_update": "kernel",
     "adam_update": "kernel",
     "clip_grad_norm_update": "kernel",
@@ -217,6 +221,10 @@ CUPY = {
     "lstm_forward": "kernel: one cuBLAS GEMM for all inputs, then per step a GEMM and the "
     "fused gate kernel",
     "lstm_backward": "kernel: per step the fused gate kernel and a GEMM, then cuBLAS GEMMs "
+    "over all steps and a cupy.sum",
+    "gru_forward": "kernel: one cuBLAS GEMM for all inputs, then per step a GEMM and the "
+    "fused gate kernel",
+    "gru_backward": "kernel: per step the fused gate kernel and a GEMM, then cuBLAS GEMMs "
     "over all steps and a cupy.sum",
     "sgd_update": "kernel",
     "adam_update": "kernel",

@@ -430,22 +430,42 @@ class NumbaBackend(_NormalizationOps, Backend):
         dZ, dH0, dC0 = launch.lstm_backward(*dY, W_hh, Call, acts, tanh_c, needs[1])
         return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
 
+    def gru_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh):
+        X2, Hall, acts, hn = launch.gru_forward(X, H0, W_ih, W_hh, b_ih, b_hh)
+        T = X.shape[0]
+        saved = (X2, W_ih, W_hh, Hall, acts, hn, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T]), saved
 
-def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    def gru_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, acts, hn, has_b_ih, has_b_hh = saved
+        dGi, dGh, dH0 = launch.gru_backward(*dY, W_hh, Hall, acts, hn, needs[1])
+        return _sequence_grads(dGi, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh, dGh)
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh, dZ_hh=None):
     """The gradients of a whole-sequence op in contract order: (dX, the initial states',
-    dW_ih, dW_hh, db_ih, db_hh), None where not needed."""
+    dW_ih, dW_hh, db_ih, db_hh), None where not needed. dZ_hh: the recurrent side's gate
+    gradient where it differs from the input side's dZ (the GRU's)."""
     k = len(state_grads)
-    want_b = (has_b_ih and needs[k + 3], has_b_hh and needs[k + 4])
-    dX, dW_ih, dW_hh, db = launch.sequence_weight_grads(
-        dZ, X2, W_ih, Hall, needs[0], needs[k + 1], needs[k + 2], any(want_b)
+    dX, dW_ih, dW_hh, db_ih, db_hh = launch.sequence_weight_grads(
+        dZ,
+        X2,
+        W_ih,
+        Hall,
+        needs[0],
+        needs[k + 1],
+        needs[k + 2],
+        has_b_ih and needs[k + 3],
+        has_b_hh and needs[k + 4],
+        dZ_hh,
     )
     return (
         dX,
         *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
         dW_ih,
         dW_hh,
-        db if want_b[0] else None,
-        (db.copy() if want_b[0] else db) if want_b[1] else None,
+        db_ih,
+        db_hh,
     )
 
 

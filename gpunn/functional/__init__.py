@@ -23,7 +23,7 @@ from gpunn.functional.losses import (
     mse_loss,
 )
 from gpunn.functional.normalization import batch_norm, layer_norm
-from gpunn.functional.recurrent import lstm, lstm_cell, rnn, rnn_cell
+from gpunn.functional.recurrent import gru, lstm, lstm_cell, rnn, rnn_cell
 from gpunn.functional.shape import getitem, mean, reshape, stack, sum, transpose, unstack
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "exp",
     "gelu",
     "getitem",
+    "gru",
     "layer_norm",
     "leaky_relu",
     "linear",

@@ -1,5 +1,5 @@
-"""Recurrent ops. ``rnn`` and ``lstm`` run one layer over a whole sequence as one graph
-node (what ``nn.RNN`` and ``nn.LSTM`` use). The cells are one step each, for users who
+"""Recurrent ops. ``rnn``, ``lstm`` and ``gru`` run one layer over a whole sequence as one
+graph node (what ``nn.RNN``, ``nn.LSTM`` and ``nn.GRU`` use). The cells are one step each, for users who
 write their own recurrence: the input projection of all time steps is one ``linear``
 outside the cell; a cell adds the recurrent product and applies the gates in one op."""
 
@@ -90,3 +90,15 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None):
     """
     _check_sequence("lstm", x, (h0, c0), w_ih, w_hh, b_ih, b_hh, 4)
     return apply("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru(x, h0, w_ih, w_hh, b_ih=None, b_hh=None):
+    """One GRU layer over a whole sequence, as one graph node (gates r, z, n as PyTorch's):
+    r = sigmoid(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr), z likewise,
+    n = tanh(W_in x_t + b_in + r * (W_hn h_{t-1} + b_hn)), h_t = (1 - z) * n + z * h_{t-1}.
+
+    x (T, B, I); h0 (B, H); w_ih (3H, I); w_hh (3H, H); b_ih, b_hh (3H,) or None.
+    Returns (y, h_n): y (T, B, H) holds h_1 ... h_T, h_n (B, H) is h_T.
+    """
+    _check_sequence("gru", x, (h0,), w_ih, w_hh, b_ih, b_hh, 3)
+    return apply("gru", x, h0, w_ih, w_hh, b_ih, b_hh)

@@ -3,9 +3,10 @@
 from gpunn.models.classic import MLP, LogisticRegression, Perceptron
 from gpunn.models.convolutional import LeNet5
 from gpunn.models.resnet import ResNet8
-from gpunn.models.sequence import LSTMClassifier, RNNClassifier
+from gpunn.models.sequence import GRUClassifier, LSTMClassifier, RNNClassifier
 
 __all__ = [
+    "GRUClassifier",
     "LSTMClassifier",
     "LeNet5",
     "LogisticRegression",

@@ -32,3 +32,11 @@ class LSTMClassifier(_SequenceClassifier):
     memory cell, which lets gradients survive long sequences."""
 
     cell = nn.LSTM
+
+
+class GRUClassifier(_SequenceClassifier):
+    """A GRU: a reset gate decides how much of the state feeds the candidate, an update gate
+    how much of the state is kept; like the LSTM it lets gradients survive long sequences,
+    with one state and three gates instead of two states and four."""
+
+    cell = nn.GRU

@@ -21,7 +21,7 @@ from gpunn.nn.layers import (
 from gpunn.nn.losses import BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from gpunn.nn.module import Module, Parameter
 from gpunn.nn.normalization import BatchNorm1d, BatchNorm2d, LayerNorm
-from gpunn.nn.recurrent import LSTM, RNN
+from gpunn.nn.recurrent import GRU, LSTM, RNN
 from gpunn.nn.sparse import Embedding
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "Embedding",
     "Flatten",
     "GELU",
+    "GRU",
     "Identity",
     "LSTM",
     "LayerNorm",

@@ -1,4 +1,4 @@
-"""RNN and LSTM layers with PyTorch's parameter names, shapes and conventions."""
+"""RNN, LSTM and GRU layers with PyTorch's parameter names, shapes and conventions."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from gpunn.tensor import uniform, zeros
 
 
 class _Recurrent(Module):
-    """What RNN and LSTM share: parameters as PyTorch names them, input checks, initial
+    """What RNN, LSTM and GRU share: parameters as PyTorch names them, input checks, initial
     states, and the stack of layers (each layer one whole-sequence op, PyTorch's dropout
     on the outputs of every layer but the last while training)."""
 
@@ -151,3 +151,26 @@ class LSTM(_Recurrent):
 
         out, (h_n, c_n) = self._layers(x, [h0s, c0s], step)
         return out, (h_n, c_n)
+
+
+class GRU(_Recurrent):
+    """GRU with gates in PyTorch's order r, z, n:
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h.
+
+    Input (seq, batch, input_size), or batch first; h0 (num_layers, batch, hidden).
+    Returns (output, h_n) with PyTorch's shapes. Each layer is one whole-sequence op
+    (``F.gru``); ``dropout`` as in PyTorch.
+    """
+
+    gates = 3
+
+    def forward(self, x, h0=None):
+        x = self._check_input(x)
+        h0s = self._initial(h0, x.shape[1], "h0", x)
+
+        def step(x, states, k):
+            y, h = F.gru(x, states[0], *self._weights(k))
+            return y, (h,)
+
+        out, (h_n,) = self._layers(x, [h0s], step)
+        return out, h_n

@@ -536,6 +536,16 @@ def _recurrent_cases():
                 family="reduce",
             )
         )
+        cases.append(
+            OpCase(
+                f"gru-{tag}",
+                "gru",
+                lambda rng, dt, t=t, b=b, i=i, h=h, bias=bias: _sequence(
+                    rng, dt, t, b, i, h, 3, bias, False
+                ),
+                family="reduce",
+            )
+        )
     return cases
 
 

@@ -9,7 +9,7 @@ model's name.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -350,6 +350,13 @@ SPECS = {
         },
     ),
 }
+# the GRU trains on the LSTM's recipe (not tuned for it)
+SPECS["gru"] = replace(
+    SPECS["lstm"],
+    name="gru",
+    info="GRU reading the input step by step",
+    build=_build_recurrent(models.GRUClassifier),
+)
 
 # what a data kind is, and the models made for it, for error messages
 KIND_WORDS = {

@@ -681,20 +681,89 @@ def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
     return dZ, dh, dcs[T % 2]
 
 
-def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
-    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
-    product each over all T*B rows, db one column sum; None where not needed."""
+def gru_forward(X, H0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, acts, hn): X as (T*B, I); the states (T+1, B, H) with row 0 the initial
+    one; the gates r, z, n (T, B, 3H) and W_hn h_{t-1} + b_hn (T, B, H) for the backward."""
+    X2, acts, _ = _sequence_input(X, W_ih, None, None)  # the gates, once activated
+    T, B, hidden = acts.shape[0], acts.shape[1], acts.shape[2] // 3
+    dtype = acts.dtype
+    zero = np.zeros(3 * hidden, dtype)  # b_hn sits inside r * (...): the biases stay apart
+    b_i = zero if b_ih is None else c(b_ih)
+    b_h = zero if b_hh is None else c(b_hh)
+    Hall = np.empty((T + 1, B, hidden), dtype)
+    Hall[0] = H0
+    hn = np.empty((T, B, hidden), dtype)
+    Wt = blas(W_hh).T
+    kern = _rec.gru_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, 3 * hidden), dtype)
+        rows = slice(r0, r1)
+        for t in range(T):
+            np.matmul(Hall[t, rows], Wt, out=HW)
+            kern(acts[t, rows], HW, b_i, b_h, Hall[t, rows], Hall[t + 1, rows], hn[t, rows])
+
+    _run_rows(loop, _row_blocks(B, acts.size * HEAVY))
+    return X2, Hall, acts, hn
+
+
+def gru_backward(dY, dh_n, W_hh, Hall, acts, hn, need_dh0):
+    """(dGi, dGh, dH0): every step's gate gradient on the input side and on the recurrent
+    side (T, B, 3H; they differ in the n part, which r scales), in this thread's
+    workspaces, and the initial state's gradient (None without ``need_dh0``)."""
+    T, B = acts.shape[0], acts.shape[1]
+    dtype = acts.dtype
+    dY = c(dY)
+    dGi = workspace("gru_dgi", acts.shape, dtype)
+    dGh = workspace("gru_dgh", acts.shape, dtype)
+    dh = np.array(dh_n, dtype=dtype, order="C")  # the product dGh_{t+1} @ W_hh
+    dhz = [np.zeros(dh.shape, dtype), np.empty(dh.shape, dtype)]  # dh_{t+1} * z_{t+1}
+    W_hh = blas(W_hh)
+    kern = _rec.gru_backward_step.serial
+
+    def loop(r0, r1):
+        rows = slice(r0, r1)
+        for t in range(T - 1, -1, -1):  # dhz in dhz[(T - 1 - t) % 2], the next in the other
+            dz_in, dz_out = dhz[(T - 1 - t) % 2], dhz[(T - t) % 2]
+            kern(
+                dY[t, rows],
+                dh[rows],
+                dz_in[rows],
+                Hall[t, rows],
+                acts[t, rows],
+                hn[t, rows],
+                dGi[t, rows],
+                dGh[t, rows],
+                dz_out[rows],
+            )
+            if t or need_dh0:
+                np.matmul(dGh[t, rows], W_hh, out=dh[rows])
+
+    _run_rows(loop, _row_blocks(B, dGi.size))
+    return dGi, dGh, (dh + dhz[T % 2] if need_dh0 else None)
+
+
+def sequence_weight_grads(
+    dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b_ih, need_b_hh, dZ_hh=None
+):
+    """(dX, dW_ih, dW_hh, db_ih, db_hh) from every step's pre-activation gradient dZ
+    (T, B, G*H), and dZ_hh where the recurrent side's differs (the GRU's): one product each
+    over all T*B rows, each bias one column sum; None where not needed."""
     T, B, rows = dZ.shape
     dZ2 = dZ.reshape(T * B, rows)
+    dZh2 = dZ2 if dZ_hh is None else dZ_hh.reshape(T * B, rows)
     dX = (dZ2 @ blas(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
     dW_ih = dZ2.T @ X2 if need_w_ih else None
     dW_hh = None
     if need_w_hh:
         # (H_prev.T @ dZ).T, not dZ.T @ H_prev: OpenBLAS took 3 ms against 9 ms for the
         # lstm workload's (2240 x 1024).T @ (2240 x 256) on 2 threads
-        dW_hh = np.ascontiguousarray((Hall[:T].reshape(T * B, Hall.shape[2]).T @ dZ2).T)
-    db = dZ2.sum(axis=0) if need_b else None
-    return dX, dW_ih, dW_hh, db
+        dW_hh = np.ascontiguousarray((Hall[:T].reshape(T * B, Hall.shape[2]).T @ dZh2).T)
+    db_ih = dZ2.sum(axis=0) if need_b_ih else None
+    db_hh = None
+    if need_b_hh:
+        db_hh = db_ih.copy() if need_b_ih and dZ_hh is None else dZh2.sum(axis=0)
+    return dX, dW_ih, dW_hh, db_ih, db_hh
 
 
 # ---------------------------------------------------------------------- optimizer updates

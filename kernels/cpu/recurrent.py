@@ -1,11 +1,11 @@
 """Recurrent cells and the steps of whole-sequence layers: the nonlinearities and the state
 update fused into one pass after the recurrent product ``H @ W_hh.T`` (run on BLAS by the
 launcher), and one pass back. The cells serve ``rnn_cell``/``lstm_cell``; the ``*_step``
-kernels are one time step of ``rnn``/``lstm``, whose loop over time is in ``launch``.
+kernels are one time step of ``rnn``/``lstm``/``gru``, whose loop over time is in ``launch``.
 
 LSTM gates are in PyTorch's order i, f, g, o along the 4*hidden axis; ``acts`` keeps the
-activated gates for the backward, ``tanh_c`` the tanh of the new cell state. Each row is
-cut into per-gate views indexed from 0 (so Numba drops its negative-index check and the
+activated gates for the backward, ``tanh_c`` the tanh of the new cell state. GRU gates are
+in PyTorch's order r, z, n along the 3*hidden axis. Each row is cut into per-gate views indexed from 0 (so Numba drops its negative-index check and the
 loops vectorise).
 """
 
@@ -223,6 +223,74 @@ def lstm_backward_step(dy, dh, dc, c_prev, acts, tanh_c, dg, dc_prev):
             prev[j] = d_c * f_
 
 
+@kernel(parallel=True)
+def gru_forward_step(z, hw, b_ih, b_hh, h_prev, h, hn):
+    """z (B, 3H) holds x_t @ W_ih.T on entry and the gates r, z, n on exit, with gi = z + b_ih
+    and gh = hw + b_hh (hw = h_{t-1} @ W_hh.T): r, z = sigmoid(gi + gh) per part;
+    hn = gh's n part; n = tanh(gi_n + r*hn); h = (1-z)*n + z*h_prev. Outputs other than z
+    must not overlap inputs."""
+    b_, hidden = h.shape
+    one = h.dtype.type(1)
+    for r in prange(b_):
+        a = z[r]
+        y = hw[r]
+        for k in (0, 1):  # sigmoid gates r, z
+            ak = a[k * hidden : (k + 1) * hidden]
+            yk, bik, bhk = y[k * hidden :], b_ih[k * hidden :], b_hh[k * hidden :]
+            for j in range(hidden):
+                ak[j] = vsigmoid((ak[j] + bik[j]) + (yk[j] + bhk[j]))
+        a_r, a_z, a_n = a[:hidden], a[hidden : 2 * hidden], a[2 * hidden : 3 * hidden]
+        y_n, bi_n, bh_n = y[2 * hidden :], b_ih[2 * hidden :], b_hh[2 * hidden :]
+        hp = h_prev[r]
+        hr = h[r]
+        hnr = hn[r]
+        for j in range(hidden):
+            g = y_n[j] + bh_n[j]
+            hnr[j] = g
+            n = vtanh(a_n[j] + bi_n[j] + a_r[j] * g)
+            a_n[j] = n
+            hr[j] = (one - a_z[j]) * n + a_z[j] * hp[j]
+
+
+@kernel(parallel=True)
+def gru_backward_step(dy, dh, dhz, h_prev, acts, hn, dgi, dgh, dhz_out):
+    """With dh_t = dy + dh + dhz (the output's gradient, the product dgh_{t+1} @ W_hh and
+    dh_{t+1} * z_{t+1} from step t+1): dn = dh_t (1-z) (1-n^2); dz = dh_t (h_prev - n) z (1-z);
+    dr = dn hn r (1-r); dgi (B, 3H) = [dr, dz, dn] (the input side's gate gradient), dgh =
+    [dr, dz, dn*r] (the recurrent side's); dhz_out = dh_t * z. Outputs must not overlap
+    inputs."""
+    b_, hidden = h_prev.shape
+    one = h_prev.dtype.type(1)
+    for r in prange(b_):
+        a = acts[r]
+        a_r, a_z, a_n = a[:hidden], a[hidden : 2 * hidden], a[2 * hidden : 3 * hidden]
+        gi = dgi[r]
+        gi_r, gi_z, gi_n = gi[:hidden], gi[hidden : 2 * hidden], gi[2 * hidden : 3 * hidden]
+        gh = dgh[r]
+        gh_r, gh_z, gh_n = gh[:hidden], gh[hidden : 2 * hidden], gh[2 * hidden : 3 * hidden]
+        g_y = dy[r]
+        g_h = dh[r]
+        g_z = dhz[r]
+        hp = h_prev[r]
+        hnr = hn[r]
+        out = dhz_out[r]
+        for j in range(hidden):
+            r_ = a_r[j]
+            z_ = a_z[j]
+            n_ = a_n[j]
+            d_h = g_y[j] + g_h[j] + g_z[j]
+            d_n = d_h * (one - z_) * (one - n_ * n_)
+            d_z = d_h * (hp[j] - n_) * z_ * (one - z_)
+            d_r = d_n * hnr[j] * r_ * (one - r_)
+            gi_r[j] = d_r
+            gi_z[j] = d_z
+            gi_n[j] = d_n
+            gh_r[j] = d_r
+            gh_z[j] = d_z
+            gh_n[j] = d_n * r_
+            out[j] = d_h * z_
+
+
 #: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
 #: for each float dtype; ``{T}`` is the dtype).
 SIGNATURES = {
@@ -234,4 +302,6 @@ SIGNATURES = {
     "rnn_backward_step": [(A2, A2, A2, INT, A2)],
     "lstm_forward_step": [(A2, A2, A1, A2, A2, A2, A2)],
     "lstm_backward_step": [(A2, A2, A2, A2, A2, A2, A2, A2)],
+    "gru_forward_step": [(A2, A2, A1, A1, A2, A2, A2)],
+    "gru_backward_step": [(A2, A2, A2, A2, A2, A2, A2, A2, A2)],
 }

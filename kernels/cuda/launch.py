@@ -604,17 +604,64 @@ def lstm_backward(dev: Device, dY, dh_n, dc_n, W_hh, Call, Z, need_dh0: bool):
     return dZ, dH, dC
 
 
-def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
-    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
-    GEMM each over all T*B rows, db one column sum; None where not needed."""
+def gru_forward(dev: Device, X, H0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, Z, HN): X as (T*B, I); the states (T+1, B, H) with row 0 the initial one;
+    Z (T, B, 3H) the gates r, z, n of every step and HN (T, B, H) W_hn h_{t-1} + b_hn, for
+    the backward."""
+    T, B, _ = X.shape
+    hidden = W_hh.shape[1]
+    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+    Hall[0] = H0
+    HN = cupy.empty((T, B, hidden), X.dtype)
+    HW = cupy.empty((B, 3 * hidden), X.dtype)
+    for t in range(T):
+        cupy.matmul(Hall[t], W_hhT, out=HW)
+        if HW.size:
+            args = (Z[t], HW, b_i, b_h, Hall[t], Hall[t + 1], HN[t])
+            args += (i64(B), i64(hidden), has_b)
+            launch(dev, "gru_forward_step", X.dtype, B * hidden, args)
+    return X2, Hall, Z, HN
+
+
+def gru_backward(dev: Device, dY, dh_n, W_hh, Hall, Z, HN, need_dh0: bool):
+    """(dGi, dGh, dH0): every step's gate gradient on the input side and on the recurrent
+    side (T, B, 3H; they differ in the n part, which r scales) and the initial state's
+    (None without ``need_dh0``; the last GEMM is then skipped)."""
+    T, B, hidden = HN.shape
+    dY = contiguous(dY)
+    dH = cupy.array(dh_n, dtype=Z.dtype, order="C")  # the GEMM dGh_{t+1} @ W_hh
+    dHZ = cupy.zeros((B, hidden), Z.dtype)  # dh_{t+1} * z_{t+1} in, dh_t * z_t out
+    dGi = cupy.empty(Z.shape, Z.dtype)
+    dGh = cupy.empty(Z.shape, Z.dtype)
+    W_hh = contiguous(W_hh)
+    for t in range(T - 1, -1, -1):
+        if dH.size:
+            args = (dY[t], dH, dHZ, Z[t], Hall[t], HN[t], dGi[t], dGh[t], i64(B), i64(hidden))
+            launch(dev, "gru_backward_step", Z.dtype, dH.size, args)
+        if t or need_dh0:
+            cupy.matmul(dGh[t], W_hh, out=dH)
+    return dGi, dGh, (dH + dHZ if need_dh0 else None)
+
+
+def sequence_weight_grads(
+    dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b_ih, need_b_hh, dZ_hh=None
+):
+    """(dX, dW_ih, dW_hh, db_ih, db_hh) from every step's pre-activation gradient dZ
+    (T, B, G*H), and dZ_hh where the recurrent side's differs (the GRU's): one GEMM each
+    over all T*B rows, each bias one column sum; None where not needed."""
     T, B, rows = dZ.shape
     dZ2 = dZ.reshape(T * B, rows)
+    dZh2 = dZ2 if dZ_hh is None else dZ_hh.reshape(T * B, rows)
     dX = cupy.matmul(dZ2, contiguous(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
     dW_ih = cupy.matmul(dZ2.T, X2) if need_w_ih else None
     H_prev = Hall[:T].reshape(T * B, Hall.shape[2])
-    dW_hh = cupy.matmul(dZ2.T, H_prev) if need_w_hh else None
-    db = dZ2.sum(axis=0) if need_b else None
-    return dX, dW_ih, dW_hh, db
+    dW_hh = cupy.matmul(dZh2.T, H_prev) if need_w_hh else None
+    db_ih = dZ2.sum(axis=0) if need_b_ih else None
+    db_hh = None
+    if need_b_hh:
+        db_hh = db_ih.copy() if need_b_ih and dZ_hh is None else dZh2.sum(axis=0)
+    return dX, dW_ih, dW_hh, db_ih, db_hh
 
 
 # ---------------------------------------------------------------------- optimizer updates

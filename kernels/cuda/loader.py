@@ -97,6 +97,8 @@ KERNELS = {
         "rnn_backward_step",
         "lstm_forward_step",
         "lstm_backward_step",
+        "gru_forward_step",
+        "gru_backward_step",
     ),
     "optim.cu": (
         "sgd_update",

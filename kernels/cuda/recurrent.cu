@@ -177,3 +177,73 @@ __global__ void lstm_backward_step(const T* __restrict__ dY, const T* __restrict
     dC[idx] = dc * f;
   }
 }
+
+// One GRU step, gates r, z, n. Z (B, 3H) holds x_t @ W_ih.T on entry and the gates r, z, n
+// on exit (each thread reads and writes its own three entries). HW (B, 3H) is
+// h_{t-1} @ W_hh.T; H_prev, H, HN (B, H). With gi = Z + b_ih and gh = HW + b_hh:
+//   r, z = sigmoid(gi + gh); HN = gh_n; n = tanh(gi_n + r*HN); H = (1-z)*n + z*H_prev.
+// b_hn stays inside r * (...), so the two biases are added apart.
+template <typename T>
+__global__ void gru_forward_step(T* __restrict__ Z, const T* __restrict__ HW,
+                                 const T* __restrict__ b_ih, const T* __restrict__ b_hh,
+                                 const T* __restrict__ H_prev, T* __restrict__ H,
+                                 T* __restrict__ HN, long long batch, long long hidden,
+                                 int has_bias) {
+  const long long n = batch * hidden;
+  GPUNN_GRID_STRIDE(idx, n) {
+    const long long b = idx / hidden;
+    const long long j = idx - b * hidden;
+    const long long row = b * 3 * hidden + j;
+    T ir = Z[row], iz = Z[row + hidden], in = Z[row + 2 * hidden];
+    T hr = HW[row], hz = HW[row + hidden], hn = HW[row + 2 * hidden];
+    if (has_bias) {
+      ir = ir + b_ih[j];
+      iz = iz + b_ih[j + hidden];
+      in = in + b_ih[j + 2 * hidden];
+      hr = hr + b_hh[j];
+      hz = hz + b_hh[j + hidden];
+      hn = hn + b_hh[j + 2 * hidden];
+    }
+    const T r = gpunn::sigmoid(ir + hr);
+    const T z = gpunn::sigmoid(iz + hz);
+    const T g = gpunn::tanh_(in + r * hn);
+    H[idx] = (T(1) - z) * g + z * H_prev[idx];
+    HN[idx] = hn;
+    Z[row] = r;
+    Z[row + hidden] = z;
+    Z[row + 2 * hidden] = g;
+  }
+}
+
+// The step backward. A (B, 3H) the gates r, z, n saved by the forward; H_prev, HN (B, H);
+// dY the output's gradient at this step, dH the product dGh_{t+1} @ W_hh; dHZ (B, H) holds
+// dh_{t+1} * z_{t+1} on entry and dh_t * z_t on exit. With dh = dY + dH + dHZ:
+//   dn = dh (1-z) (1-n^2); dz = dh (H_prev - n) z (1-z); dr = dn HN r (1-r);
+//   dGi = [dr, dz, dn] (the input side's gate gradient); dGh = [dr, dz, dn r].
+template <typename T>
+__global__ void gru_backward_step(const T* __restrict__ dY, const T* __restrict__ dH,
+                                  T* __restrict__ dHZ, const T* __restrict__ A,
+                                  const T* __restrict__ H_prev, const T* __restrict__ HN,
+                                  T* __restrict__ dGi, T* __restrict__ dGh, long long batch,
+                                  long long hidden) {
+  const long long n = batch * hidden;
+  GPUNN_GRID_STRIDE(idx, n) {
+    const long long b = idx / hidden;
+    const long long j = idx - b * hidden;
+    const long long row = b * 3 * hidden + j;
+    const T r = A[row];
+    const T z = A[row + hidden];
+    const T g = A[row + 2 * hidden];
+    const T dh = dY[idx] + dH[idx] + dHZ[idx];
+    const T dn = dh * (T(1) - z) * (T(1) - g * g);
+    const T dz = dh * (H_prev[idx] - g) * z * (T(1) - z);
+    const T dr = dn * HN[idx] * r * (T(1) - r);
+    dGi[row] = dr;
+    dGi[row + hidden] = dz;
+    dGi[row + 2 * hidden] = dn;
+    dGh[row] = dr;
+    dGh[row + hidden] = dz;
+    dGh[row + 2 * hidden] = dn * r;
+    dHZ[idx] = dh * z;
+  }
+}
