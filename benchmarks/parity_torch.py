@@ -81,6 +81,8 @@ def torch_run(settings, split, state, seed):
             opt.zero_grad()
             loss = loss_fn(model(x[idx]), y[idx])
             loss.backward()
+            if settings.get("clip"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings["clip"])
             opt.step()
     with torch.no_grad():
         out = model(xt)

@@ -32,8 +32,10 @@ TABLE = [
     ("perceptron", "breast_cancer"),
     ("mlp", "digits"),
     ("cnn", "digits"),
+    ("resnet", "digits"),
     ("rnn", "digits"),
     ("lstm", "digits"),
+    ("gru", "digits"),
     ("rnn", "adding"),
     ("lstm", "parity"),
 ]
