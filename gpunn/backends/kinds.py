@@ -82,8 +82,8 @@ NUMBA = {
     "cross_entropy_forward": "kernel",
     "cross_entropy_backward": "kernel",
     # convolution and pooling
-    "conv2d_forward": "kernel: pad + im2col kernels, BLAS product, output kernel",
-    "conv2d_backward": "kernel: layout kernel, BLAS products, im2col / col2im kernels",
+    "conv2d_forward": "kernel: blocked im2col and BLAS products in one parallel kernel",
+    "conv2d_backward": "kernel: blocked im2col / col2im and BLAS products in one parallel kernel",
     "max_pool2d_forward": "kernel",
     "max_pool2d_backward": "kernel",
     "avg_pool2d_forward": "kernel",

@@ -253,13 +253,18 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ convolution and pooling
     def conv2d_forward(self, X, W, b, stride=(1, 1), padding=(0, 0)):
-        Y, x_padded = launch.conv2d_forward(X, W, b, stride, padding)
-        return Y, (x_padded, X.shape, W, stride, padding, b is not None)
+        return launch.conv2d_forward(X, W, b, stride, padding), (
+            X,
+            W,
+            stride,
+            padding,
+            b is not None,
+        )
 
     def conv2d_backward(self, dY, saved, needs):
-        x_padded, x_shape, W, stride, padding, has_bias = saved
+        X, W, stride, padding, has_bias = saved
         needs = (needs[0], needs[1], has_bias and needs[2])
-        return launch.conv2d_backward(dY, x_padded, x_shape, W, stride, padding, needs)
+        return launch.conv2d_backward(dY, X, W, stride, padding, needs)
 
     def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
         Y, arg = launch.max_pool2d_forward(X, kernel_size, stride, padding)
