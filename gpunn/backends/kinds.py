@@ -50,8 +50,8 @@ NUMBA = {
     # matrix products
     "matmul_forward": "blas",
     "matmul_backward": "blas",
-    "linear_forward": "kernel: BLAS product, then the bias+activation kernel",
-    "linear_backward": "kernel: activation-grad+bias-sum kernel, then BLAS products",
+    "linear_forward": "kernel: BLAS product per row block, bias and activation in one parallel kernel",
+    "linear_backward": "kernel: activation grad, BLAS products and bias sums in one parallel kernel",
     # reductions and shapes
     "sum_forward": "kernel",
     "sum_backward": "kernel",

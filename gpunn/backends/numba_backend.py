@@ -163,15 +163,15 @@ class NumbaBackend(Backend):
         return dA, dB
 
     def linear_forward(self, X, W, b, activation=None):
-        X, W = blas(X), blas(W)
         code = ACTIVATION_CODES[activation]
-        Z = launch.linear_forward(X @ W.T, b, code)  # BLAS, then bias + activation in place
-        return Z, (X, W, Z, code, b is not None)
+        Y = launch.linear_forward(X, W, b, code)
+        return Y, (X, W, Y, code, b is not None)
 
     def linear_backward(self, dY, saved, needs):
         X, W, Y, code, has_bias = saved
-        dZ, db = launch.linear_backward(dY, Y, code, has_bias and needs[2])
-        return (dZ @ W if needs[0] else None, dZ.T @ X if needs[1] else None, db)
+        return launch.linear_backward(
+            dY, X, W, Y, code, (needs[0], needs[1], has_bias and needs[2])
+        )
 
     # ------------------------------------------------------------------ reductions and shapes
     def sum_forward(self, X, axis=None, keepdims=False):

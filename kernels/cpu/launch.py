@@ -140,25 +140,42 @@ def step_backward(shape, dtype):
 
 
 # ---------------------------------------------------------------------- linear
-def linear_forward(Z, b, code):
-    """In place on Z = X @ W.T (N, out): Z = act(Z + b); b None for no bias."""
-    if code or b is not None:
-        bias = EMPTY[Z.dtype] if b is None else b.ravel()
-        pick(_lin.linear_forward, Z.size * (HEAVY if code > 1 else 1))(Z, bias, code)
-    return Z
+#: Multiply-adds that count as one element of work when a linear kernel picks its serial
+#: or parallel variant (parallel from PARALLEL_MIN_SIZE * 16 = 4M multiply-adds).
+LINEAR_MACS_PER_ELEMENT = 16
 
 
-def linear_backward(dY, Y, code, need_db):
-    """(dZ, db): dZ = act'(dY) from Y (dY itself without activation); db the column sums
-    of dZ when ``need_db``, else None."""
-    dY = c(dY)
-    dZ = np.empty(Y.shape, Y.dtype) if code else dY
-    db = np.empty(Y.shape[1], Y.dtype) if need_db else None
-    if code or db is not None:
-        kern = pick(_lin.linear_backward, dY.size)
-        chunks = 4 * _threads.num_threads if kern is _lin.linear_backward.parallel else 1
-        kern(dY, Y, code, dZ, EMPTY[Y.dtype] if db is None else db, chunks)
-    return dZ, db
+def linear_forward(X, W, b, code):
+    """Y (..., out) = act(X @ W.T + b); b None for no bias."""
+    X, W = c(X), c(W)
+    X2 = X.reshape(-1, X.shape[-1])
+    Z = np.empty((X2.shape[0], W.shape[0]), X.dtype)
+    kern, tasks = _tasks(_lin.linear_forward, Z.size * W.shape[1] // LINEAR_MACS_PER_ELEMENT)
+    with _threads.single_blas(tasks > 1):
+        kern(X2, W, EMPTY[X.dtype] if b is None else b.ravel(), code, tasks, Z)
+    return Z.reshape(X.shape[:-1] + (W.shape[0],))
+
+
+def linear_backward(dY, X, W, Y, code, needs):
+    """(dX, dW, db) of linear_forward, None where ``needs`` is false (needs[2]: a bias
+    exists and its gradient is wanted)."""
+    X, W = c(X), c(W)
+    k, m, dtype = W.shape[1], W.shape[0], X.dtype
+    X2, dY2, Y2 = X.reshape(-1, k), c(dY).reshape(-1, m), Y.reshape(-1, m)
+    n = X2.shape[0]
+    dZ = np.empty((n, m), dtype) if code else dY2
+    dX = np.empty((n, k), dtype) if needs[0] else EMPTY2[dtype]
+    dW = np.empty((m, k), dtype) if needs[1] else EMPTY2[dtype]
+    db = np.empty(m, dtype) if needs[2] else EMPTY[dtype]
+    scratch = workspace("linear", (n * m,), dtype) if needs[1] or needs[2] else EMPTY[dtype]
+    kern, tasks = _tasks(_lin.linear_backward, n * m * k // LINEAR_MACS_PER_ELEMENT)
+    with _threads.single_blas(tasks > 1):
+        kern(dY2, Y2, code, X2, W, tasks, dZ, dX, dW, db, scratch)
+    return (
+        dX.reshape(X.shape) if needs[0] else None,
+        dW if needs[1] else None,
+        db if needs[2] else None,
+    )
 
 
 # ---------------------------------------------------------------------- sum and mean
