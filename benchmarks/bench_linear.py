@@ -9,8 +9,11 @@ SIZES = {
     "128x784x256": (128, 784, 256),
     "4096x100x1": (4096, 100, 1),
     "1024x1024x1024": (1024, 1024, 1024),
+    "256x1024x1024": (256, 1024, 1024),  # gpunn.workloads linear-fwd / linear-fwdbwd
+    "1024x4096x4096": (1024, 4096, 4096),  # a layer of mlp-wide, GPU-sized
 }
 LARGE = ("1024x1024x1024",)
+GPU_SIZES = ("1024x4096x4096",)
 
 
 class Linear(OpBenchmark):
@@ -18,6 +21,7 @@ class Linear(OpBenchmark):
 
     op = "linear"
     sizes = SIZES
+    gpu_sizes = GPU_SIZES
     params = [ALL, size_names(SIZES, LARGE), dtypes(float64=True)]
 
     def inputs(self, rng, spec, dtype):

@@ -27,7 +27,7 @@ from .common import (
     skip,
 )
 
-WORKLOADS = list(workloads.NAMES)
+WORKLOADS = [n for n in workloads.ALL if workloads.spec(n).kind == "step"]
 # Kernel caches: gpunn's own, Numba's (cache=True) and CuPy's (NVRTC modules).
 CACHE_VARS = ("GPUNN_CACHE_DIR", "NUMBA_CACHE_DIR", "CUPY_CACHE_DIR")
 
@@ -35,7 +35,8 @@ CACHE_VARS = ("GPUNN_CACHE_DIR", "NUMBA_CACHE_DIR", "CUPY_CACHE_DIR")
 class TrainStep:
     """One training step at the reference batch size (scale 1) and at 8x the batch, where
     a GPU is no longer launch-bound (scale 8 runs on the GPU, and on the CPU only with
-    GPUNN_BENCH_FULL=1)."""
+    GPUNN_BENCH_FULL=1). Every training-step workload of gpunn.workloads; the GPU-sized
+    ones (mlp-wide, resnet) run on the GPU backends only."""
 
     params = [ALL, WORKLOADS, [1, 8]]
     param_names = ["backend", "workload", "scale"]
@@ -45,6 +46,8 @@ class TrainStep:
     def setup(self, backend, workload, scale):
         if scale != 1 and backend not in GPU and not FULL:
             skip("8x batch on the CPU runs with GPUNN_BENCH_FULL=1")
+        if workloads.spec(workload).gpu_only and backend not in GPU:
+            skip(f"{workload} is sized for a GPU (gpunn bench --workload {workload} --scale 0.05)")
         if backend in PEERS:
             peer = Peer(backend)
             self.w = workloads.build_torch(workload, peer.device, scale)
@@ -94,7 +97,7 @@ class _FirstStep:
     """Seconds from a fresh interpreter to the end of the first training step: import
     gpunn, build the workload, one step (JIT compilation or cache loading included)."""
 
-    params = [BACKENDS, WORKLOADS if FULL else ["mlp"]]
+    params = [BACKENDS, list(workloads.NAMES) if FULL else ["mlp"]]
     param_names = ["backend", "workload"]
     number = 1
     repeat = (1, 3, 60.0)

@@ -132,6 +132,11 @@ def check_dtype(backend: str, dtype: str):
         skip("float64 is not benchmarked on the GPU")
 
 
+def check_gpu_size(backend: str, size, gpu_sizes) -> None:
+    if size in gpu_sizes and backend not in GPU and not FULL:
+        skip(f"size {size} is sized for a GPU; CPU backends run it with GPUNN_BENCH_FULL=1")
+
+
 def rng(seed: int = 1) -> np.random.Generator:
     return np.random.default_rng(seed)
 
@@ -169,6 +174,7 @@ class OpBenchmark(abc.ABC):
 
     op: str = ""
     sizes: dict = {}
+    gpu_sizes: tuple = ()  # sizes made for a GPU: CPU backends run them only in a full run
     param_names = ["backend", "size", "dtype"]
     timeout = 120.0
     timer = staticmethod(TIMER)
@@ -190,6 +196,7 @@ class OpBenchmark(abc.ABC):
 
     def setup(self, backend, size, dtype):
         check_dtype(backend, dtype)
+        check_gpu_size(backend, size, self.gpu_sizes)
         self.spec = self.sizes[size]
         host = self.inputs(rng(), self.spec, np.dtype(dtype))
         needs = self.grads or tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in host)

@@ -16,9 +16,9 @@ from gpunn.errors import (
     ShapeError,
 )
 from gpunn.gradcheck import gradcheck
-from gpunn.random import manual_seed, rand, randn
+from gpunn.random import manual_seed
 from gpunn.serialization import load, save
-from gpunn.tensor import Tensor, from_dlpack, ones, tensor, zeros
+from gpunn.tensor import Tensor, from_dlpack, ones, rand, randn, tensor, zeros
 from gpunn.threads import get_num_threads, set_num_threads
 
 __version__ = "0.1.0"

@@ -2,10 +2,11 @@
 
 ``apply(op, *inputs, **params)`` is the one way an op runs. It finds the backend the
 inputs live on, calls ``<op>_forward`` there and, when grad mode is on and an input
-requires grad, records a :class:`Node` holding what the backward needs. ``backward``
-visits the nodes in reverse topological order (iteratively, so graphs thousands of
-steps deep are fine), calls each ``<op>_backward`` once, sums the gradients of tensors
-used more than once, and frees every node's saved arrays as it goes.
+requires grad, records a :class:`Node` holding what the backward needs. ``walk(root)``
+lists the nodes in reverse topological order (iteratively, so graphs thousands of steps
+deep are fine); ``backward`` visits them in that order, calls each ``<op>_backward`` once,
+sums the gradients of tensors used more than once, and frees every node's saved arrays as
+it goes. ``gpunn graph`` draws the same walk.
 """
 
 from __future__ import annotations
@@ -44,15 +45,16 @@ def enable_grad():
 class Node:
     """One recorded op: its backend, its inputs and what its backward needs."""
 
-    __slots__ = ("op", "be", "inputs", "saved", "needs", "out_meta", "freed")
+    __slots__ = ("op", "be", "inputs", "saved", "needs", "out_meta", "multi", "freed")
 
-    def __init__(self, op, be, inputs, saved, needs, out_meta):
+    def __init__(self, op, be, inputs, saved, needs, out_meta, multi=False):
         self.op = op
         self.be = be
         self.inputs = inputs  # tuple of Tensor or None (non-tensor inputs), one per position
         self.saved = saved
         self.needs = needs
         self.out_meta = out_meta  # ((shape, dtype), ...) per output
+        self.multi = multi  # the forward returned a tuple (maybe of one array): dY is a tuple
         self.freed = False
 
     def __repr__(self):
@@ -92,6 +94,7 @@ def apply(op: str, *inputs, **params):
     be = backend_of(op, inputs)
     arrays = [x.data if isinstance(x, Tensor) else x for x in inputs]
     Y, saved = getattr(be, op + "_forward")(*arrays, **params)
+    Y = tuple(_native(be, y) for y in Y) if isinstance(Y, tuple) else _native(be, Y)
     needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
     record = any(needs) and _grad_enabled.get()
     if isinstance(Y, tuple):
@@ -106,6 +109,7 @@ def apply(op: str, *inputs, **params):
             saved,
             needs,
             tuple((o.data.shape, o.data.dtype) for o in outs),
+            isinstance(Y, tuple),
         )
         for k, o in enumerate(outs):
             o._node = node
@@ -124,10 +128,9 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             _finish_leaves({id(root): [root, grad]})
         return
     leaves: dict[int, list] = {}
-    order = _topological_order(root._node)
     pending = {id(root._node): [None] * len(root._node.out_meta)}
     pending[id(root._node)][root._out_index] = grad
-    for node in reversed(order):
+    for node in walk(root):
         grads = pending.pop(id(node), None)
         if node.freed:
             raise GraphError(
@@ -136,7 +139,7 @@ def backward(root, grad, retain_graph: bool = False) -> None:
             )
         if grads is None or all(g is None for g in grads):
             continue
-        if len(node.out_meta) == 1:
+        if not node.multi:
             dY = grads[0]
         else:
             dY = tuple(
@@ -144,9 +147,20 @@ def backward(root, grad, retain_graph: bool = False) -> None:
                 for g, (shape, dtype) in zip(grads, node.out_meta)
             )
         in_grads = getattr(node.be, node.op + "_backward")(dY, node.saved, node.needs)
-        for x, need, g in zip(node.inputs, node.needs, in_grads):
+        if len(in_grads) != len(node.inputs):
+            raise GraphError(
+                f"{node.op}_backward on {node.be.name!r} returned {len(in_grads)} gradients "
+                f"for {len(node.inputs)} inputs"
+            )
+        for i, (x, need, g) in enumerate(zip(node.inputs, node.needs, in_grads)):
             if not need or g is None:
                 continue
+            # (a NumPy scalar in place of a 0-d array passes: it has shape () and a dtype)
+            if g.shape != x.data.shape or g.dtype != x.data.dtype:
+                raise GraphError(
+                    f"{node.op}_backward on {node.be.name!r}: gradient of input {i} has shape "
+                    f"{tuple(g.shape)} and dtype {g.dtype}, the input {x.shape} and {x.dtype}"
+                )
             if x._node is None:
                 entry = leaves.get(id(x))
                 if entry is None:
@@ -169,13 +183,33 @@ def _finish_leaves(leaves: dict) -> None:
     from gpunn.tensor import Tensor
 
     for x, g in leaves.values():
+        be = x._be
         if x.grad is None:
-            x.grad = Tensor._wrap(x._be.xp.ascontiguousarray(g), x._be, False)
+            # ascontiguousarray turns a 0-d array into shape (1,): reshape to the leaf's shape
+            g = be.xp.ascontiguousarray(g).reshape(x.data.shape)
         else:
-            x.grad = Tensor._wrap(x.grad.data + g, x._be, False)
+            g = _native(be, x.grad.data + g)
+        x.grad = Tensor._wrap(g, be, False)
     for x, _ in leaves.values():
         for hook in x._hooks or ():
             hook(x)
+
+
+def walk(root) -> list[Node]:
+    """The nodes ``root`` (a Tensor) was computed through, in the order a backward pass
+    visits them: each node before the nodes that made its inputs (reverse topological
+    order), each once. Empty when ``root`` is a leaf."""
+    if root._node is None:
+        return []
+    order = _topological_order(root._node)
+    order.reverse()
+    return order
+
+
+def _native(be, X):
+    """``X`` as a native array of ``be``: NumPy returns a scalar, not a 0-d array, from
+    arithmetic on 0-d arrays, and a tensor's data and gradients are always arrays."""
+    return X if be.is_native(X) else be.asarray(X)
 
 
 def _topological_order(root: Node) -> list[Node]:

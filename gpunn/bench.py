@@ -1,19 +1,25 @@
-"""``gpunn bench``: time the reference training steps on gpunn's backends, against PyTorch.
+"""``gpunn bench``: time gpunn's backends against PyTorch on the workloads of
+``gpunn.workloads``: training steps (forward, loss, backward, SGD update) and single ops
+(forward, or forward + backward), and on a GPU the fused elementwise kernels' bandwidth.
 
-Every backend asked for, and the peer, runs the same workload (``gpunn.workloads``) in
-this one process: each is warmed up, then they take turns, one sample each per round,
-so drifts in machine load hit all of them alike. Rounds go on until every median is
-stable (its relative spread over the last few rounds is under ``--tolerance``), or
-``--max-rounds`` / ``--max-time`` is reached.
+Every backend asked for, and the peer, runs the same workload in this one process: each
+is warmed up, then they take turns, one sample each per round, so drifts in machine load
+hit all of them alike. Rounds go on until every median is stable (its relative spread over
+the last few rounds is under ``--tolerance``), or ``--max-rounds`` / ``--max-time`` is
+reached.
 
-The table gives, per workload and backend: the median time per training step, the
-fastest and slowest sample, samples (training examples) per second, the time relative
-to the peer (``vs torch``: below 1 is faster than PyTorch), and GFLOP/s of the step's
-matrix products and convolutions (``Workload.flops``), also as a fraction of this
-machine's NumPy float32 matmul rate (``sgemm``), measured in the same run.
+The table gives, per workload and backend: the median time per step, the fastest and
+slowest sample, samples (training examples) per second, the time relative to the peer
+(``vs torch``: below 1 is faster than PyTorch), and GFLOP/s of the step's matrix products
+and convolutions (``workloads.flops``), on the CPU also as a fraction of this machine's
+NumPy float32 matmul rate (``sgemm``), measured at the start and the end of the run.
+``--scale`` (repeatable) multiplies the batch sizes; ``--tf32 off|on|both`` sets TF32 on
+both sides of a GPU run. ``--bandwidth`` (default with the cupy backend) times each fused
+elementwise kernel as a fraction of the device-to-device copy rate measured in the same run.
 
     gpunn bench --against torch --threads 2 --json bench.json
-    python -m gpunn.bench --workload mlp --backend numba --against torch
+    gpunn bench --workload mlp --backend numba --against torch
+    gpunn bench --backend cupy --against torch --scale 1 --scale 8 --tf32 both
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ PEERS = ("torch",)
 INSTALL_TORCH = "pip install torch"
 STABLE_WINDOW = 5  # rounds over which a median must hold still
 SGEMM_N = 1024
+BLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 
 
 class BenchError(Exception):
@@ -55,12 +62,16 @@ class Row:
     batch: int
     flops: float
     samples_ms: list = field(default_factory=list, repr=False)
+    kind: str = "step"  # "step" (training step) or "op" (see gpunn.workloads)
+    scale: float = 1
+    tf32: bool | None = None  # TF32 allowed on both sides (GPU rows); None on the CPU
     steps_per_sample: int = 1
     rounds: int = 0
     stable: bool = False
     median_ms: float = 0.0
     min_ms: float = 0.0
     max_ms: float = 0.0
+    spread: float = 0.0  # interquartile range of the samples / median
     samples_per_s: float = 0.0
     gflops: float | None = None
     sgemm_fraction: float | None = None
@@ -246,17 +257,24 @@ def summarise(rows: list[Row], sgemm: float) -> None:
         s = row.samples_ms
         row.median_ms = statistics.median(s)
         row.min_ms, row.max_ms = min(s), max(s)
+        if len(s) >= 2:
+            q1, _, q3 = statistics.quantiles(s, n=4)
+            row.spread = (q3 - q1) / row.median_ms
         row.samples_per_s = row.batch / (row.median_ms / 1e3)
         if row.flops:
             row.gflops = row.flops / (row.median_ms / 1e3) / 1e9
             if row.device == "cpu" and sgemm:
                 row.sgemm_fraction = row.gflops / sgemm
-    peers = {(r.workload, r.device): r for r in rows if r.is_peer}
+    peers = {_peer_key(r): r for r in rows if r.is_peer}
     for row in rows:
-        peer = peers.get((row.workload, row.device))
+        peer = peers.get(_peer_key(row))
         if peer is not None and not row.is_peer:
             row.peer = peer.backend
             row.ratio_to_peer = row.median_ms / peer.median_ms
+
+
+def _peer_key(row: Row):
+    return (row.workload, row.device, row.scale, row.tf32)
 
 
 # ---------------------------------------------------------------------------- output
@@ -264,48 +282,58 @@ def summarise(rows: list[Row], sgemm: float) -> None:
 
 def format_table(rows: list[Row], peer: str | None) -> str:
     vs = f"vs {peer}" if peer else "vs peer"
-    head = (
-        "workload",
-        "backend",
-        "batch",
-        "ms/step",
-        "min-max ms",
-        "samples/s",
-        vs,
-        "GFLOP/s",
-        "% sgemm",
-        "rounds",
-    )
+    scales = len({r.scale for r in rows}) > 1 or any(r.scale != 1 for r in rows)
+    tf32 = any(r.tf32 is not None for r in rows)
+    head = ["workload", "backend"]
+    head += ["scale"] * scales + ["tf32"] * tf32
+    head += ["batch", "ms/step", "min-max ms", "samples/s", vs, "GFLOP/s", "% sgemm", "rounds"]
     lines = []
     for r in rows:
         ratio = (
             "peer" if r.is_peer else ("-" if r.ratio_to_peer is None else f"{r.ratio_to_peer:.2f}")
         )
-        lines.append(
-            (
-                r.workload,
-                r.backend,
-                str(r.batch),
-                _ms(r.median_ms),
-                f"{_ms(r.min_ms)}-{_ms(r.max_ms)}",
-                f"{r.samples_per_s:,.0f}",
-                ratio,
-                "-" if r.gflops is None else f"{r.gflops:.1f}",
-                "-" if r.sgemm_fraction is None else f"{r.sgemm_fraction:.0%}",
-                f"{r.rounds}" + ("" if r.stable else "*"),
-            )
-        )
+        cells = [r.workload, r.backend]
+        cells += [f"{r.scale:g}"] * scales
+        cells += ["-" if r.tf32 is None else ("on" if r.tf32 else "off")] * tf32
+        cells += [
+            str(r.batch),
+            _ms(r.median_ms),
+            f"{_ms(r.min_ms)}-{_ms(r.max_ms)}",
+            f"{r.samples_per_s:,.0f}",
+            ratio,
+            "-" if r.gflops is None else f"{r.gflops:.1f}",
+            "-" if r.sgemm_fraction is None else f"{r.sgemm_fraction:.0%}",
+            f"{r.rounds}" + ("" if r.stable else "*"),
+        ]
+        lines.append(cells)
+    return _columns(head, lines, left=2)
+
+
+def _columns(head, lines, left=1) -> str:
     widths = [max(len(x[i]) for x in [head, *lines]) for i in range(len(head))]
-    left = {0, 1}
 
     def fmt(cells):
         return "  ".join(
-            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
         ).rstrip()
 
     out = [fmt(head), fmt(["-" * w for w in widths])]
     out += [fmt(x) for x in lines]
     return "\n".join(out)
+
+
+def format_bandwidth(bw: dict) -> str:
+    head = ["fused kernel", "ms", "GB/s", "of copy"]
+    lines = [
+        [k["kernel"], "-", "-", "error: " + k["error"]]
+        if "error" in k
+        else [k["kernel"], f"{k['ms']:.3f}", f"{k['gb_per_s']:.0f}", f"{k['fraction_of_copy']:.0%}"]
+        for k in bw["kernels"]
+    ]
+    return (
+        f"device-to-device copy: {bw['copy_gb_per_s']:.0f} GB/s ({bw['array_mib']} MiB float32 "
+        "arrays, bytes read + written, median of CUDA-event samples)\n" + _columns(head, lines)
+    )
 
 
 def _ms(v: float) -> str:
@@ -316,25 +344,76 @@ def header_lines(info: dict) -> list[str]:
     m = info["machine"]
     v = info["versions"]
     return [
-        "gpunn bench: one training step = forward, loss, backward, SGD update (float32)",
-        f"CPU      {m['cpu']} ({m['cpus']} CPUs available to this process)",
+        "gpunn bench: a step = a training step (forward, loss, backward, SGD update) or one "
+        "op (forward, or forward + backward); float32",
+        f"CPU      {m['cpu']} ({m['cpus']} CPUs available to this process, "
+        f"{m['cpus_total']} in the machine)",
         f"threads  {m['threads']} (gpunn.set_num_threads"
         + (", torch.set_num_threads" if v.get("torch") else "")
         + ", BLAS pools)",
         f"BLAS     {m['blas']}",
         f"GPU      {m['gpu'] or 'none used'}",
-        f"sgemm    {info['sgemm_gflops']:.1f} GFLOP/s (NumPy float32 {SGEMM_N}x{SGEMM_N} matmul, "
-        f"best of 15, {m['threads']} threads, this run)",
+        f"sgemm    {info['sgemm_gflops_start']:.1f} GFLOP/s at the start (NumPy float32 "
+        f"{SGEMM_N}x{SGEMM_N} matmul, best of 15, {m['threads']} threads)",
         "versions " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
     ]
 
 
 FOOTER = (
     "ms/step: median over the rounds; min-max: fastest and slowest sample. vs {peer}: this "
-    "row's time / {peer}'s on the same device (below 1 is faster). GFLOP/s counts the "
-    "matrix products and convolutions of the step; % sgemm relates it to the sgemm line. "
-    "rounds marked * did not reach a stable median."
+    "row's time / {peer}'s on the same device, scale and TF32 setting, in the same run "
+    "(below 1 is faster). GFLOP/s counts the matrix products and convolutions of the step; "
+    "% sgemm relates it to the sgemm line. rounds marked * did not reach a stable median."
 )
+
+
+# ---------------------------------------------------------------------------- GPU bandwidth
+
+
+def event_ms(fn, reps: int = 15, inner: int = 10, warmup: int = 3) -> float:
+    """Median GPU milliseconds per ``fn()`` from CUDA events around ``inner`` back-to-back
+    calls (the host's launch cost hides behind the queued kernels)."""
+    import cupy
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(inner):
+            fn()
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) / inner)
+    return statistics.median(times)
+
+
+def bench_bandwidth(mib: int = 256) -> dict:
+    """The copy rate and each fused kernel's rate (GB/s, bytes read + written) and its
+    fraction of the copy's, all in this run. A kernel that fails gets an "error" entry."""
+    import cupy
+
+    from gpunn.backends import backend_object
+
+    cases = workloads.bandwidth_cases(backend_object("cupy"), mib)
+    copy, moved = cases.pop("copy")
+    copy_ms = event_ms(copy)
+    copy_gbs = moved / copy_ms / 1e6
+    kernels = []
+    for name, (fn, moved) in cases.items():
+        try:
+            ms = event_ms(fn)
+        except Exception as e:  # report it in the table, keep timing the others
+            kernels.append({"kernel": name, "error": f"{type(e).__name__}: {e}"})
+            continue
+        gbs = moved / ms / 1e6
+        kernels.append(
+            {"kernel": name, "ms": ms, "gb_per_s": gbs, "fraction_of_copy": gbs / copy_gbs}
+        )
+    del cases, copy
+    cupy.get_default_memory_pool().free_all_blocks()
+    return {"array_mib": mib, "copy_ms": copy_ms, "copy_gb_per_s": copy_gbs, "kernels": kernels}
 
 
 # ---------------------------------------------------------------------------- main
@@ -343,14 +422,19 @@ FOOTER = (
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gpunn bench",
-        description="Time training steps of the reference workloads on gpunn's backends, "
+        description="Time training steps and ops of gpunn.workloads on gpunn's backends, "
         "optionally against PyTorch, in one process.",
     )
     p.add_argument(
         "--workload",
         action="append",
-        choices=workloads.NAMES,
-        help="a reference workload (repeat for several; default: all)",
+        choices=workloads.ALL,
+        help="a workload (repeat for several; default: the training steps and ops of "
+        f"every device, plus on a GPU {', '.join(workloads.GPU_ONLY)}). A GPU-sized "
+        "workload named here also runs on the CPU backends (use a small --scale)",
+    )
+    p.add_argument(
+        "--ops", action="store_true", help="only the op workloads (forward, forward + backward)"
     )
     p.add_argument(
         "--backend", action="append", help="a gpunn backend (repeat; default: all available)"
@@ -360,7 +444,24 @@ def _parser() -> argparse.ArgumentParser:
         "--threads", type=int, help="CPU threads for gpunn, PyTorch and BLAS (default: gpunn's)"
     )
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--scale", type=int, default=1, help="multiply every batch size (default 1)")
+    p.add_argument(
+        "--scale",
+        type=float,
+        action="append",
+        help="multiply every batch size (repeat for several; default 1)",
+    )
+    p.add_argument(
+        "--tf32",
+        choices=("off", "on", "both"),
+        default="off",
+        help="TF32 in float32 products on the GPU, for gpunn and PyTorch alike (default off)",
+    )
+    p.add_argument(
+        "--bandwidth",
+        action=argparse.BooleanOptionalAction,
+        help="time the fused elementwise kernels against the device-to-device copy "
+        "(default: on when the cupy backend runs)",
+    )
     p.add_argument("--min-rounds", type=int, default=7, help="default 7")
     p.add_argument("--max-rounds", type=int, default=60, help="default 60")
     p.add_argument(
@@ -416,6 +517,16 @@ def _select_backends(asked) -> list[str]:
     return list(dict.fromkeys(asked))
 
 
+def _select_workloads(args, gpu: bool) -> list[str]:
+    if args.workload:
+        return list(dict.fromkeys(args.workload))
+    names = [] if args.ops else list(workloads.NAMES)
+    names += workloads.OPS
+    if gpu:
+        names += [n for n in workloads.GPU_ONLY if not args.ops or workloads.spec(n).kind == "op"]
+    return names
+
+
 def _versions(torch) -> dict:
     import gpunn
 
@@ -426,8 +537,16 @@ def _versions(torch) -> dict:
         out["numba"] = numba.__version__
     except ImportError:
         pass
+    try:
+        import cupy
+
+        out["cupy"] = cupy.__version__
+    except ImportError:
+        pass
     if torch is not None:
         out["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            out["torch_cudnn"] = torch.backends.cudnn.version()
     out["python"] = platform.python_version()
     return out
 
@@ -442,6 +561,36 @@ def _thread_limits(n: int):
         return threadpoolctl.threadpool_limits(limits=n)
 
 
+def _set_tf32(flag: bool, torch) -> None:
+    """TF32 in float32 products: gpunn's cupy backend and PyTorch's matmul and cuDNN."""
+    import gpunn.cuda
+
+    gpunn.cuda.set_tf32(flag)
+    if torch is not None:
+        torch.backends.cuda.matmul.allow_tf32 = flag
+        torch.backends.cudnn.allow_tf32 = flag
+
+
+def _free_gpu(torch) -> None:
+    try:
+        import cupy
+    except ImportError:
+        return
+    cupy.cuda.get_current_stream().synchronize()
+    cupy.get_default_memory_pool().free_all_blocks()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def _check(args) -> str | None:
+    if args.min_rounds < 1 or args.max_rounds < args.min_rounds:
+        return "--min-rounds must be >= 1 and --max-rounds >= --min-rounds"
+    if any(sc <= 0 for sc in args.scale or [1]):
+        return "--scale must be > 0"
+    return None
+
+
 def main(argv=None) -> int:
     """Run ``gpunn bench`` with ``argv`` (default: sys.argv[1:]); returns the exit status."""
     args = _parser().parse_args(argv)
@@ -449,16 +598,23 @@ def main(argv=None) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     import gpunn
 
+    problem = _check(args)
+    if problem:
+        log(f"gpunn bench: {problem}")
+        return 2
     try:
         backends = _select_backends(args.backend)
         torch = _import_peer(args.against, backends) if args.against else None
     except BenchError as e:
         log(str(e))
         return 2
-    if args.scale < 1 or args.min_rounds < 1 or args.max_rounds < args.min_rounds:
-        log("gpunn bench: --scale and --min-rounds must be >= 1, --max-rounds >= --min-rounds")
+    gpu = "cupy" in backends
+    if args.tf32 != "off" and not gpu:
+        log("gpunn bench: --tf32 on/both needs the cupy backend (TF32 is a GPU setting)")
         return 2
-    names = list(dict.fromkeys(args.workload or workloads.NAMES))
+    names = _select_workloads(args, gpu)
+    scales = list(dict.fromkeys(args.scale or [1.0]))
+    tf32s = {"off": [False], "on": [True], "both": [False, True]}[args.tf32]
     threads = args.threads or gpunn.get_num_threads()
     gpunn.set_num_threads(threads)
     if torch is not None:
@@ -472,6 +628,7 @@ def main(argv=None) -> int:
             "machine": {
                 "cpu": cpu_name(),
                 "cpus": gpunn.threads.available_cpus(),
+                "cpus_total": os.cpu_count(),
                 "threads": threads,
                 "blas": describe_blas(pools),
                 "blas_pools": pools,
@@ -479,30 +636,53 @@ def main(argv=None) -> int:
                 "system": f"{platform.system()} {platform.machine()}",
             },
             "versions": _versions(torch),
-            "sgemm_gflops": sgemm_gflops(),
+            # set by some environments to tune OpenBLAS; None: unset for this run
+            "blas_environment": {k: os.environ.get(k) for k in BLAS_VARS},
+            "sgemm_gflops_start": sgemm_gflops(),
             "peer": args.against,
+            "workloads": {n: workloads.spec(n).about for n in names},
             "settings": {
-                "scale": args.scale,
+                "backends": backends,
+                "scales": scales,
+                "tf32": args.tf32,
                 "min_rounds": args.min_rounds,
                 "max_rounds": args.max_rounds,
                 "tolerance": args.tolerance,
                 "max_time": args.max_time,
                 "sample_time": args.sample_time,
             },
+            "errors": [],
         }
         print("\n".join(header_lines(info)), file=out, flush=True)
         rows: list[Row] = []
-        for name in names:
-            runners = _runners(name, backends, torch, args.scale)
-            run_workload(runners, args, log)
-            for r in runners:
-                r.row.loss = float(r.w.loss())
-                if not np.isfinite(r.row.loss):
-                    log(f"warning: {name}/{r.row.backend}: loss is {r.row.loss}")
-            rows += [r.row for r in runners]
-            log(f"{name}: done ({runners[0].row.rounds} rounds)")
+        # first: it takes a second, and a stage time limit must not cut it off
+        if gpu and (args.bandwidth or args.bandwidth is None):
+            try:
+                info["bandwidth"] = bench_bandwidth()
+            except Exception as e:
+                info["errors"].append(f"bandwidth: {type(e).__name__}: {e}")
+                log(f"error: bandwidth: {type(e).__name__}: {e}")
+        elif args.bandwidth:
+            log("note: --bandwidth needs the cupy backend; no bandwidth rows")
+        for tf32 in tf32s:
+            gpu_pass = tf32 != tf32s[0]  # a second TF32 pass changes nothing on the CPU
+            if gpu:
+                _set_tf32(tf32, torch)
+            for scale in scales:
+                for name in names:
+                    rows += _run_one(
+                        name,
+                        backends,
+                        torch,
+                        scale,
+                        tf32 if gpu else None,
+                        gpu_pass,
+                        args,
+                        info,
+                        log,
+                    )
+                    _write_json(args.json, info, rows)
         # again at the end: a busy neighbour at the start must not inflate "% sgemm"
-        info["sgemm_gflops_start"] = info["sgemm_gflops"]
         info["sgemm_gflops_end"] = sgemm_gflops()
         info["sgemm_gflops"] = max(info["sgemm_gflops_start"], info["sgemm_gflops_end"])
         summarise(rows, info["sgemm_gflops"])
@@ -513,35 +693,92 @@ def main(argv=None) -> int:
         file=out,
     )
     print(file=out)
+    if "bandwidth" in info:
+        print(format_bandwidth(info["bandwidth"]), file=out)
+        print(file=out)
+    for e in info["errors"]:
+        print(f"error: {e}", file=out)
     print(format_table(rows, args.against), file=out)
     print(file=out)
     print(FOOTER.format(peer=args.against or "peer"), file=out, flush=True)
     if args.json:
-        info["results"] = [
-            {k: v for k, v in asdict(r).items() if k != "samples_ms"} | {"samples_ms": r.samples_ms}
-            for r in rows
-        ]
-        folder = os.path.dirname(os.path.abspath(args.json))
-        os.makedirs(folder, exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(info, f, indent=2)
-            f.write("\n")
+        _write_json(args.json, info, rows)
         print(f"wrote {args.json}", file=out)
     return 0
 
 
-def _runners(name, backends, torch, scale) -> list[Runner]:
+def _run_one(name, backends, torch, scale, tf32, gpu_pass, args, info, log) -> list[Row]:
+    """Time one workload at one scale and TF32 setting on every backend and the peer; a
+    failure is recorded in info["errors"] and the run goes on. ``gpu_pass``: the second
+    TF32 pass, which only the GPU backends run. GPU-sized workloads run on the CPU
+    backends only when named with --workload."""
+    spec = workloads.spec(name)
+    devices = ["cuda" if be == "cupy" else "cpu" for be in backends]
+    keep = [
+        be
+        for be, dev in zip(backends, devices)
+        if (dev == "cuda" or not gpu_pass) and (dev == "cuda" or not spec.gpu_only or args.workload)
+    ]
+    if not keep:
+        return []
+    label = f"{name} x{scale:g}" + ("" if tf32 is None else f" tf32 {'on' if tf32 else 'off'}")
+    runners = []
+    try:
+        runners = _runners(name, keep, torch, scale, tf32)
+        run_workload(runners, args, log)
+        for r in runners:
+            r.row.loss = float(r.w.loss())
+            if not np.isfinite(r.row.loss):
+                log(f"warning: {name}/{r.row.backend}: loss is {r.row.loss}")
+        rows = [r.row for r in runners]
+    except Exception as e:  # keep going: report what ran, say what did not
+        info["errors"].append(f"{label}: {type(e).__name__}: {e}")
+        log(f"error: {label}: {type(e).__name__}: {e}")
+        rows = []
+    finally:
+        del runners  # the workloads' arrays
+        if "cupy" in keep:
+            gc.collect()
+            _free_gpu(torch)
+    if rows:
+        log(f"{label}: done ({rows[0].rounds} rounds)")
+    return rows
+
+
+def _write_json(path, info, rows) -> None:
+    """Write what ran so far (a run cut short by a time limit keeps its finished rows)."""
+    if not path:
+        return
+    summarise(rows, info.get("sgemm_gflops") or info["sgemm_gflops_start"])
+    data = dict(info)
+    data["results"] = [
+        {k: v for k, v in asdict(r).items() if k != "samples_ms"} | {"samples_ms": r.samples_ms}
+        for r in rows
+    ]
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+
+
+def _runners(name, backends, torch, scale, tf32) -> list[Runner]:
+    kind = workloads.spec(name).kind
     runners = []
     for be in backends:
         device = "cuda" if be == "cupy" else "cpu"
         w = workloads.build(name, be, scale)
-        runners.append(Runner(Row(name, be, device, False, w.batch, w.flops), w))
+        row = Row(name, be, device, False, w.batch, w.flops, kind=kind, scale=scale)
+        row.tf32 = tf32 if device == "cuda" else None
+        runners.append(Runner(row, w))
     if torch is not None:
         devices = dict.fromkeys("cuda" if be == "cupy" else "cpu" for be in backends)
         for device in devices:
             w = workloads.build_torch(name, device, scale)
             label = "torch" if device == "cpu" else "torch-cuda"
-            runners.append(Runner(Row(name, label, device, True, w.batch, w.flops), w))
+            row = Row(name, label, device, True, w.batch, w.flops, kind=kind, scale=scale)
+            row.tf32 = tf32 if device == "cuda" else None
+            runners.append(Runner(row, w))
     return runners
 
 

@@ -367,7 +367,7 @@ class DataParallel(Module):
             self._average(self._buckets[b], f"gradients of bucket {b}")
 
     def _transport(self, bucket):
-        be = bucket[0]._be
+        be = bucket[0].backend_object
         if be.name != "cupy":
             return "host"
         return "nccl" if self.world.nccl() is not None else "staged"
@@ -376,7 +376,7 @@ class DataParallel(Module):
         world = self.world
         if world.size == 1:
             return
-        be = bucket[0]._be
+        be = bucket[0].backend_object
         flat = be.xp.concatenate([p.grad.data.reshape(-1) for p in bucket])
         kind = self._transport(bucket)
         if kind == "nccl":
@@ -391,7 +391,7 @@ class DataParallel(Module):
         offset = 0
         for p in bucket:
             n = p.size
-            p.grad = Tensor._wrap(flat[offset : offset + n].reshape(p.data.shape), be, False)
+            p.grad = Tensor(flat[offset : offset + n].reshape(p.shape), be)
             offset += n
 
     def _broadcast_parameters(self) -> None:
@@ -399,7 +399,7 @@ class DataParallel(Module):
         if world.size == 1:
             return
         for b, bucket in enumerate(self._buckets):
-            be = bucket[0]._be
+            be = bucket[0].backend_object
             flat = be.xp.concatenate([p.data.reshape(-1) for p in bucket])
             kind = self._transport(bucket)
             if kind == "nccl":
@@ -413,7 +413,7 @@ class DataParallel(Module):
             offset = 0
             for p in bucket:
                 n = p.size
-                p.data = be.copy(flat[offset : offset + n].reshape(p.data.shape))
+                p.set_(be.copy(flat[offset : offset + n].reshape(p.shape)))
                 offset += n
 
 

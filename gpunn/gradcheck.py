@@ -25,9 +25,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3) -> bool:
     xs = []
     for x in inputs:
         if isinstance(x, Tensor) and x.dtype.kind == "f":
-            xs.append(
-                Tensor._wrap(x._be.copy(x._be.astype(x.data, np.float64)), x._be, x.requires_grad)
-            )
+            be = x.backend_object
+            copy = be.copy(be.astype(x.data, np.float64))
+            xs.append(Tensor(copy, be, requires_grad=x.requires_grad))
         else:
             xs.append(x)
     checked = [i for i, x in enumerate(xs) if isinstance(x, Tensor) and x.requires_grad]
@@ -40,10 +40,13 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3) -> bool:
         nonlocal weights
         outs = outs if isinstance(outs, (tuple, list)) else (outs,)
         if weights is None:
-            weights = [o._be.asarray(rng.standard_normal(o.shape)) for o in outs]
+            weights = [
+                Tensor(o.backend_object.asarray(rng.standard_normal(o.shape)), o.backend_object)
+                for o in outs
+            ]
         total = None
         for o, w in zip(outs, weights):
-            part = (o * Tensor._wrap(w, o._be, False)).sum()
+            part = (o * w).sum()
             total = part if total is None else total + part
         return total
 

@@ -20,7 +20,7 @@ import numpy as np
 
 import gpunn
 from gpunn import functional as F
-from gpunn.autograd import _topological_order
+from gpunn.autograd import walk
 from gpunn.tensor import Tensor
 
 LECTURE_EXPR = "4*(x + y*z)"
@@ -150,7 +150,7 @@ def gradients(root: Tensor):
     """
     if root._node is None:
         raise GraphError("the result is not computed from anything that requires grad")
-    order = _topological_order(root._node)
+    order = walk(root)[::-1]  # topological: every node after the nodes of its inputs
     seed = root._be.full(root.data.shape, 1, root.dtype)
     out_grads = {(id(root._node), root._out_index): seed}
     leaf_grads: dict[int, object] = {}
@@ -327,7 +327,7 @@ def run(expr=None, at=None, model=None, data=None, batch=2, out=None, fmt="svg")
     if model is not None:
         root, names, title = model_loss(model, data, batch)
         dot = to_dot(root, names, root_name="loss" if model != "perceptron" else "y", title=title)
-        summary = f"{title}: {sum(1 for _ in _topological_order(root._node))} ops"
+        summary = f"{title}: {len(walk(root))} ops"
     else:
         lecture = expr is None
         text = LECTURE_EXPR if lecture else expr

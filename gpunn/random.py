@@ -1,12 +1,13 @@
 """gpunn's seeded random state. Every draw happens on the host and is then moved to the
-backend, so one seed gives the same parameters, dropout masks and shuffles everywhere."""
+backend, so one seed gives the same parameters, dropout masks and shuffles everywhere.
+
+This module holds only the host generator and imports nothing from gpunn; the functions
+that build tensors from its draws (``randn``, ``rand``, ``uniform``) live beside ``zeros``
+and ``ones`` in :mod:`gpunn.tensor`."""
 
 from __future__ import annotations
 
 import numpy as np
-
-from gpunn.backends import active_backend, backend_object
-from gpunn.tensor import Tensor
 
 _generator = np.random.default_rng(0)
 
@@ -53,30 +54,6 @@ def set_rng_state(arr) -> None:
 def next_seed() -> int:
     """A fresh 63-bit seed for counter-based kernels (dropout)."""
     return int(_generator.integers(0, 2**63 - 1))
-
-
-def _place(host, dtype, backend, requires_grad):
-    be = backend_object(backend) if backend is not None else active_backend()
-    return Tensor(be.asarray(host.astype(dtype or np.float32)), be, requires_grad=requires_grad)
-
-
-def _shape(shape):
-    return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
-
-
-def randn(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
-    """Standard normal samples, float32 unless ``dtype`` says otherwise."""
-    return _place(_generator.standard_normal(_shape(shape)), dtype, backend, requires_grad)
-
-
-def rand(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
-    """Uniform samples in [0, 1)."""
-    return _place(_generator.random(_shape(shape)), dtype, backend, requires_grad)
-
-
-def uniform(shape, low, high, dtype=None, backend=None, requires_grad=False) -> Tensor:
-    """Uniform samples in [low, high): PyTorch's default layer initialisation."""
-    return _place(_generator.uniform(low, high, tuple(shape)), dtype, backend, requires_grad)
 
 
 def permutation(n: int) -> np.ndarray:

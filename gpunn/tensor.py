@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from gpunn import autograd
+from gpunn import random as _random
 from gpunn.backends import active_backend, backend_object
 from gpunn.errors import DTypeError, GraphError
 
@@ -59,6 +60,12 @@ class Tensor:
     def backend(self) -> str:
         """Name of the backend the data lives on."""
         return self._be.name
+
+    @property
+    def backend_object(self):
+        """The :class:`~gpunn.backends.Backend` instance the data lives on: its ops, its
+        array module ``xp`` and its allocation helpers (``zeros``, ``asarray``, ``copy``)."""
+        return self._be
 
     @property
     def shape(self) -> tuple:
@@ -140,6 +147,39 @@ class Tensor:
             return self
         data = be.asarray(self.numpy())
         return Tensor._wrap(data, be, self._requires_grad)
+
+    def to_(self, backend: str) -> Tensor:
+        """Move this leaf to ``backend`` in place (data and gradient); returns self. What
+        ``Module.to`` uses, so that references to the tensor (an optimizer's) stay valid."""
+        be = backend_object(backend)
+        if be is self._be:
+            return self
+        self._check_leaf("to_")
+        data = be.asarray(self.numpy())
+        grad = None if self.grad is None else self.grad.to(backend)
+        self.data, self._be, self.grad = data, be, grad
+        return self
+
+    def set_(self, data) -> Tensor:
+        """Replace this leaf's data in place by ``data``, a native array of the tensor's
+        backend (any shape or float dtype); returns self. The gradient is left as it is:
+        reset it when the shape or dtype changes."""
+        self._check_leaf("set_")
+        if not self._be.is_native(data):
+            raise TypeError(
+                f"set_: expected a native {self._be.name} array, got {type(data).__name__}"
+            )
+        if self._requires_grad and data.dtype.kind != "f":
+            raise DTypeError(f"set_: a tensor that requires grad cannot hold {data.dtype} data")
+        self.data = data
+        return self
+
+    def _check_leaf(self, what: str) -> None:
+        if self._node is not None:
+            raise GraphError(
+                f"{what}: only leaf tensors can change in place (this one is the output of "
+                f"{self._node.op!r}); use .detach() first"
+            )
 
     def astype(self, dtype) -> Tensor:
         """A differentiable cast between float dtypes; other casts are plain copies."""
@@ -341,10 +381,20 @@ def from_dlpack(obj, backend=None) -> Tensor:
 
 
 def _filled(shape, value, dtype, backend, requires_grad):
-    if len(shape) == 1 and not isinstance(shape[0], int):
-        shape = tuple(shape[0])
+    shape = _shape(shape)
     be = backend_object(backend) if backend is not None else active_backend()
     arr = be.full(shape, value, np.dtype(dtype or np.float32))
+    return Tensor(arr, be, requires_grad=requires_grad)
+
+
+def _shape(shape) -> tuple:
+    """``f(2, 3)`` and ``f((2, 3))`` both mean shape (2, 3)."""
+    return tuple(shape[0]) if len(shape) == 1 and not isinstance(shape[0], int) else shape
+
+
+def _from_host(host, dtype, backend, requires_grad) -> Tensor:
+    be = backend_object(backend) if backend is not None else active_backend()
+    arr = be.asarray(np.asarray(host).astype(dtype or np.float32))
     return Tensor(arr, be, requires_grad=requires_grad)
 
 
@@ -356,6 +406,25 @@ def zeros(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
 def ones(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
     """A tensor of ones, float32 unless ``dtype`` says otherwise."""
     return _filled(shape, 1, dtype, backend, requires_grad)
+
+
+# Random tensors: drawn on the host from gpunn's one generator, then moved to the backend,
+# so the same seed gives the same values on every backend.
+def randn(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
+    """Standard normal samples, float32 unless ``dtype`` says otherwise."""
+    draw = _random.generator().standard_normal(_shape(shape))
+    return _from_host(draw, dtype, backend, requires_grad)
+
+
+def rand(*shape, dtype=None, backend=None, requires_grad=False) -> Tensor:
+    """Uniform samples in [0, 1), float32 unless ``dtype`` says otherwise."""
+    return _from_host(_random.generator().random(_shape(shape)), dtype, backend, requires_grad)
+
+
+def uniform(shape, low, high, dtype=None, backend=None, requires_grad=False) -> Tensor:
+    """Uniform samples in [low, high): PyTorch's default layer initialisation."""
+    draw = _random.generator().uniform(low, high, tuple(shape))
+    return _from_host(draw, dtype, backend, requires_grad)
 
 
 from gpunn import functional as F  # noqa: E402  (functional builds on Tensor)

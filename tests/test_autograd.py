@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn import nn
+from gpunn import autograd, nn
 from gpunn.errors import GraphError
+from gpunn.testing import OP_CASES
+from gpunn.testing.cases import input_needs, resolve_params
 
 
 def test_lecture_example_forward_and_backward(backend):
@@ -19,6 +21,48 @@ def test_lecture_example_forward_and_backward(backend):
     J.backward()
     assert J.item() == 56.0
     assert (x.grad.item(), y.grad.item(), z.grad.item()) == (4.0, 16.0, 12.0)
+    for leaf, want in ((x, 4.0), (y, 16.0), (z, 12.0)):
+        assert leaf.grad.shape == () and leaf.grad.dtype == np.float32
+        assert float(leaf.grad.numpy()) == want
+
+
+def test_gradient_of_a_0d_leaf_is_0d(backend):
+    x = gpunn.tensor(2.0, backend=backend, requires_grad=True)
+    (4 * x).backward()
+    assert x.grad.shape == () and x.grad.numpy().shape == ()
+    (x * x).backward()  # accumulating keeps the shape
+    assert x.grad.shape == () and float(x.grad.numpy()) == 8.0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("case", OP_CASES, ids=repr)
+def test_every_leaf_grad_has_its_leaf_shape_and_dtype(backend, case, dtype):
+    """Through the graph (Tensor inputs, backward from a scalar), for every op case."""
+    rng = np.random.default_rng(1)
+    params = resolve_params(case, dtype)
+    inputs = case.make(rng, np.dtype(dtype))
+    needs = input_needs(case, inputs)
+    leaves = [
+        gpunn.tensor(x, backend=backend, requires_grad=need) if isinstance(x, np.ndarray) else x
+        for x, need in zip(inputs, needs)
+    ]
+    out = autograd.apply(case.op, *leaves, **params)
+    outs = out if isinstance(out, tuple) else (out,)
+    total = sum(
+        (o * gpunn.tensor(rng.standard_normal(o.shape).astype(o.dtype), backend=backend)).sum()
+        for o in outs
+    )
+    total.backward()
+    checked = 0
+    for i, x in enumerate(leaves):
+        if isinstance(x, gpunn.Tensor) and x.requires_grad:
+            assert x.grad is not None, f"input {i} got no gradient"
+            assert (x.grad.shape, x.grad.dtype) == (x.shape, x.dtype), f"input {i}"
+            assert x.grad.numpy().shape == x.shape
+            checked += 1
+        elif isinstance(x, gpunn.Tensor):
+            assert x.grad is None, f"input {i} does not require grad but got one"
+    assert checked
 
 
 def test_tensor_used_twice_sums_its_gradients(backend):
@@ -169,3 +213,18 @@ def test_post_accumulate_hook_runs_once_per_backward_with_the_summed_grad():
     np.testing.assert_array_equal(seen[0], 5 + 2 * np.array([1.0, 2.0]))
     with pytest.raises(GraphError, match="leaf"):
         (w * 2.0).register_post_accumulate_grad_hook(print)
+
+
+def test_walk_lists_each_node_once_before_the_nodes_of_its_inputs():
+    x = gpunn.tensor([1.0, 2.0], requires_grad=True)
+    a = x * 2
+    b = a.exp()
+    y = (a + b).sum()
+    nodes = autograd.walk(y)
+    assert [n.op for n in nodes] == ["sum", "add", "exp", "mul"]
+    position = {id(n): k for k, n in enumerate(nodes)}
+    for n in nodes:
+        for t in n.inputs:
+            if t is not None and t.grad_fn is not None:
+                assert position[id(t.grad_fn)] > position[id(n)]
+    assert autograd.walk(x) == []

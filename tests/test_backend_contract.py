@@ -15,10 +15,6 @@ CLASSES = {
     "cupy": ("gpunn.backends.cupy_backend", "CupyBackend"),  # imports without CuPy
 }
 
-#: Methods of cupy_backend.py on this branch named like ops that the contract renamed
-#: (mse -> mse_loss); the CUDA side renames them. Tolerated here, never required.
-PENDING_CUPY_STALE = {"mse_forward", "mse_backward"}
-
 
 def backend_class(name):
     module, cls = CLASSES[name]
@@ -68,8 +64,7 @@ def test_no_op_like_method_outside_the_contract(name):
         for n in vars(klass)
         if not n.startswith("_") and n.endswith(("_forward", "_backward", "_update"))
     }
-    allowed = PENDING_CUPY_STALE if name == "cupy" else set()
-    assert own - ops <= allowed, f"{name} has op-like methods outside the contract"
+    assert own <= ops, f"{name} has op-like methods outside the contract: {sorted(own - ops)}"
 
 
 @pytest.mark.skipif(why_unavailable("numba") is not None, reason="the numba backend is unavailable")

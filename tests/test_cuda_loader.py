@@ -7,6 +7,7 @@ from importlib import resources
 
 import numpy as np
 import pytest
+from gpunn.kernels import codes
 from gpunn.kernels.cuda import compile_check, loader
 
 from gpunn.backends.base import ACTIVATIONS, FLOAT_DTYPES
@@ -45,14 +46,37 @@ def test_sources_ship_as_package_data_and_paste_the_header():
         assert "GPUNN_COMMON_CUH" in src
 
 
-def test_backend_launches_every_kernel_and_only_listed_ones():
-    text = resources.files("gpunn.backends").joinpath("cupy_backend.py").read_text()
-    quoted = set(re.findall(r'"([a-z0-9_]+)"', text))
-    kernel_like = {q for q in quoted if re.search(r"_(forward|backward|update)$|^conv2d_", q)}
-    unknown = kernel_like - set(loader.FILE_OF) - _ops_named_in_docs()
-    assert not unknown, f"the backend names kernels the loader lacks: {sorted(unknown)}"
-    unused = set(loader.FILE_OF) - quoted
-    assert not unused, f"kernels no backend op launches: {sorted(unused)}"
+def test_launch_counter_counts_per_kernel_name_without_a_gpu():
+    """KernelLoader.launch counts inside count_launches() blocks (nested ones too), with the
+    compiled function mocked; outside any block nothing is recorded."""
+    calls = []
+    kernels = loader.KernelLoader()
+    kernels._load = lambda stem, dtype: lambda grid, block, args: calls.append((stem, grid, args))
+    f32, f64 = np.dtype(np.float32), np.dtype(np.float64)
+    kernels.launch("relu_forward", f32, (1,), (256,), ("x",))  # not counted
+    with loader.count_launches() as outer:
+        kernels.launch("relu_forward", f32, (2,), (256,), ("y",))
+        with loader.count_launches() as inner:
+            kernels.launch("relu_forward", f64, (1,), (256,), ())
+            kernels.launch("lstm_cell_forward", f32, (1,), (256,), ())
+        kernels.launch("sgd_update", f32, (1,), (256,), ())
+    kernels.launch("relu_forward", f32, (1,), (256,), ())  # not counted
+    assert inner == {"relu_forward": 1, "lstm_cell_forward": 1}
+    assert outer == {"relu_forward": 2, "lstm_cell_forward": 1, "sgd_update": 1}
+    assert len(calls) == 6 and calls[1] == ("relu_forward", (2,), ("y",))
+    assert loader._counters == []
+
+
+def test_backend_names_only_listed_kernels():
+    """Every kernel name the launch code and the backend pass is in the loader's table.
+    (That every kernel IS launched is checked by running the op table under emulation:
+    tests/test_cuda_emulated.py.)"""
+    for pkg, name in (("gpunn.backends", "cupy_backend.py"), ("gpunn.kernels.cuda", "launch.py")):
+        text = resources.files(pkg).joinpath(name).read_text()
+        quoted = set(re.findall(r'"([a-z][a-z0-9_]*)"', text))
+        kernel_like = {q for q in quoted if re.search(r"_(forward|backward|update)$|^conv2d_", q)}
+        unknown = kernel_like - set(loader.FILE_OF) - _ops_named_in_docs()
+        assert not unknown, f"{name} names kernels the loader lacks: {sorted(unknown)}"
 
 
 def _ops_named_in_docs():
@@ -61,13 +85,31 @@ def _ops_named_in_docs():
     return set(Backend.ops())
 
 
+def test_inherited_ops_are_listed_and_guarded():
+    """The kinds table's cupy "reference" ops are exactly the ops CupyBackend inherits from
+    the reference (each still wrapped by the out-of-memory guard)."""
+    from gpunn.backends import cupy_backend as cb
+    from gpunn.backends import kinds
+    from gpunn.backends.base import Backend
+
+    inherited = set()
+    for op in Backend.ops():
+        fn = getattr(cb.CupyBackend, op)
+        assert hasattr(fn, "__wrapped__"), f"{op} is not wrapped by the out-of-memory guard"
+        if fn.__wrapped__ is getattr(Backend, op):
+            inherited.add(op)
+    assert inherited == set(kinds.ops_of_kind("cupy", "reference"))
+
+
 def test_activation_codes_match_the_header():
+    """common.cuh's ``enum Activation`` holds exactly gpunn.kernels.codes.ACTIVATION_CODES."""
     header = loader.read_source(loader.HEADER)
-    enum = dict(
-        (name.lower(), int(value)) for name, value in re.findall(r"ACT_(\w+) = (\d+)", header)
-    )
-    assert {str(k).lower(): v for k, v in loader.ACTIVATION_CODES.items()} == enum
-    assert set(loader.ACTIVATION_CODES) == set(ACTIVATIONS)
+    (body,) = re.findall(r"enum Activation \{([^}]*)\}", header)
+    enum = {name.lower(): int(value) for name, value in re.findall(r"ACT_(\w+) = (\d+)", body)}
+    assert len(enum) == body.count("=")
+    assert {str(k).lower(): v for k, v in codes.ACTIVATION_CODES.items()} == enum
+    assert loader.ACTIVATION_CODES is codes.ACTIVATION_CODES
+    assert set(codes.ACTIVATION_CODES) == set(ACTIVATIONS)
 
 
 def test_loader_rejects_other_dtypes_without_cupy():

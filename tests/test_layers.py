@@ -9,7 +9,7 @@ from gpunn.errors import CheckpointError, ShapeError
 
 
 def _set(param, values):
-    param.data = param._be.asarray(np.asarray(values, dtype=param.dtype))
+    param.set_(param.backend_object.asarray(np.asarray(values, dtype=param.dtype)))
 
 
 def test_linear_hand_computed(backend):

@@ -50,20 +50,35 @@ def test_gradient_descent_on_breast_cancer_reaches_95_percent():
     assert accuracy >= 0.95, accuracy
 
 
-def test_compare_backends_reports_deviations_per_output_and_gradient():
-    model = models.MLP(6, (5,), 3)
-    x = gpunn.randn(4, 6)
-    report = gpunn.testing.compare_backends(model, [x], backends=["numpy"])
-    entry = report["numpy"]
-    assert "output 0" in entry and "grad hidden.0.weight" in entry and "grad input 0" in entry
-    assert max(entry.values()) == 0.0  # numpy against itself
+def test_compare_backends_reports_deviations_per_output_and_gradient(accel_backend):
+    model = models.MLP(6, (5,), 3).double()
+    x = gpunn.randn(4, 6, dtype="float64")
+    report = gpunn.testing.compare_backends(model, [x], backends=[accel_backend])
+    entry = report[accel_backend]
+    assert set(entry) == {
+        "output 0",
+        "grad input 0",
+        *(f"grad {name}" for name, _ in model.named_parameters()),
+    }
+    assert max(entry.values()) < 1e-12, entry
 
 
-def test_compare_backends_on_a_function():
+def test_compare_backends_on_a_function(accel_backend):
     def fn(x, w):
         return gpunn.functional.linear(x, w, activation="tanh").sum(axis=1)
 
     report = gpunn.testing.compare_backends(
-        fn, [gpunn.randn(3, 4)], backends=["numpy"], params=[gpunn.randn(2, 4)]
+        fn, [gpunn.randn(3, 4)], backends=[accel_backend], params=[gpunn.randn(2, 4)]
     )
-    assert set(report["numpy"]) == {"output 0", "grad param 0", "grad input 0"}
+    assert set(report[accel_backend]) == {"output 0", "grad param 0", "grad input 0"}
+    assert max(report[accel_backend].values()) < 1e-5, report
+
+
+def test_lecture_example_on_every_backend_matches_the_reference(accel_backend):
+    def J(x, y, z):
+        return 4 * (x + y * z)
+
+    xs = [gpunn.tensor(v) for v in (2.0, 3.0, 4.0)]
+    report = gpunn.testing.compare_backends(J, xs, backends=[accel_backend])
+    assert set(report[accel_backend]) == {"output 0"} | {f"grad input {i}" for i in range(3)}
+    assert max(report[accel_backend].values()) == 0.0  # small integers: exact everywhere

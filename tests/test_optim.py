@@ -98,3 +98,27 @@ def test_bad_hyper_parameters_are_refused():
         gpunn.optim.SGD([p], lr=-1)
     with pytest.raises(ValueError, match="empty parameter list"):
         gpunn.optim.Adam([])
+
+
+def test_optimizer_state_follows_its_parameters_to_another_backend():
+    """Momentum survives Module.to: the slot moves with its parameter, it is not reset."""
+    backends = gpunn.available_backends()
+    if len(backends) < 2:
+        pytest.skip("needs a second backend to move to")
+    target = backends[1]
+    results = []
+    for move in (False, True):
+        gpunn.manual_seed(0)
+        model = nn.Linear(3, 2).double()
+        opt = gpunn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        x = gpunn.tensor(np.arange(6.0).reshape(2, 3))
+        for step in range(3):
+            if move and step == 1:
+                model.to(target)
+                x = x.to(target)
+            opt.zero_grad()
+            (model(x) ** 2).sum().backward()
+            opt.step()
+        assert all(s["momentum_buffer"].backend == model.weight.backend for s in opt.state)
+        results.append(model.weight.numpy())
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-12)

@@ -8,6 +8,7 @@ import pytest
 
 from gpunn.backends import backend_object
 from gpunn.testing import OP_CASES
+from gpunn.testing.cases import input_needs
 
 EPS = 1e-6
 
@@ -26,13 +27,15 @@ def test_reference_backward_matches_finite_differences(case):
     Y, saved = getattr(ref, case.op + "_forward")(*inputs, **case.params)
     Ys = Y if isinstance(Y, tuple) else (Y,)
     weights = tuple(rng.standard_normal(y.shape) for y in Ys)
-    needs = tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs)
+    needs = input_needs(case, inputs)
     grads = getattr(ref, case.op + "_backward")(
         weights if isinstance(Y, tuple) else weights[0], saved, needs
     )
+    assert len(grads) == len(inputs), f"{case.name}: one gradient per input"
     checked = 0
     for i, x in enumerate(inputs):
         if not needs[i]:
+            assert grads[i] is None, f"{case.name}: a gradient for input {i}, not asked for"
             continue
         numeric = np.zeros_like(x)
         for k in range(x.size):

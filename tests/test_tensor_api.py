@@ -130,3 +130,62 @@ def test_dlpack_round_trip_with_numpy():
     np.testing.assert_array_equal(arr, [1, 2, 3])
     back = gpunn.from_dlpack(np.arange(3.0))
     assert back.dtype == np.float64 and back.numpy()[2] == 2.0
+
+
+def test_tensor_exposes_its_backend_object(backend):
+    x = gpunn.zeros(2, backend=backend)
+    be = x.backend_object
+    assert be.name == x.backend == backend and be.is_native(x.data)
+
+
+def test_to_moves_a_leaf_in_place_with_its_gradient():
+    x = gpunn.tensor([1.0, 2.0], backend="numpy", requires_grad=True)
+    (x * x).sum().backward()
+    other = [b for b in gpunn.available_backends() if b != "numpy"] or ["numpy"]
+    assert x.to_(other[0]) is x
+    assert x.backend == other[0] and x.grad.backend == other[0] and x.requires_grad
+    np.testing.assert_array_equal(x.numpy(), [1.0, 2.0])
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
+    with pytest.raises(gpunn.GraphError, match="only leaf tensors"):
+        (x * 2).to_("numpy" if other[0] != "numpy" else "numba")
+
+
+def test_set_replaces_the_data_of_a_leaf(backend):
+    x = gpunn.zeros(3, backend=backend, requires_grad=True)
+    be = x.backend_object
+    assert x.set_(be.asarray(np.ones((2, 2), np.float64))) is x
+    assert x.shape == (2, 2) and x.dtype == np.float64
+    with pytest.raises(TypeError, match="native"):
+        x.set_([1.0])
+    with pytest.raises(DTypeError):
+        x.set_(be.asarray(np.arange(3)))
+    with pytest.raises(gpunn.GraphError, match="only leaf tensors"):
+        (x + 1).set_(be.asarray(np.ones(2)))
+
+
+def test_random_draws_are_tensors_on_the_requested_backend(backend):
+    gpunn.manual_seed(3)
+    a = gpunn.randn(2, 3, backend=backend)
+    gpunn.manual_seed(3)
+    b = gpunn.randn((2, 3), backend="numpy", dtype="float64")
+    assert a.backend == backend and a.dtype == np.float32 and b.shape == (2, 3)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+    assert gpunn.rand(backend=backend).shape == ()
+    creation = sys.modules["gpunn.tensor"]  # the public names live beside zeros and ones
+    assert (gpunn.randn, gpunn.rand, gpunn.zeros) == (creation.randn, creation.rand, creation.zeros)
+
+
+def test_random_module_imports_nothing_from_gpunn():
+    import ast
+    import inspect
+
+    import gpunn.random
+
+    tree = ast.parse(inspect.getsource(gpunn.random))
+    imported = [
+        n.module if isinstance(n, ast.ImportFrom) else a.name
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    ]
+    assert not [m for m in imported if m and m.split(".")[0] == "gpunn"], imported

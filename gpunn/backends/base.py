@@ -533,7 +533,7 @@ class Backend:
         dZ = dY * (1 - H_new * H_new)
         dH = dZ @ W_hh if needs[1] else None
         dW = dZ.T @ H if needs[2] else None
-        return dZ, dH, dW
+        return (dZ if needs[0] else None), dH, dW
 
     def lstm_cell_forward(self, XW, H, C, W_hh):
         """One LSTM step, gates in PyTorch's order i, f, g, o.
@@ -568,7 +568,7 @@ class Backend:
         dH = dG @ W_hh if needs[1] else None
         dC_prev = dC * f if needs[2] else None
         dW = dG.T @ H if needs[3] else None
-        return dG, dH, dC_prev, dW
+        return (dG if needs[0] else None), dH, dC_prev, dW
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):

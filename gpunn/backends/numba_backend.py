@@ -296,7 +296,9 @@ class NumbaBackend(Backend):
     def rnn_cell_backward(self, dY, saved, needs):
         H, W_hh, H_new = saved
         dZ = unary_backward(_rec.rnn_cell_backward, dY, H_new)
-        return dZ, dZ @ W_hh if needs[1] else None, dZ.T @ H if needs[2] else None
+        dH = dZ @ W_hh if needs[1] else None
+        dW = dZ.T @ H if needs[2] else None
+        return (dZ if needs[0] else None), dH, dW
 
     def lstm_cell_forward(self, XW, H, C, W_hh):
         H, W_hh = blas(H), blas(W_hh)
@@ -306,7 +308,9 @@ class NumbaBackend(Backend):
     def lstm_cell_backward(self, dY, saved, needs):
         H, C, W_hh, acts, tanh_C = saved
         dG, dC = launch.lstm_cell_backward(*dY, C, acts, tanh_C, needs[2])
-        return dG, dG @ W_hh if needs[1] else None, dC, dG.T @ H if needs[3] else None
+        dH = dG @ W_hh if needs[1] else None
+        dW = dG.T @ H if needs[3] else None
+        return (dG if needs[0] else None), dH, dC, dW
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):

@@ -57,5 +57,5 @@ def cross_entropy(input, target):
         from gpunn.autograd import backend_of
 
         backend_of(op, (input, target))
-    target._be.check_labels(op, target.data, input.shape[1])
+    target.backend_object.check_labels(op, target.data, input.shape[1])
     return apply(op, input, target)

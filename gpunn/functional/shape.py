@@ -66,7 +66,8 @@ def getitem(x, index):
     elif isinstance(index, tuple):
         index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
     if x.dtype.kind != "f":
-        return Tensor._wrap(x.data[index], x._be, False)
+        be = x.backend_object
+        return Tensor(be.asarray(x.data[index]), be)  # (NumPy gives a scalar for one element)
     try:
         return apply("getitem", x, index=index)
     except IndexError as e:

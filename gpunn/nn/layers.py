@@ -7,7 +7,7 @@ import math
 
 from gpunn import functional as F
 from gpunn.nn.module import Module, Parameter
-from gpunn.random import uniform
+from gpunn.tensor import uniform
 
 
 def _uniform_parameter(shape, bound):

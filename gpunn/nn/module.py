@@ -16,7 +16,7 @@ class Parameter(Tensor):
 
     def __init__(self, data: Tensor, requires_grad: bool = True):
         source = data.detach() if isinstance(data, Tensor) else data
-        super().__init__(source.data, source._be, requires_grad=requires_grad)
+        super().__init__(source.data, source.backend_object, requires_grad=requires_grad)
 
     def __repr__(self):
         return "Parameter containing:\n" + super().__repr__()
@@ -109,7 +109,8 @@ class Module:
                     f"{type(self).__name__}.load_state_dict: {name!r} has shape {shape}, "
                     f"the parameter has shape {p.shape}"
                 )
-            p.data = p._be.copy(p._be.asarray(host))
+            be = p.backend_object
+            p.set_(be.copy(be.asarray(host)))
             p.grad = None
 
     def train(self, mode: bool = True):
@@ -126,18 +127,15 @@ class Module:
 
     def to(self, backend: str):
         """Move every parameter (and its gradient) to ``backend``, in place; returns self."""
-        be = backend_object(backend)
+        backend_object(backend)  # an unknown or unavailable name raises before anything moves
         for p in self.parameters():
-            if p._be is not be:
-                p.data = be.asarray(p.numpy())
-                p.grad = None if p.grad is None else p.grad.to(backend)
-                p._be = be
+            p.to_(backend)
         return self
 
     def _cast(self, dtype):
         for p in self.parameters():
             if p.dtype != dtype:
-                p.data = p._be.astype(p.data, dtype)
+                p.set_(p.backend_object.astype(p.data, dtype))
                 p.grad = None
         return self
 

@@ -7,8 +7,7 @@ import math
 from gpunn import functional as F
 from gpunn.errors import ShapeError
 from gpunn.nn.module import Module, Parameter
-from gpunn.random import uniform
-from gpunn.tensor import zeros
+from gpunn.tensor import uniform, zeros
 
 
 class _Recurrent(Module):

@@ -4,7 +4,7 @@ accelerated backends apply it in one fused pass."""
 from __future__ import annotations
 
 from gpunn.errors import BackendError, CheckpointError
-from gpunn.tensor import Tensor, tensor
+from gpunn.tensor import Tensor, tensor, zeros
 
 
 def _host(value):
@@ -15,6 +15,8 @@ def _host(value):
 class Optimizer:
     """Holds the parameters and their per-parameter state.
 
+    ``state[i]`` maps slot names to tensors on parameter i's backend (and ``"step"`` to an
+    int); a slot follows its parameter when the parameter moves (``Module.to``).
     ``state_dict()`` is flat (name -> Tensor or 0-d array), so ``gpunn.save`` can write it.
     """
 
@@ -47,17 +49,13 @@ class Optimizer:
         return live
 
     def _slot(self, i, p, name):
-        """The state array ``name`` of parameter i, zeros on first use (or after a move)."""
-        arr = self.state[i].get(name)
-        if (
-            arr is None
-            or not p._be.is_native(arr)
-            or arr.shape != p.data.shape
-            or arr.dtype != p.dtype
-        ):
-            arr = p._be.zeros(p.data.shape, p.dtype)
-            self.state[i][name] = arr
-        return arr
+        """The native array of state ``name`` of parameter i: moved to the parameter's
+        backend if the parameter moved; zeros on first use or after a change of shape or
+        dtype."""
+        slot = self.state[i].get(name)
+        if slot is None or slot.shape != p.shape or slot.dtype != p.dtype:
+            slot = self.state[i][name] = zeros(p.shape, dtype=p.dtype, backend=p.backend)
+        return slot.to_(p.backend).data
 
     def step(self) -> None:
         raise NotImplementedError
@@ -68,13 +66,13 @@ class Optimizer:
             name: tensor(getattr(self, name), dtype="float64", backend="numpy")
             for name in self.hyper
         }
-        for i, (p, st) in enumerate(zip(self.params, self.state)):
+        for i, st in enumerate(self.state):
             for name, value in st.items():
                 key = f"state.{i}.{name}"
                 if name == "step":
                     out[key] = tensor(value, dtype="int64", backend="numpy")
                 else:
-                    out[key] = Tensor._wrap(value, p._be, False)
+                    out[key] = value.detach()
         return out
 
     def load_state_dict(self, state) -> None:
@@ -103,7 +101,7 @@ class Optimizer:
                     f"{type(self).__name__}.load_state_dict: {key!r} has shape {host.shape}, "
                     f"parameter {i} has shape {p.shape}"
                 )
-            self.state[i][name] = p._be.copy(p._be.asarray(host, dtype=p.dtype))
+            self.state[i][name] = tensor(host, dtype=p.dtype, backend=p.backend)
 
 
 class SGD(Optimizer):
@@ -119,7 +117,7 @@ class SGD(Optimizer):
         live = self._with_grads()
         if not live:
             return
-        be = live[0][1]._be
+        be = live[0][1].backend_object
         bufs = [self._slot(i, p, "momentum_buffer") if self.momentum else None for i, p in live]
         be.sgd_update(
             [p.data for _, p in live],
@@ -149,7 +147,7 @@ class Adam(Optimizer):
         live = self._with_grads()
         if not live:
             return
-        be = live[0][1]._be
+        be = live[0][1].backend_object
         groups: dict[int, list] = {}  # parameters that have taken the same number of steps
         for i, p in live:
             self.state[i]["step"] = self.state[i].get("step", 0) + 1

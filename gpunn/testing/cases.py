@@ -9,7 +9,7 @@ Users can run their own backend through the same table (``gpunn.testing.compare_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,7 +18,8 @@ import numpy as np
 class OpCase:
     """One way to call an op. ``make(rng, dtype)`` returns its positional inputs (host
     arrays, Python scalars or None); ``params`` are keyword settings; ``family`` picks
-    the tolerance (``elementwise`` or ``reduce``)."""
+    the tolerance (``elementwise`` or ``reduce``). ``needs``: which positions ask for a
+    gradient (None: every float array input); the backward must return None elsewhere."""
 
     name: str
     op: str
@@ -26,6 +27,7 @@ class OpCase:
     params: dict = field(default_factory=dict)
     family: str = "elementwise"
     differentiable: bool = True
+    needs: tuple | None = None
 
     def __repr__(self):
         return self.name
@@ -374,6 +376,164 @@ def _other_cases():
     ]
 
 
+def _small_cases():
+    """0-d and one-element shapes for every op family where they are legal: a gradient must
+    come back with its input's exact shape (never (1,) for a 0-d input)."""
+    x = lambda shape: _normal(shape)
+    one = lambda make: lambda rng, dt: [make(rng, dt)]
+    two = lambda a, b, right=None: (
+        lambda rng, dt: [
+            rng.standard_normal(a).astype(dt),
+            (right or (lambda rng, s, dt: rng.standard_normal(s).astype(dt)))(rng, b, dt),
+        ]
+    )
+    cases = []
+    for op in ("add", "sub", "mul", "div"):
+        right = _away_from_zero if op == "div" else None
+        for a, b in (((), ()), ((), (3, 2)), ((2, 3), ()), ((1,), ()), ((1, 1), (1,))):
+            cases.append(OpCase(f"{op}{a}{b}", op, two(a, b, right)))
+        cases.append(
+            OpCase(f"{op}-0d-scalar", op, lambda rng, dt: [rng.standard_normal(()).astype(dt), 2.5])
+        )
+    for a, b in (((), ()), ((1,), ()), ((), (2, 1))):
+        cases.append(
+            OpCase(
+                f"pow{a}{b}",
+                "pow",
+                lambda rng, dt, a=a, b=b: [_positive(rng, a, dt), rng.uniform(-2, 2, b).astype(dt)],
+            )
+        )
+    cases.append(OpCase("pow-0d-scalar", "pow", lambda rng, dt: [_positive(rng, (), dt), 3.0]))
+    for shape in ((), (1,), (1, 1)):
+        for op in ("neg", "exp", "tanh", "sigmoid"):
+            cases.append(OpCase(f"{op}{shape}", op, one(x(shape))))
+        for op in ("relu", "step"):
+            cases.append(
+                OpCase(f"{op}{shape}", op, lambda rng, dt, s=shape: [_away_from_zero(rng, s, dt)])
+            )
+        cases.append(OpCase(f"log{shape}", "log", lambda rng, dt, s=shape: [_positive(rng, s, dt)]))
+        cases.append(OpCase(f"cast{shape}", "cast", one(x(shape)), {"dtype": "other"}))
+        cases.append(OpCase(f"dropout{shape}", "dropout", one(x(shape)), {"p": 0.3, "seed": 7}))
+    for op in ("sum", "mean"):
+        for shape, axis, keep in (
+            ((), None, False),
+            ((), None, True),
+            ((1,), None, False),
+            ((1,), 0, False),
+            ((1, 1), 1, True),
+            ((3, 1), 1, False),
+        ):
+            cases.append(
+                OpCase(
+                    f"{op}{shape}-{axis}-{keep}",
+                    op,
+                    one(x(shape)),
+                    {"axis": axis, "keepdims": keep},
+                    "reduce",
+                )
+            )
+    cases += [
+        OpCase("reshape-0d-to-11", "reshape", one(x(())), {"shape": (1, 1)}),
+        OpCase("reshape-1-to-0d", "reshape", one(x((1,))), {"shape": ()}),
+        OpCase("transpose-0d", "transpose", one(x(())), {"axes": ()}),
+        OpCase("transpose-111", "transpose", one(x((1, 1, 1))), {"axes": (2, 0, 1)}),
+        OpCase("getitem-to-0d", "getitem", one(x((3,))), {"index": 1}),
+        OpCase("getitem-1-to-0d", "getitem", one(x((1,))), {"index": 0}),
+        OpCase("getitem-0d-ellipsis", "getitem", one(x(())), {"index": Ellipsis}),
+        OpCase("unstack-to-0d", "unstack", one(x((3,))), {"axis": 0}),
+        OpCase("stack-0d", "stack", two((), ())),
+        OpCase("matmul-1x1", "matmul", two((1, 1), (1, 1)), family="reduce"),
+        OpCase("matmul-inner1", "matmul", two((3, 1), (1, 2)), family="reduce"),
+        OpCase(
+            "linear-1-1-1",
+            "linear",
+            lambda rng, dt: [
+                rng.standard_normal((1, 1)).astype(dt),
+                rng.standard_normal((1, 1)).astype(dt),
+                rng.standard_normal(1).astype(dt),
+            ],
+            {"activation": None},
+            family="reduce",
+        ),
+        OpCase(
+            "linear-tanh-out1",
+            "linear",
+            lambda rng, dt: [
+                rng.standard_normal((4, 3)).astype(dt),
+                rng.standard_normal((1, 3)).astype(dt),
+                rng.standard_normal(1).astype(dt),
+            ],
+            {"activation": "tanh"},
+            family="reduce",
+        ),
+        OpCase("mse_loss-0d", "mse_loss", two((), ()), family="reduce"),
+        OpCase("mse_loss-1", "mse_loss", two((1,), (1,)), family="reduce"),
+        OpCase(
+            "bce-1",
+            "binary_cross_entropy",
+            lambda rng, dt: [
+                rng.uniform(0.05, 0.95, (1, 1)).astype(dt),
+                rng.uniform(0, 1, (1, 1)).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "bce-0d",
+            "binary_cross_entropy",
+            lambda rng, dt: [
+                rng.uniform(0.05, 0.95, ()).astype(dt),
+                rng.uniform(0, 1, ()).astype(dt),
+            ],
+            family="reduce",
+        ),
+        OpCase(
+            "bce-logits-0d",
+            "binary_cross_entropy_with_logits",
+            lambda rng, dt: [rng.standard_normal(()).astype(dt), np.asarray(1.0, dt)],
+            family="reduce",
+        ),
+        OpCase(
+            "cross-entropy-1class",
+            "cross_entropy",
+            lambda rng, dt: [rng.standard_normal((1, 1)).astype(dt), np.array([0])],
+            family="reduce",
+        ),
+        OpCase(
+            "conv2d-1x1x1x1",
+            "conv2d",
+            lambda rng, dt: [
+                rng.standard_normal((1, 1, 1, 1)).astype(dt),
+                rng.standard_normal((1, 1, 1, 1)).astype(dt),
+                rng.standard_normal(1).astype(dt),
+            ],
+            {"stride": (1, 1), "padding": (0, 0)},
+            family="reduce",
+        ),
+    ]
+    for op in ("max_pool2d", "avg_pool2d"):
+        cases.append(
+            OpCase(
+                f"{op}-1x1x1x1",
+                op,
+                one(x((1, 1, 1, 1))),
+                {"kernel_size": (1, 1), "stride": (1, 1), "padding": (0, 0)},
+                family="reduce",
+            )
+        )
+    for op in ("softmax", "log_softmax"):
+        cases.append(OpCase(f"{op}-len1-axis", op, one(x((4, 1))), {"axis": 1}, "reduce"))
+        cases.append(OpCase(f"{op}-1", op, one(x((1,))), {"axis": 0}, "reduce"))
+    return [replace(c, make=_as_arrays(c.make)) for c in cases]
+
+
+def _as_arrays(make):
+    """``make`` with NumPy scalars (what ``rng.standard_normal(())`` returns) turned into
+    0-d arrays, so that they are tensor inputs rather than Python-number constants."""
+    return lambda rng, dt: [
+        np.asarray(v) if isinstance(v, np.generic) else v for v in make(rng, dt)
+    ]
+
+
 def _cast_cases():
     return [
         OpCase(
@@ -385,7 +545,31 @@ def _cast_cases():
     ]
 
 
-OP_CASES: list[OpCase] = (
+def input_needs(case: OpCase, inputs) -> tuple:
+    """Per input of ``case``: does the backward compute its gradient? Float arrays only, and
+    only at the positions ``case.needs`` marks."""
+    floats = tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs)
+    if case.needs is None:
+        return floats
+    return tuple(f and i < len(case.needs) and case.needs[i] for i, f in enumerate(floats))
+
+
+def _partial_grad_variants(cases):
+    """For each case with several float inputs, the same case with only its first, and with
+    only its last, float input requiring grad."""
+    variants = []
+    for case in cases:
+        inputs = case.make(np.random.default_rng(0), np.dtype(np.float64))
+        floats = [i for i, f in enumerate(input_needs(case, inputs)) if f]
+        if len(floats) < 2:
+            continue
+        for tag, keep in (("first", floats[0]), ("last", floats[-1])):
+            needs = tuple(i == keep for i in range(len(inputs)))
+            variants.append(replace(case, name=f"{case.name}-grad-{tag}-only", needs=needs))
+    return variants
+
+
+_ALL_GRADS: list[OpCase] = (
     _elementwise_cases()
     + _matmul_cases()
     + _shape_cases()
@@ -393,7 +577,9 @@ OP_CASES: list[OpCase] = (
     + _conv_cases()
     + _other_cases()
     + _cast_cases()
+    + _small_cases()
 )
+OP_CASES: list[OpCase] = _ALL_GRADS + _partial_grad_variants(_ALL_GRADS)
 
 
 @dataclass(frozen=True)
@@ -424,7 +610,7 @@ UPDATE_CASES = [
 
 def _to_backend(be, value, layout):
     if isinstance(value, np.ndarray):
-        host = np.ascontiguousarray(value)
+        host = np.ascontiguousarray(value).reshape(value.shape)  # (it makes 0-d arrays 1-d)
         native = be.asarray(host)
         if layout == "strided" and value.ndim >= 2:
             native = be.xp.repeat(native, 2, axis=-1)[..., ::2]
@@ -432,21 +618,28 @@ def _to_backend(be, value, layout):
     return value
 
 
+def resolve_params(case: OpCase, dtype) -> dict:
+    """The case's keyword settings for ``dtype`` (``dtype="other"``: the other float dtype)."""
+    params = dict(case.params)
+    if params.get("dtype") == "other":
+        params["dtype"] = np.dtype(np.float64 if np.dtype(dtype) == np.float32 else np.float32)
+    return params
+
+
 def run_case(be, case: OpCase, dtype, layout="C", seed=0):
-    """Run ``case`` forward and backward on ``be``. Returns (inputs, Y, grads) as host
-    values: Y a tuple of arrays; grads a tuple with None for non-float inputs."""
+    """Run ``case`` forward and backward on ``be``, asking for the gradients of
+    ``input_needs(case, inputs)``. Returns (inputs, Y, grads, dYs) as host values: Y a
+    tuple of arrays; grads the backward's tuple as it came (None where not needed)."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)
     inputs = case.make(rng, dtype)
-    params = dict(case.params)
-    if params.get("dtype") == "other":
-        params["dtype"] = np.dtype(np.float64 if dtype == np.float32 else np.float32)
+    params = resolve_params(case, dtype)
     native = [_to_backend(be, x, layout) for x in inputs]
     Y, saved = getattr(be, case.op + "_forward")(*native, **params)
     Ys = Y if isinstance(Y, tuple) else (Y,)
     dYs = tuple(rng.standard_normal(np.shape(y)).astype(y.dtype) for y in Ys)
     native_dY = tuple(be.asarray(d) for d in dYs)
-    needs = tuple(isinstance(x, np.ndarray) and x.dtype.kind == "f" for x in inputs)
+    needs = input_needs(case, inputs)
     grads = getattr(be, case.op + "_backward")(
         native_dY if isinstance(Y, tuple) else native_dY[0], saved, needs
     )
@@ -454,7 +647,7 @@ def run_case(be, case: OpCase, dtype, layout="C", seed=0):
     return inputs, tuple(to_host(y) for y in Ys), tuple(to_host(g) for g in grads), dYs
 
 
-def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3, 4))):
+def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3, 4), (), (1,))):
     """Apply one update to random parameters on ``be``; returns the host params and state."""
     dtype = np.dtype(dtype)
     rng = np.random.default_rng(seed)

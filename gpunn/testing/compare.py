@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpunn.backends import available_backends, backend_object
-from gpunn.testing.cases import OpCase, UpdateCase, run_case, run_update, tolerance
+from gpunn.backends import Backend, available_backends, backend_object
+from gpunn.testing.cases import OpCase, UpdateCase, input_needs, run_case, run_update, tolerance
 
 
 def _assert_close(what, got, want, rtol, atol):
@@ -20,30 +20,58 @@ def _assert_close(what, got, want, rtol, atol):
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=what)
 
 
-def compare_op(backend: str, case: OpCase, dtype="float32", layout="C", seed=0) -> None:
-    """Run ``case`` on ``backend`` and on the reference; raise AssertionError naming the pass
-    (forward output k, backward input i), the backend, dtype and case on any difference."""
-    be, ref = backend_object(backend), backend_object("numpy")
-    _, Y, G, _ = run_case(be, case, dtype, layout, seed)
+def _check_count(what, got, want):
+    if len(got) != len(want):
+        raise AssertionError(f"{what}: {len(got)} arrays, reference {len(want)}")
+
+
+def _check_needs(what, grads, needs):
+    """One gradient per input; None exactly where the input's gradient was not asked for."""
+    if len(grads) != len(needs):
+        raise AssertionError(f"{what}: {len(grads)} gradients for {len(needs)} inputs")
+    for i, (g, need) in enumerate(zip(grads, needs)):
+        if need and g is None:
+            raise AssertionError(f"{what}: no gradient for input {i}, which needs one")
+        if not need and g is not None:
+            raise AssertionError(f"{what}: a gradient for input {i}, which was not asked for")
+
+
+def compare_op(backend, case: OpCase, dtype="float32", layout="C", seed=0) -> None:
+    """Run ``case`` on ``backend`` (a name or a Backend instance) and on the reference;
+    raise AssertionError naming the pass (forward output k, backward input i), the backend,
+    dtype and case on any difference: in values, shapes, dtypes, the number of outputs or
+    gradients, or a gradient present where it was not asked for (or missing where it was)."""
+    be = backend if isinstance(backend, Backend) else backend_object(backend)
+    ref = backend_object("numpy")
+    inputs, Y, G, _ = run_case(be, case, dtype, layout, seed)
     _, Y_ref, G_ref, _ = run_case(ref, case, dtype, "C", seed)
     tol = tolerance(case, dtype)
-    label = f"{case.op} [{case.name}] on {backend}, {np.dtype(dtype).name}, {layout}"
+    label = f"{case.op} [{case.name}] on {be.name}, {np.dtype(dtype).name}, {layout}"
+    needs = input_needs(case, inputs)
+    _check_needs(f"{label}: reference backward", G_ref, needs)
+    _check_needs(f"{label}: backward", G, needs)
+    _check_count(f"{label}: forward outputs", Y, Y_ref)
     for k, (y, r) in enumerate(zip(Y, Y_ref)):
         _assert_close(f"{label}: forward output {k}", y, r, **tol)
     for i, (g, r) in enumerate(zip(G, G_ref)):
         _assert_close(f"{label}: backward input {i}", g, r, **tol)
 
 
-def compare_update(backend: str, case: UpdateCase, dtype="float32", seed=0) -> None:
-    """Apply one optimizer update on ``backend`` and on the reference and compare."""
-    be, ref = backend_object(backend), backend_object("numpy")
+def compare_update(backend, case: UpdateCase, dtype="float32", seed=0) -> None:
+    """Apply one optimizer update on ``backend`` (a name or a Backend instance) and on the
+    reference and compare."""
+    be = backend if isinstance(backend, Backend) else backend_object(backend)
+    ref = backend_object("numpy")
     p, slots = run_update(be, case, dtype, seed)
     p_ref, slots_ref = run_update(ref, case, dtype, seed)
     rtol, atol = (1e-5, 1e-6) if np.dtype(dtype) == np.float32 else (1e-12, 1e-13)
-    label = f"{case.op} [{case.name}] on {backend}, {np.dtype(dtype).name}"
+    label = f"{case.op} [{case.name}] on {be.name}, {np.dtype(dtype).name}"
+    _check_count(f"{label}: parameters", p, p_ref)
+    _check_count(f"{label}: state slots", slots, slots_ref)
     for i, (a, b) in enumerate(zip(p, p_ref)):
         _assert_close(f"{label}: parameter {i}", a, b, rtol, atol)
     for s, (xs, ys) in enumerate(zip(slots, slots_ref)):
+        _check_count(f"{label}: state {s}", xs, ys)
         for i, (a, b) in enumerate(zip(xs, ys)):
             _assert_close(f"{label}: state {s} of parameter {i}", a, b, rtol, atol)
 
@@ -62,6 +90,9 @@ def compare_backends(model_or_fn, inputs, backends=None, params=None):
     Returns:
         {backend: {"output 0": max abs diff, "grad <name>": max abs diff, ...}}. The scalar
         that is differentiated is the sum of every output times fixed random weights.
+    Raises:
+        AssertionError when a backend's outputs or gradients differ from the reference's in
+        shape, dtype or number (values are reported, not judged).
     """
     from gpunn.nn.module import Module
     from gpunn.tensor import Tensor, tensor
@@ -114,6 +145,16 @@ def compare_backends(model_or_fn, inputs, backends=None, params=None):
         report = {}
         for name in names:
             got = run(name)
+            if set(got) != set(reference):
+                raise AssertionError(
+                    f"{name}: entries {sorted(got)}, the reference has {sorted(reference)}"
+                )
+            for k, v in reference.items():
+                if got[k].shape != v.shape or got[k].dtype != v.dtype:
+                    raise AssertionError(
+                        f"{name}: {k} has shape {got[k].shape} and dtype {got[k].dtype}, "
+                        f"the reference {v.shape} and {v.dtype}"
+                    )
             report[name] = {
                 k: float(np.max(np.abs(got[k] - v))) if v.size else 0.0
                 for k, v in reference.items()

@@ -72,7 +72,8 @@ template <typename T> __device__ __forceinline__ T sigmoid(T x) {
   return x >= T(0) ? r : e * r;
 }
 
-// Activation codes, as the launcher passes them (gpunn.kernels.cuda.loader.ACTIVATION_CODES).
+// Activation codes, as the launcher passes them: gpunn.kernels.codes.ACTIVATION_CODES, the
+// one Python table (tests/test_cuda_loader.py holds this enum to it).
 enum Activation { ACT_NONE = 0, ACT_RELU = 1, ACT_SIGMOID = 2, ACT_TANH = 3 };
 
 template <typename T> __device__ __forceinline__ T activate(T z, int act) {

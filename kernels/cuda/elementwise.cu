@@ -1,6 +1,6 @@
-// Elementwise ops: unary maps and their gradients, broadcast binary arithmetic, the float
-// cast, and dropout. Kernel names are the backend ops they implement (relu_forward is
-// CupyBackend.relu_forward), each a template on the float type T.
+// Elementwise ops: broadcast binary arithmetic and its gradients, the unary maps neg, exp
+// and log with their gradients, and the float cast. Kernel names are the backend ops they
+// implement (exp_forward is CupyBackend.exp_forward), each a template on the float type T.
 //
 // Unary kernels take contiguous arrays of n elements. Binary kernels broadcast: the launcher
 // collapses the output shape to at most four dimensions (d0, d1, d2, d3) and passes each
@@ -144,66 +144,9 @@ __global__ void log_backward(const T* __restrict__ dY, const T* __restrict__ X,
   GPUNN_GRID_STRIDE(i, n) { dX[i] = dY[i] / X[i]; }
 }
 
-template <typename T>
-__global__ void sigmoid_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = gpunn::sigmoid(X[i]); }
-}
-
-// dX = dY * Y * (1 - Y).
-template <typename T>
-__global__ void sigmoid_backward(const T* __restrict__ dY, const T* __restrict__ Y,
-                                 T* __restrict__ dX, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { dX[i] = gpunn::activation_grad(dY[i], Y[i], gpunn::ACT_SIGMOID); }
-}
-
-template <typename T>
-__global__ void tanh_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = gpunn::tanh_(X[i]); }
-}
-
-// dX = dY * (1 - Y * Y).
-template <typename T>
-__global__ void tanh_backward(const T* __restrict__ dY, const T* __restrict__ Y,
-                              T* __restrict__ dX, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { dX[i] = gpunn::activation_grad(dY[i], Y[i], gpunn::ACT_TANH); }
-}
-
-template <typename T>
-__global__ void relu_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = gpunn::activate(X[i], gpunn::ACT_RELU); }
-}
-
-// dX = dY where Y > 0, else 0.
-template <typename T>
-__global__ void relu_backward(const T* __restrict__ dY, const T* __restrict__ Y,
-                              T* __restrict__ dX, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { dX[i] = gpunn::activation_grad(dY[i], Y[i], gpunn::ACT_RELU); }
-}
-
-// Heaviside step: 1 where x >= 0, else 0. Its gradient is zero (no kernel needed).
-template <typename T>
-__global__ void step_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = X[i] >= T(0) ? T(1) : T(0); }
-}
-
 // float -> double for T = float, double -> float for T = double.
 template <typename T>
 __global__ void cast_forward(const T* __restrict__ X,
                              typename gpunn::other_float<T>::type* __restrict__ Y, long long n) {
   GPUNN_GRID_STRIDE(i, n) { Y[i] = (typename gpunn::other_float<T>::type)X[i]; }
-}
-
-// ------------------------------------------------------------------ dropout
-// Inverted dropout: Y = X * scale where element i is kept (see dropout_keep), else 0. The
-// mask is a function of (seed, i) alone, so the backward recomputes it instead of storing it.
-template <typename T>
-__global__ void dropout_forward(const T* __restrict__ X, T* __restrict__ Y, long long n,
-                                unsigned long long seed, double p, T scale) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = X[i] * (gpunn::dropout_keep(seed, i, p) ? scale : T(0)); }
-}
-
-template <typename T>
-__global__ void dropout_backward(const T* __restrict__ dY, T* __restrict__ dX, long long n,
-                                 unsigned long long seed, double p, T scale) {
-  GPUNN_GRID_STRIDE(i, n) { dX[i] = dY[i] * (gpunn::dropout_keep(seed, i, p) ? scale : T(0)); }
 }

@@ -15,20 +15,26 @@ Importing this module needs neither CuPy nor a GPU.
 from __future__ import annotations
 
 import re
+from collections import Counter
+from contextlib import contextmanager
 from importlib import resources
 
 import numpy as np
+from gpunn.kernels import codes
 
 #: dtype -> the C++ type of its template instance. The one place a dtype picks a kernel.
 DTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
-#: The activation codes of common.cuh's ``gpunn::Activation``.
-ACTIVATION_CODES = {None: 0, "relu": 1, "sigmoid": 2, "tanh": 3}
+#: The activation codes of common.cuh's ``gpunn::Activation`` (re-exported: the one table is
+#: gpunn.kernels.codes).
+ACTIVATION_CODES = codes.ACTIVATION_CODES
 
 #: The header every file includes; the loader pastes it in place of the include line.
 HEADER = "common.cuh"
 
-#: source file -> the kernels it defines (each ``template <typename T> __global__``).
+#: source file -> the kernels it defines (each ``template <typename T> __global__``). The
+#: file stems are the family modules of kernels/cpu; a kernel is named ``<op>_<forward|
+#: backward|update>`` or ``<op>_<piece>`` (tests/test_kernel_names.py holds both trees to it).
 KERNELS = {
     "elementwise.cu": (
         "add_forward",
@@ -43,6 +49,9 @@ KERNELS = {
         "exp_backward",
         "log_forward",
         "log_backward",
+        "cast_forward",
+    ),
+    "activations.cu": (
         "sigmoid_forward",
         "sigmoid_backward",
         "tanh_forward",
@@ -50,11 +59,15 @@ KERNELS = {
         "relu_forward",
         "relu_backward",
         "step_forward",
-        "cast_forward",
-        "dropout_forward",
-        "dropout_backward",
     ),
     "linear.cu": ("linear_forward", "linear_backward"),
+    "conv.cu": ("conv2d_im2col", "conv2d_output", "conv2d_grad_output", "conv2d_col2im"),
+    "pooling.cu": (
+        "max_pool2d_forward",
+        "max_pool2d_backward",
+        "avg_pool2d_forward",
+        "avg_pool2d_backward",
+    ),
     "softmax.cu": (
         "softmax_forward",
         "softmax_backward",
@@ -64,22 +77,12 @@ KERNELS = {
         "cross_entropy_backward",
     ),
     "losses.cu": (
-        "mse_forward",
-        "mse_backward",
+        "mse_loss_forward",
+        "mse_loss_backward",
         "binary_cross_entropy_forward",
         "binary_cross_entropy_backward",
         "binary_cross_entropy_with_logits_forward",
         "binary_cross_entropy_with_logits_backward",
-    ),
-    "conv.cu": (
-        "conv2d_im2col",
-        "conv2d_output",
-        "conv2d_grad_output",
-        "conv2d_col2im",
-        "max_pool2d_forward",
-        "max_pool2d_backward",
-        "avg_pool2d_forward",
-        "avg_pool2d_backward",
     ),
     "recurrent.cu": (
         "rnn_cell_forward",
@@ -88,6 +91,7 @@ KERNELS = {
         "lstm_cell_backward",
     ),
     "optim.cu": ("sgd_update", "adam_update"),
+    "dropout.cu": ("dropout_forward", "dropout_backward"),
 }
 
 #: Options gpunn passes to NVRTC. CuPy appends ``-arch=sm_XY`` for the device, ``-ftz=true``
@@ -141,6 +145,30 @@ def name_expressions(name: str) -> list[str]:
 
 FILE_OF = {stem: name for name, stems in KERNELS.items() for stem in stems}
 
+# The counters of the open count_launches() blocks; empty (one falsy test per launch) otherwise.
+_counters: list[Counter] = []
+
+
+@contextmanager
+def count_launches():
+    """Count kernel launches made through :meth:`KernelLoader.launch` inside the block.
+
+    Yields a ``collections.Counter`` of kernel name (``"lstm_cell_forward"``, both dtypes
+    together) -> launches so far; blocks may nest, each counts what runs inside it. Only
+    gpunn's own kernels are counted: cuBLAS products and CuPy routines launch outside the
+    loader::
+
+        with count_launches() as launches:
+            model(x).sum().backward()
+        assert launches["lstm_cell_forward"] == T
+    """
+    counts: Counter = Counter()
+    _counters.append(counts)
+    try:
+        yield counts
+    finally:
+        _counters.remove(counts)
+
 
 class KernelLoader:
     """``loader(stem, dtype)`` -> the compiled ``cupy.RawKernel`` of that instance.
@@ -160,6 +188,13 @@ class KernelLoader:
             fn = self._load(stem, np.dtype(dtype))
             self._functions[(stem, dtype)] = fn
         return fn
+
+    def launch(self, stem: str, dtype, grid: tuple, block: tuple, args: tuple) -> None:
+        """Launch instance ``stem<dtype>`` on ``grid`` x ``block`` threads with ``args`` (on
+        the current stream), counted by any open :func:`count_launches` block."""
+        self(stem, dtype)(grid, block, args)
+        for counts in _counters:
+            counts[stem] += 1
 
     def module(self, name: str):
         """The RawModule of file ``name`` (compiled on first use of a kernel)."""

@@ -7,9 +7,10 @@
 
 // loss = mean((P - Tg)^2); D = P - Tg is kept for the backward.
 template <typename T>
-__global__ void mse_forward(const T* __restrict__ P, const T* __restrict__ Tg, T* __restrict__ D,
-                            T* __restrict__ loss, T* __restrict__ partials,
-                            unsigned int* __restrict__ counter, long long n) {
+__global__ void mse_loss_forward(const T* __restrict__ P, const T* __restrict__ Tg,
+                                 T* __restrict__ D, T* __restrict__ loss,
+                                 T* __restrict__ partials, unsigned int* __restrict__ counter,
+                                 long long n) {
   T acc = T(0);
   GPUNN_GRID_STRIDE(i, n) {
     const T d = P[i] - Tg[i];
@@ -22,8 +23,8 @@ __global__ void mse_forward(const T* __restrict__ P, const T* __restrict__ Tg, T
 
 // dP = dY * 2 * D / n; dT = -dP.
 template <typename T>
-__global__ void mse_backward(const T* __restrict__ D, const T* __restrict__ dY,
-                             T* __restrict__ dP, T* __restrict__ dT, long long n, int need) {
+__global__ void mse_loss_backward(const T* __restrict__ D, const T* __restrict__ dY,
+                                  T* __restrict__ dP, T* __restrict__ dT, long long n, int need) {
   const T dy2 = dY[0] * T(2);
   GPUNN_GRID_STRIDE(i, n) {
     const T g = dy2 * D[i] / T(n);

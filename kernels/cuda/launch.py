@@ -1,0 +1,526 @@
+"""Launch gpunn's CUDA kernels: the plumbing between a backend op and its kernels.
+
+One function per op stem (or per family of kernels with one calling convention): it picks
+the grid, packs the arguments as the kernel's C++ signature wants them (``np.int64`` for
+``long long``, the array's float type for ``T``), allocates the outputs and launches through
+the loader, so every launch is counted by :func:`gpunn.kernels.cuda.loader.count_launches`.
+Shapes are the caller's to check; these functions only guard the kernels' index widths.
+
+Every function takes a :class:`Device`: the kernel loader, the grid cap and the
+:class:`~gpunn.kernels.cuda.workspace.Workspace` of one backend. Needs CuPy and a device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gpunn.kernels.cuda.workspace import Workspace
+
+try:
+    import cupy
+except ImportError:  # pragma: no cover - the backend reports the missing CuPy
+    cupy = None
+
+BLOCK = 256  # threads per block of the 1-D kernels
+WARPS = BLOCK // 32  # rows per block of the warp-per-row kernels
+INT32_MAX = 2**31 - 1
+
+# Flags of the strided elementwise kernels (common.cuh's OperandFlags).
+A_SCALAR, B_SCALAR, CONTIGUOUS = 1, 2, 4
+
+i32, i64 = np.int32, np.int64
+
+
+class Device:
+    """What the launchers need of one backend: ``kernels`` (a KernelLoader), ``max_blocks``
+    (the grid cap: 32 blocks per multiprocessor) and ``workspace``."""
+
+    def __init__(self, kernels, max_blocks: int):
+        self.kernels = kernels
+        self.max_blocks = max_blocks
+        self.workspace = Workspace(max_blocks)
+
+
+def contiguous(X):
+    """X itself when C-contiguous, else a contiguous copy (one CuPy copy kernel)."""
+    return X if X.flags.c_contiguous else cupy.ascontiguousarray(X)
+
+
+def grid(dev: Device, n: int) -> tuple:
+    """Blocks for n elements of a grid-stride kernel: one per BLOCK elements, capped."""
+    return (max(1, min((n + BLOCK - 1) // BLOCK, dev.max_blocks)),)
+
+
+def row_grid(dev: Device, rows: int) -> tuple:
+    """Blocks for a warp-per-row kernel over ``rows`` rows, capped."""
+    return (max(1, min((rows + WARPS - 1) // WARPS, dev.max_blocks)),)
+
+
+def launch(dev: Device, stem: str, dtype, n: int, args: tuple) -> None:
+    """A grid-stride kernel over n elements, BLOCK threads per block."""
+    dev.kernels.launch(stem, dtype, grid(dev, n), (BLOCK,), args)
+
+
+def check_int32(op: str, *sizes: int) -> None:
+    """Raise when a size exceeds the 32-bit indexing of the conv and pooling kernels."""
+    if max(sizes) > INT32_MAX:
+        raise ValueError(
+            f"{op}: an intermediate of {max(sizes):,} elements exceeds the CUDA kernels' "
+            "32-bit indexing; split the batch"
+        )
+
+
+# ---------------------------------------------------------------------- elementwise
+def collapse(out_shape, operands):
+    """Collapse a broadcast to at most 4 dimensions. ``operands``: arrays (or None for a
+    Python scalar). Returns ((d0, d1, d2, d3), [strides of each array, 4 each]) or None
+    when more than 4 dimensions remain."""
+    nd = len(out_shape)
+    keep = [k for k in range(nd) if out_shape[k] != 1]
+    strides = []
+    for X in operands:
+        if X is None:
+            strides.append([0] * len(keep))
+            continue
+        s = [0] * nd
+        off = nd - X.ndim
+        item = X.itemsize
+        for k in range(X.ndim):
+            if X.shape[k] != 1:
+                s[off + k] = X.strides[k] // item
+        strides.append([s[k] for k in keep])
+    dims: list[int] = []
+    merged: list[list[int]] = [[] for _ in operands]
+    for k, d in enumerate(out_shape[i] for i in keep):
+        if dims and all(m[-1] == st[k] * d for m, st in zip(merged, strides)):
+            dims[-1] *= d
+            for m, st in zip(merged, strides):
+                m[-1] = st[k]
+        else:
+            dims.append(d)
+            for m, st in zip(merged, strides):
+                m.append(st[k])
+    if len(dims) > 4:
+        return None
+    pad = 4 - len(dims)
+    return [1] * pad + dims, [[0] * pad + m for m in merged]
+
+
+def binary(dev: Device, stem: str, A, B):
+    """Y = A op B (add_forward ... pow_forward) with NumPy broadcasting; A or B may be a
+    Python scalar."""
+    a_arr, b_arr = isinstance(A, cupy.ndarray), isinstance(B, cupy.ndarray)
+    dtype = (A if a_arr else B).dtype
+    t = dtype.type
+    a_val = t(0) if a_arr else t(A)
+    b_val = t(0) if b_arr else t(B)
+    flags = (0 if a_arr else A_SCALAR) | (0 if b_arr else B_SCALAR)
+    if a_arr and b_arr:
+        out_shape = A.shape if A.shape == B.shape else np.broadcast_shapes(A.shape, B.shape)
+    else:
+        out_shape = (A if a_arr else B).shape
+    out_shape = tuple(out_shape)
+    Y = cupy.empty(out_shape, dtype)
+    n = Y.size
+    if n == 0:
+        return Y
+    arrays = [X for X, is_arr in ((A, a_arr), (B, b_arr)) if is_arr]
+    if all(X.shape == out_shape and X.flags.c_contiguous for X in arrays):
+        dims, (sa, sb) = [1, 1, 1, n], [[0] * 4, [0] * 4]
+        flags |= CONTIGUOUS
+    else:
+        layout = collapse(out_shape, [A if a_arr else None, B if b_arr else None])
+        if layout is None:  # more than 4 dimensions after collapsing: materialise
+            if a_arr:
+                A = cupy.ascontiguousarray(cupy.broadcast_to(A, out_shape))
+            if b_arr:
+                B = cupy.ascontiguousarray(cupy.broadcast_to(B, out_shape))
+            dims, (sa, sb) = [1, 1, 1, n], [[0] * 4, [0] * 4]
+            flags |= CONTIGUOUS
+        else:
+            dims, (sa, sb) = layout
+    args = (A if a_arr else Y, B if b_arr else Y, Y, a_val, b_val, i32(flags), i64(n))
+    geometry = (*(i64(d) for d in dims[1:]), *(i64(s) for s in sa), *(i64(s) for s in sb))
+    launch(dev, stem, dtype, n, args + geometry)
+    return Y
+
+
+def unary(dev: Device, stem: str, X):
+    """Y = f(X) for a one-input map (neg_forward, exp_forward, relu_forward, ...)."""
+    X = contiguous(X)
+    Y = cupy.empty(X.shape, X.dtype)
+    if X.size:
+        launch(dev, stem, X.dtype, X.size, (X, Y, i64(X.size)))
+    return Y
+
+
+def map2(dev: Device, stem: str, A, B):
+    """out = f(A, B) elementwise, A and B of one shape: the backward of a one-input map from
+    dY and its saved array (exp_backward(dY, Y), ...), or rnn_cell_forward(XW, HW)."""
+    A, B = contiguous(A), contiguous(B)
+    out = cupy.empty(B.shape, B.dtype)
+    if B.size:
+        launch(dev, stem, B.dtype, B.size, (A, B, out, i64(B.size)))
+    return out
+
+
+def _strided_layout(shape, A, B):
+    """(A, B, dims, strides) for operands A, B (arrays or Python scalars) read over ``shape``."""
+    a_arr, b_arr = isinstance(A, cupy.ndarray), isinstance(B, cupy.ndarray)
+    layout = collapse(shape, [A if a_arr else None, B if b_arr else None])
+    if layout is None:
+        A = cupy.ascontiguousarray(cupy.broadcast_to(A, shape)) if a_arr else A
+        B = cupy.ascontiguousarray(cupy.broadcast_to(B, shape)) if b_arr else B
+        layout = collapse(shape, [A if a_arr else None, B if b_arr else None])
+        if layout is None:  # contiguous full-size operands: flat indexing
+            n = int(np.prod(shape))
+            full = [0, 0, 0, 1]
+            layout = ([1, 1, 1, n], [full if a_arr else [0] * 4, full if b_arr else [0] * 4])
+    dims, strides = layout
+    return A, B, dims, strides
+
+
+def div_backward(dev: Device, dY, Y, B):
+    """dB of Y = A / B before un-broadcasting: -dY * Y / B, B strided over Y's shape."""
+    dY, Y = contiguous(dY), contiguous(Y)
+    _, B, dims, (_, sb) = _strided_layout(Y.shape, None, B)
+    dB = cupy.empty(Y.shape, Y.dtype)
+    if Y.size:
+        geometry = (i64(Y.size), *(i64(d) for d in dims[1:]), *(i64(s) for s in sb))
+        launch(dev, "div_backward", Y.dtype, Y.size, (dY, Y, B, dB, *geometry))
+    return dB
+
+
+def pow_backward(dev: Device, dY, Y, A, B, need):
+    """(dA, dB) of Y = A ** B before un-broadcasting, in one pass; ``need`` says which.
+    A and B are strided over Y's shape or Python scalars."""
+    dY, Y = contiguous(dY), contiguous(Y)
+    a_arr, b_arr = isinstance(A, cupy.ndarray), isinstance(B, cupy.ndarray)
+    A, B, dims, (sa, sb) = _strided_layout(Y.shape, A, B)
+    t = Y.dtype.type
+    dA = cupy.empty(Y.shape, Y.dtype) if need[0] else None
+    dB = cupy.empty(Y.shape, Y.dtype) if need[1] else None
+    if Y.size:
+        flags = (0 if a_arr else A_SCALAR) | (0 if b_arr else B_SCALAR)
+        args = (
+            dY,
+            Y,
+            A if a_arr else Y,
+            B if b_arr else Y,
+            dA if dA is not None else Y,
+            dB if dB is not None else Y,
+            t(0) if a_arr else t(A),
+            t(0) if b_arr else t(B),
+            i32(flags),
+            i32((1 if need[0] else 0) | (2 if need[1] else 0)),
+            i64(Y.size),
+            *(i64(d) for d in dims[1:]),
+            *(i64(s) for s in sa),
+            *(i64(s) for s in sb),
+        )
+        launch(dev, "pow_backward", Y.dtype, Y.size, args)
+    return dA, dB
+
+
+def cast_forward(dev: Device, X, dtype):
+    """X as ``dtype``: gpunn's kernel between float32 and float64, else CuPy's cast."""
+    from gpunn.kernels.cuda.loader import DTYPES
+
+    if X.dtype in DTYPES and dtype in DTYPES and dtype != X.dtype:
+        X = contiguous(X)
+        Y = cupy.empty(X.shape, dtype)
+        if X.size:
+            launch(dev, "cast_forward", X.dtype, X.size, (X, Y, i64(X.size)))
+        return Y
+    return X.astype(dtype)  # same dtype (a copy) or a non-float dtype: CuPy's cast kernel
+
+
+# ---------------------------------------------------------------------- linear
+def linear_forward(dev: Device, Z, b, act: int) -> None:
+    """Z += b, then Z = act(Z), in place on the GEMM result Z (rows, cols)."""
+    rows, cols = Z.shape
+    if (b is not None or act) and Z.size:
+        bias = contiguous(b) if b is not None else Z
+        args = (Z, bias, i64(rows), i64(cols), i32(b is not None), i32(act))
+        launch(dev, "linear_forward", Z.dtype, Z.size, args)
+
+
+def linear_backward(dev: Device, dY, Y, act: int, need_db: bool):
+    """(dZ, db): dZ = act'(dY) given Y = act(Z), db = column sums of dZ (None unless
+    ``need_db``), in one kernel when db is needed."""
+    from gpunn.kernels.codes import ACTIVATION_CODES
+
+    dY = contiguous(dY)
+    rows, cols = Y.shape
+    if not need_db:
+        if not act:
+            return dY, None
+        name = next(k for k, v in ACTIVATION_CODES.items() if v == act)
+        return map2(dev, name + "_backward", dY, Y), None
+    db = cupy.empty(cols, Y.dtype)
+    dZ = cupy.empty_like(dY) if act else dY
+    if rows == 0:
+        db.fill(0)
+    elif cols:
+        bx = min(32, 1 << (cols - 1).bit_length())
+        flags = (i32(act), i32(1), i32(1 if act else 0))
+        args = (dY, Y, dZ, db, i64(rows), i64(cols), *flags)
+        dev.kernels.launch(
+            "linear_backward", Y.dtype, ((cols + bx - 1) // bx,), (bx, BLOCK // bx), args
+        )
+    return dZ, db
+
+
+def getitem_index(index, shape):
+    """``index`` with host integer/boolean arrays moved to the device, after NumPy has
+    checked them against ``shape`` (CuPy would wrap out-of-range indices silently). Device
+    index arrays are copied to the host for the check: a synchronisation."""
+    items = index if isinstance(index, tuple) else (index,)
+    if not any(isinstance(i, (np.ndarray, cupy.ndarray, list)) for i in items):
+        return index
+    host = tuple(cupy.asnumpy(i) if isinstance(i, cupy.ndarray) else i for i in items)
+    np.broadcast_to(np.empty((), np.int8), shape)[host if isinstance(index, tuple) else host[0]]
+    moved = tuple(cupy.asarray(i) if isinstance(i, (np.ndarray, list)) else i for i in items)
+    return moved if isinstance(index, tuple) else moved[0]
+
+
+# ---------------------------------------------------------------------- softmax and losses
+def rows(dev: Device, stem: str, *arrays):
+    """A warp-per-row kernel (softmax_forward, softmax_backward, log_softmax_*) over the last
+    axis of contiguous ``arrays``; returns its output, shaped as arrays[0]."""
+    out = cupy.empty(arrays[0].shape, arrays[0].dtype)
+    cols = out.shape[-1] if out.ndim else 1
+    n_rows = out.size // cols if cols else 0
+    if out.size:
+        args = (*arrays, out, i64(n_rows), i64(cols))
+        dev.kernels.launch(stem, out.dtype, row_grid(dev, n_rows), (BLOCK,), args)
+    return out
+
+
+def rows_forward(dev: Device, stem: str, X, axis: int):
+    """(Y, saved): a row kernel (softmax_forward, log_softmax_forward) over ``axis`` of X,
+    the axis moved last (and back) when it is not last already."""
+    axis = axis % X.ndim
+    moved = axis != X.ndim - 1
+    Xm = cupy.ascontiguousarray(cupy.moveaxis(X, axis, -1)) if moved else contiguous(X)
+    Ym = rows(dev, stem, Xm)
+    Y = cupy.ascontiguousarray(cupy.moveaxis(Ym, -1, axis)) if moved else Ym
+    return Y, (Ym, axis, moved)
+
+
+def rows_backward(dev: Device, stem: str, dY, saved):
+    """dX of a row kernel (softmax_backward, log_softmax_backward) from rows_forward's saved."""
+    Ym, axis, moved = saved
+    dYm = cupy.ascontiguousarray(cupy.moveaxis(dY, axis, -1)) if moved else contiguous(dY)
+    dXm = rows(dev, stem, dYm, Ym)
+    return cupy.ascontiguousarray(cupy.moveaxis(dXm, -1, axis)) if moved else dXm
+
+
+def loss_forward(dev: Device, stem: str, n: int, arrays, out_arrays=()):
+    """A loss kernel over n elements ending in a grid-wide sum; returns the 0-d loss."""
+    dtype = arrays[0].dtype
+    loss = cupy.empty((), dtype)
+    partials, counter = dev.workspace.grid_sum_scratch(dtype)
+    args = (*arrays, *out_arrays, loss, partials, counter, i64(n))
+    dev.kernels.launch(stem, dtype, grid(dev, n), (BLOCK,), args)
+    return loss
+
+
+def mse_loss_backward(dev: Device, dY, D, needs):
+    """(dP, dT) from the saved difference D = P - T and the 0-d dY on the device."""
+    return _pair_backward(dev, "mse_loss_backward", (D, dY), D, needs)
+
+
+def pair_loss_backward(dev: Device, stem: str, dY, X, T, needs):
+    """(dX, dT) of binary_cross_entropy[_with_logits] from the saved inputs."""
+    return _pair_backward(dev, stem, (X, T, dY), X, needs)
+
+
+def _pair_backward(dev, stem, inputs, like, needs):
+    dX = cupy.empty(like.shape, like.dtype) if needs[0] else None
+    dT = cupy.empty(like.shape, like.dtype) if needs[1] else None
+    if (needs[0] or needs[1]) and like.size:
+        need = (1 if needs[0] else 0) | (2 if needs[1] else 0)
+        outs = (dX if dX is not None else like, dT if dT is not None else like)
+        launch(dev, stem, like.dtype, like.size, (*inputs, *outs, i64(like.size), i32(need)))
+    return dX, dT
+
+
+def cross_entropy_forward(dev: Device, Z, labels):
+    """(loss, log-softmax of Z) in one launch; a label outside [0, classes) is flagged in
+    the workspace's error slots (the loss is then NaN)."""
+    n_rows, cols = Z.shape
+    logp = cupy.empty(Z.shape, Z.dtype)
+    loss = cupy.empty((), Z.dtype)
+    partials, counter = dev.workspace.grid_sum_scratch(Z.dtype)
+    err = dev.workspace.err_dev
+    args = (Z, labels, logp, loss, partials, counter, i64(n_rows), i64(cols), err)
+    dev.kernels.launch("cross_entropy_forward", Z.dtype, row_grid(dev, n_rows), (BLOCK,), args)
+    return loss, logp
+
+
+def cross_entropy_backward(dev: Device, dY, logp, labels):
+    """dZ = (softmax - onehot) * dY / rows."""
+    dZ = cupy.empty(logp.shape, logp.dtype)
+    n_rows, cols = logp.shape
+    if dZ.size:
+        args = (logp, labels, dY, dZ, i64(n_rows), i64(cols))
+        launch(dev, "cross_entropy_backward", logp.dtype, dZ.size, args)
+    return dZ
+
+
+# ---------------------------------------------------------------------- convolution and pooling
+def conv2d_im2col(dev: Device, X, W, stride, padding):
+    """(col (C*kh*kw, N*P), geometry): X's column matrix and the int32 geometry tuple
+    (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow) the conv kernels take."""
+    n, c, h, w = X.shape
+    k, _, kh, kw = W.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    ckk = c * kh * kw
+    check_int32("conv2d", ckk * n * oh * ow, X.size, n * k * oh * ow)
+    col = cupy.empty((ckk, n * oh * ow), X.dtype)
+    geometry = tuple(i32(v) for v in (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    if col.size:
+        launch(dev, "conv2d_im2col", X.dtype, col.size, (X, col, *geometry))
+    return col, geometry
+
+
+def conv2d_output(dev: Device, Ymat, b, geometry, k: int):
+    """Y (N, K, OH, OW) from the GEMM's (K, N*P), plus b[k] when b is given."""
+    n, oh, ow = int(geometry[0]), int(geometry[10]), int(geometry[11])
+    Y = cupy.empty((n, k, oh, ow), Ymat.dtype)
+    if Y.size:
+        bias = contiguous(b) if b is not None else Ymat
+        args = (Ymat, bias, Y, i32(n), i32(k), i32(oh * ow), i32(b is not None))
+        launch(dev, "conv2d_output", Y.dtype, Y.size, args)
+    return Y
+
+
+def conv2d_grad_output(dev: Device, dY):
+    """dYt (K, N*P) from dY (N, K, OH, OW): the layout the backward GEMMs take."""
+    n, k, oh, ow = dY.shape
+    dY = contiguous(dY)
+    dYt = cupy.empty((k, n * oh * ow), dY.dtype)
+    if dYt.size:
+        args = (dY, dYt, i32(n), i32(k), i32(oh * ow))
+        launch(dev, "conv2d_grad_output", dY.dtype, dYt.size, args)
+    return dYt
+
+
+def conv2d_col2im(dev: Device, dcol, x_shape, geometry):
+    """dX of shape ``x_shape`` gathered from the column gradient dcol."""
+    dX = cupy.empty(x_shape, dcol.dtype)
+    if dX.size:
+        launch(dev, "conv2d_col2im", dcol.dtype, dX.size, (dcol, dX, *geometry))
+    return dX
+
+
+def pool2d_geometry(op: str, X, kernel_size, stride, padding):
+    """((n, c, oh, ow), int32 geometry (n*c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))."""
+    n, c, h, w = X.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    check_int32(op, X.size, n * c * oh * ow)
+    geometry = tuple(i32(v) for v in (n * c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    return (n, c, oh, ow), geometry
+
+
+def max_pool2d_forward(dev: Device, X, kernel_size, stride, padding):
+    """(Y, saved): window maxima of contiguous X and the argmax offsets for the backward."""
+    shape, geometry = pool2d_geometry("max_pool2d", X, kernel_size, stride, padding)
+    Y = cupy.empty(shape, X.dtype)
+    arg = cupy.empty(shape, np.int32)
+    if Y.size:
+        launch(dev, "max_pool2d_forward", X.dtype, Y.size, (X, Y, arg, *geometry))
+    return Y, (X.shape, arg, geometry)
+
+
+def max_pool2d_backward(dev: Device, dY, x_shape, arg, geometry):
+    dX = cupy.empty(x_shape, dY.dtype)
+    if dX.size:
+        launch(dev, "max_pool2d_backward", dY.dtype, dX.size, (dY, arg, dX, *geometry))
+    return dX
+
+
+def avg_pool2d_forward(dev: Device, X, kernel_size, stride, padding):
+    """(Y, saved): window means of contiguous X, zero padding counted."""
+    shape, geometry = pool2d_geometry("avg_pool2d", X, kernel_size, stride, padding)
+    Y = cupy.empty(shape, X.dtype)
+    if Y.size:
+        launch(dev, "avg_pool2d_forward", X.dtype, Y.size, (X, Y, *geometry))
+    return Y, (X.shape, geometry)
+
+
+def avg_pool2d_backward(dev: Device, dY, x_shape, geometry):
+    dX = cupy.empty(x_shape, dY.dtype)
+    if dX.size:
+        launch(dev, "avg_pool2d_backward", dY.dtype, dX.size, (dY, dX, *geometry))
+    return dX
+
+
+# ---------------------------------------------------------------------- dropout
+def dropout_forward(dev: Device, X, p: float, seed: int):
+    """(Y, saved) of inverted dropout on contiguous X; saved is the kernel's scalar tail."""
+    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    args = (i64(X.size), np.uint64(seed), np.float64(p), X.dtype.type(scale))
+    Y = cupy.empty(X.shape, X.dtype)
+    if X.size:
+        launch(dev, "dropout_forward", X.dtype, X.size, (X, Y, *args))
+    return Y, args
+
+
+def dropout_backward(dev: Device, dY, saved):
+    """dX from contiguous dY and dropout_forward's saved: the same mask, recomputed."""
+    dX = cupy.empty(dY.shape, dY.dtype)
+    if dY.size:
+        launch(dev, "dropout_backward", dY.dtype, dY.size, (dY, dX, *saved))
+    return dX
+
+
+# ---------------------------------------------------------------------- recurrent cells
+def lstm_cell_forward(dev: Device, XW, HW, C):
+    """(H_new, C_new, S): the four gates and the state update in one kernel; S (5, B, H)
+    holds i, f, g, o and tanh(C_new) for the backward."""
+    batch, hidden = C.shape
+    out = cupy.empty((7, batch, hidden), C.dtype)  # H_new, C_new, then S
+    Hn, Cn, S = out[0], out[1], out[2:]
+    if C.size:
+        args = (XW, HW, C, Hn, Cn, S, i64(batch), i64(hidden))
+        launch(dev, "lstm_cell_forward", C.dtype, C.size, args)
+    return Hn, Cn, S
+
+
+def lstm_cell_backward(dev: Device, dHn, dCn, C, S, need_dc: bool):
+    """(dG (B, 4H), dC_prev or None) in one kernel."""
+    batch, hidden = C.shape
+    dG = cupy.empty((batch, 4 * hidden), C.dtype)
+    dCp = cupy.empty(C.shape, C.dtype) if need_dc else None
+    if C.size:
+        args = (dHn, dCn, C, S, dG, dCp if dCp is not None else dG)
+        args += (i64(batch), i64(hidden), i32(1 if need_dc else 0))
+        launch(dev, "lstm_cell_backward", C.dtype, C.size, args)
+    return dG, dCp
+
+
+# ---------------------------------------------------------------------- optimizer updates
+def fused_update(dev: Device, stem: str, columns, scalars) -> None:
+    """sgd_update / adam_update: one launch per dtype over all parameters. ``columns`` =
+    (params, grads, state...), lists of equal length (None for absent state); ``scalars``:
+    Python floats (passed as the parameters' float type) and numpy integers."""
+    params = columns[0]
+    for p in params:
+        if not p.flags.c_contiguous:
+            raise ValueError(f"{stem}: parameters must be contiguous to update in place")
+    groups: dict = {}
+    for i, p in enumerate(params):
+        groups.setdefault(p.dtype, []).append(i)
+    for dtype, idx in groups.items():
+        cols = [[params[i] for i in idx]]
+        cols += [[None if c[i] is None else contiguous(c[i]) for i in idx] for c in columns[1:]]
+        sizes = [params[i].size for i in idx]
+        if not any(sizes):
+            continue
+        table = dev.workspace.pointer_table(cols, sizes)
+        t = dtype.type
+        args = (table, i32(len(idx)), *(t(s) if isinstance(s, float) else s for s in scalars))
+        launch(dev, stem, dtype, max(sizes), args)
