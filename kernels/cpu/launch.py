@@ -151,7 +151,7 @@ def linear_forward(X, W, b, code):
     X2 = X.reshape(-1, X.shape[-1])
     Z = np.empty((X2.shape[0], W.shape[0]), X.dtype)
     kern, tasks = _tasks(_lin.linear_forward, Z.size * W.shape[1] // LINEAR_MACS_PER_ELEMENT)
-    with _threads.single_blas(tasks > 1):
+    with _threads.single_blas():
         kern(X2, W, EMPTY[X.dtype] if b is None else b.ravel(), code, tasks, Z)
     return Z.reshape(X.shape[:-1] + (W.shape[0],))
 
@@ -169,7 +169,7 @@ def linear_backward(dY, X, W, Y, code, needs):
     db = np.empty(m, dtype) if needs[2] else EMPTY[dtype]
     scratch = workspace("linear", (n * m,), dtype) if needs[1] or needs[2] else EMPTY[dtype]
     kern, tasks = _tasks(_lin.linear_backward, n * m * k // LINEAR_MACS_PER_ELEMENT)
-    with _threads.single_blas(tasks > 1):
+    with _threads.single_blas():
         kern(dY2, Y2, code, X2, W, tasks, dZ, dX, dW, db, scratch)
     return (
         dX.reshape(X.shape) if needs[0] else None,
@@ -359,7 +359,7 @@ def conv2d_forward(X, W, b, stride, padding):
     kern, tasks = _tasks(_conv.conv2d_forward, Y.size * r)
     rows = _conv_rows(Y.shape[0] * oh, ow, (r + k) * dtype.itemsize, tasks)
     scratch = workspace("conv", (tasks, (r + k) * rows * ow), dtype)
-    with _threads.single_blas(tasks > 1):
+    with _threads.single_blas():
         kern(
             X,
             W.reshape(k, r),
@@ -388,7 +388,7 @@ def conv2d_backward(dY, X, W, stride, padding, needs):
     dw_part = np.empty((tasks, k, r), dtype) if needs[1] else EMPTY3[dtype]
     db_part = np.empty((tasks, k), dtype) if needs[2] else EMPTY2[dtype]
     scratch = workspace("conv", (tasks, (2 * r + k) * rows * ow + k * r), dtype)
-    with _threads.single_blas(tasks > 1):
+    with _threads.single_blas():
         kern(
             X,
             c(dY),

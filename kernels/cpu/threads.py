@@ -55,26 +55,25 @@ def set_blas_threads(n: int) -> None:
 
 
 class single_blas:
-    """``with single_blas(active):`` BLAS runs one thread inside the block when ``active``
-    (a parallel kernel that calls BLAS from each of Numba's threads: nested BLAS threads
-    would only compete for the same cores), restoring each library's count on exit."""
+    """``with single_blas():`` BLAS runs one thread inside the block, each library's count
+    restored on exit: for kernels that call BLAS themselves. In a parallel kernel, BLAS
+    threads nested in Numba's would only compete for the same cores; in a serial one (a
+    small product) waking BLAS's threads costs more than they save, and on a busy machine
+    far more (a 64x400x120 product took 36 ms on two BLAS threads at load 70)."""
 
-    __slots__ = ("active", "saved")
-
-    def __init__(self, active: bool):
-        self.active = active
+    __slots__ = ("saved",)
 
     def __enter__(self):
-        if self.active:
-            libs = _kernel_blas()
-            self.saved = [lib.num_threads for lib in libs]
-            for lib in libs:
+        libs = _kernel_blas()
+        self.saved = [lib.num_threads for lib in libs]
+        for lib, n in zip(libs, self.saved):
+            if n != 1:
                 lib.set_num_threads(1)
         return self
 
     def __exit__(self, *exc):
-        if self.active:
-            for lib, n in zip(_kernel_blas(), self.saved):
+        for lib, n in zip(_kernel_blas(), self.saved):
+            if n != 1:
                 lib.set_num_threads(n)
         return False
 
