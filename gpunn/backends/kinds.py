@@ -162,8 +162,8 @@ CUPY = {
     "cross_entropy_forward": "kernel",
     "cross_entropy_backward": "kernel",
     # convolution and pooling
-    "conv2d_forward": "kernel: im2col kernel, cuBLAS GEMM, output kernel",
-    "conv2d_backward": "kernel: layout kernel, cuBLAS GEMMs and GEMV, col2im kernel",
+    "conv2d_forward": "kernel: per chunk of images, im2col kernel, cuBLAS GEMM, output kernel",
+    "conv2d_backward": "kernel: per chunk, layout kernel, cuBLAS GEMMs and GEMV, col2im kernel",
     "max_pool2d_forward": "kernel",
     "max_pool2d_backward": "kernel",
     "avg_pool2d_forward": "kernel",
