@@ -151,7 +151,7 @@ def gradients(root: Tensor):
     if root._node is None:
         raise GraphError("the result is not computed from anything that requires grad")
     order = walk(root)[::-1]  # topological: every node after the nodes of its inputs
-    seed = root._be.full(root.data.shape, 1, root.dtype)
+    seed = root.backend_object.full(root.shape, 1, root.dtype)
     out_grads = {(id(root._node), root._out_index): seed}
     leaf_grads: dict[int, object] = {}
     for node in reversed(order):
@@ -160,7 +160,7 @@ def gradients(root: Tensor):
         dYs = [out_grads.get((id(node), k)) for k in range(len(node.out_meta))]
         if all(g is None for g in dYs):
             continue
-        if len(dYs) == 1:
+        if not node.multi:
             dY = dYs[0]
         else:
             dY = tuple(
@@ -212,7 +212,7 @@ def to_dot(
     """
     names = dict(names or {})
     order, out_grads, leaf_grads = gradients(root)
-    host = root._be.to_numpy
+    host = root.backend_object.to_numpy
     lines = [
         "digraph gpunn {",
         "  rankdir=LR;",
@@ -263,12 +263,14 @@ def to_dot(
 
 # ---------------------------------------------------------------------- models
 def model_loss(model_name: str, data_name: str | None = None, batch: int = 2):
-    """(loss, names, title) of ``model_name`` on ``batch`` samples of ``data_name``."""
+    """(loss, names, title) of ``model_name`` on ``batch`` samples of ``data_name``; for a
+    model without a loss (the perceptron) its output instead of the loss."""
     from gpunn import data as gdata
-    from gpunn.train import TrainError, build_model, check_compatible, defaults_for, prepare_arrays
+    from gpunn.train import SPECS, TrainError, build_model, check_compatible, defaults_for
 
+    spec = SPECS[model_name]
     if data_name is None:
-        data_name = "breast_cancer" if model_name in ("perceptron", "logreg") else "digits"
+        data_name = "breast_cancer" if spec.two_classes else "digits"
     try:
         check_compatible(model_name, data_name)
     except TrainError as e:
@@ -278,7 +280,8 @@ def model_loss(model_name: str, data_name: str | None = None, batch: int = 2):
     except (ImportError, OSError, ValueError) as e:
         raise GraphError(str(e)) from None
     settings = {"model": model_name, **defaults_for(model_name, data_name)}
-    x_train, y_train, _, _ = prepare_arrays(model_name, split)
+    x_train = spec.layout(split.x_train, split.kind)
+    y_train = spec.targets(split.y_train, split.task)
     gpunn.manual_seed(0)
     model = build_model(settings, split, x_train)
     x = gpunn.tensor(x_train[:batch])
@@ -286,18 +289,10 @@ def model_loss(model_name: str, data_name: str | None = None, batch: int = 2):
     names = {id(p): name for name, p in model.named_parameters()}
     names[id(x)] = "x"
     names[id(y)] = "y"
-    if model_name == "perceptron":
-        loss = model(x)
-        title = "perceptron output step(w . x + b) (trained by the perceptron rule, no loss)"
-    elif model_name == "logreg":
-        loss = F.binary_cross_entropy_with_logits(model.logits(x), y)
-        title = "logistic regression: binary cross-entropy of sigmoid(W x + b)"
-    elif split.task == "regression":
-        loss = F.mse_loss(model(x), y)
-        title = f"{model_name} on {data_name}: mean squared error"
-    else:
-        loss = F.cross_entropy(model(x), y)
-        title = f"{model_name} on {data_name}: cross-entropy"
+    objective = spec.objective_for(split.task)
+    out = spec.output_fn(model)(x)
+    loss = out if objective.loss is None else objective.loss(out, y)
+    title = f"{model_name} on {data_name}: {objective.title}"
     return loss, names, f"{title}, batch of {batch}"
 
 
@@ -326,7 +321,10 @@ def run(expr=None, at=None, model=None, data=None, batch=2, out=None, fmt="svg")
     out = out or "graph.dot"
     if model is not None:
         root, names, title = model_loss(model, data, batch)
-        dot = to_dot(root, names, root_name="loss" if model != "perceptron" else "y", title=title)
+        from gpunn.train import SPECS
+
+        root_name = "y" if SPECS[model].objective_for("classification").loss is None else "loss"
+        dot = to_dot(root, names, root_name=root_name, title=title)
         summary = f"{title}: {len(walk(root))} ops"
     else:
         lecture = expr is None

@@ -16,6 +16,8 @@ import gpunn
 from gpunn import cli
 from gpunn import train as gtrain
 from gpunn.data import idx as gidx
+from gpunn.training import settings as gsettings
+from gpunn.training.extensions import CurvePlot
 
 pytest.importorskip("sklearn")
 
@@ -30,7 +32,7 @@ def _isolated(monkeypatch, tmp_path):
     monkeypatch.setattr(gidx, "_urlopen", offline)
     monkeypatch.setenv("GPUNN_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(gtrain.Trainer, "_write_curves", lambda self: None)
+    monkeypatch.setattr(CurvePlot, "draw", lambda self, t: None)
 
 
 def _train(*flags):
@@ -52,7 +54,7 @@ def test_train_defaults_logreg_on_breast_cancer(capsys):
     assert _train("--epochs", "2") == 0
     out = capsys.readouterr().out
     assert "logreg on breast_cancer" in out and "epoch 2/2" in out
-    assert "best val accuracy" in out.strip().splitlines()[-1]
+    assert "test accuracy" in out.strip().splitlines()[-1]
     cfg = _config(os.path.join("runs", "logreg-breast_cancer"))
     assert (cfg["model"], cfg["data"], cfg["optimizer"], cfg["lr"]) == (
         "logreg",
@@ -149,7 +151,7 @@ def test_bad_numbers_are_refused(capsys):
 
 
 def test_unavailable_backend_says_why(monkeypatch, capsys):
-    monkeypatch.setattr(gtrain, "why_unavailable", lambda name: "cupy: no CUDA device found")
+    monkeypatch.setattr(gsettings, "why_unavailable", lambda name: "cupy: no CUDA device found")
     assert cli.main(["train", "--backend", "cupy"]) == 2
     err = capsys.readouterr().err
     assert "backend 'cupy' cannot run here: cupy: no CUDA device found" in err
@@ -193,7 +195,7 @@ def test_mnist_and_fashion_mnist_from_placed_files(tmp_path):
     for name in ("mnist", "fashion_mnist"):
         folder = tmp_path / "data" / name
         folder.mkdir(parents=True)
-        for prefix, n in (("train", 40), ("t10k", 20)):
+        for prefix, n in (("train", 120), ("t10k", 20)):
             images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
             gidx.write_idx(folder / f"{prefix}-images-idx3-ubyte", images)
             gidx.write_idx(
@@ -201,7 +203,7 @@ def test_mnist_and_fashion_mnist_from_placed_files(tmp_path):
             )
         out = str(tmp_path / name)
         assert _train("--model", "mlp", "--data", name, "--epochs", "1", "--out", out) == 0
-        assert _config(out)["train_samples"] == 40
+        assert _config(out)["train_samples"] == 110  # 1/12 of each class validates
 
 
 def test_nan_loss_exits_with_a_message(capsys):
@@ -217,14 +219,15 @@ def test_nan_loss_exits_with_a_message(capsys):
 
 
 def test_ctrl_c_exits_130_after_saving(monkeypatch, capsys):
-    real_emit = gtrain.Trainer._emit
+    real_emit = gtrain.Trainer.emit
 
     def emit(self, event):
+        said = real_emit(self, event)
         if event == "batch_end" and self.batch == 3:
             raise KeyboardInterrupt
-        real_emit(self, event)
+        return said
 
-    monkeypatch.setattr(gtrain.Trainer, "_emit", emit)
+    monkeypatch.setattr(gtrain.Trainer, "emit", emit)
     assert _train("--model", "mlp", "--data", "digits", "--out", "cc") == 130
     err = capsys.readouterr().err
     assert "interrupted at epoch 1, after batch 4" in err and "gpunn train --out cc --resume" in err

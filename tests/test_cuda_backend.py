@@ -350,6 +350,24 @@ def test_bad_labels_raise_at_next_sync_and_eagerly(be):
         gpunn.cuda.set_eager_checks(False)
 
 
+def test_bad_embedding_indices_raise_at_next_sync_and_eagerly(be):
+    import gpunn.cuda
+
+    w = gpunn.tensor(np.ones((5, 3), np.float32), backend="cupy", requires_grad=True)
+    bad = gpunn.tensor(np.array([0, 5, 1]), backend="cupy")
+    y = gpunn.functional.embedding(bad, w)
+    with pytest.raises(IndexError, match=r"embedding.*\[0, 5\).*found 5"):
+        y.numpy()
+    ok = gpunn.functional.embedding(gpunn.tensor(np.array([4, 0]), backend="cupy"), w)
+    assert np.all(ok.numpy() == 1)
+    gpunn.cuda.set_eager_checks(True)
+    try:
+        with pytest.raises(IndexError, match=r"embedding: input holds indices outside"):
+            gpunn.functional.embedding(bad, w)
+    finally:
+        gpunn.cuda.set_eager_checks(False)
+
+
 def test_moves_between_backends_copy(be):
     from gpunn import models
 

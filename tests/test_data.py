@@ -135,16 +135,32 @@ def test_breast_cancer_is_standardized_and_split_by_seed():
     pytest.importorskip("sklearn")
     s = gdata.load_breast_cancer()
     assert s.x_train.dtype == np.float32 and s.y_train.dtype == np.int64
-    assert s.x_train.shape[1] == 30 and len(s.x_train) + len(s.x_val) == 569
-    assert len(s.x_val) == pytest.approx(0.2 * 569, abs=2)
+    assert s.x_train.shape[1] == 30 and len(s.x_train) + len(s.x_val) + len(s.x_test) == 569
+    assert len(s.x_val) == pytest.approx(0.1 * 569, abs=2)
+    assert len(s.x_test) == pytest.approx(0.2 * 569, abs=2)
     np.testing.assert_allclose(s.x_train.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(s.x_train.std(axis=0), 1, atol=1e-4)
     assert (s.kind, s.task, s.num_classes) == ("tabular", "classification", 2)
     # stratified: both parts keep the class balance
     assert abs(s.y_train.mean() - s.y_val.mean()) < 0.02
+    assert abs(s.y_train.mean() - s.y_test.mean()) < 0.02
     again, other = gdata.load_breast_cancer(seed=0), gdata.load_breast_cancer(seed=1)
     np.testing.assert_array_equal(again.x_val, s.x_val)
-    assert not np.array_equal(other.x_val, s.x_val)
+    np.testing.assert_array_equal(again.x_test, s.x_test)
+    assert not np.array_equal(other.x_test, s.x_test)
+
+
+def test_stratified_split_parts_are_disjoint_and_keep_the_classes():
+    y = np.repeat(np.arange(3), [50, 30, 20])
+    rest, val, test = gdata.split.stratified_split(y, 0.1, 0.2, seed=3)
+    together = np.concatenate([rest, val, test])
+    assert sorted(together.tolist()) == list(range(100))  # every sample once
+    assert np.bincount(y[test]).tolist() == [10, 6, 4]  # 20% of each class
+    assert np.bincount(y[val]).tolist() == [5, 3, 2]
+    again = gdata.split.stratified_split(y, 0.1, 0.2, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(again, (rest, val, test)))
+    with pytest.raises(ValueError, match="sum below 1"):
+        gdata.split.stratified_split(y, 0.5, 0.5)
 
 
 def test_digits_are_images():
@@ -154,6 +170,7 @@ def test_digits_are_images():
     assert s.x_train.dtype == np.float32 and s.y_val.dtype == np.int64
     assert abs(float(s.x_train.mean())) < 1e-4 and abs(float(s.x_train.std()) - 1) < 1e-3
     assert set(np.unique(s.y_val)) == set(range(10))
+    assert s.x_test.shape[1:] == (1, 8, 8) and set(np.unique(s.y_test)) == set(range(10))
 
 
 def test_load_by_name_and_unknown_name():
@@ -243,17 +260,21 @@ def _place_mnist(folder, n_train=12, n_test=6, compress=False, seed=0):
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_idx_data_set_from_files_the_user_placed(tmp_path, name):
-    parts = _place_mnist(tmp_path / "data" / name)
+    parts = _place_mnist(tmp_path / "data" / name, n_train=120)
     s = gdata.load_mnist() if name == "mnist" else gdata.load_fashion_mnist()
-    assert s.x_train.shape == (12, 1, 28, 28) and s.x_val.shape == (6, 1, 28, 28)
+    # the official test images are the test part; 1/12 of the training images validate
+    assert s.x_train.shape == (110, 1, 28, 28) and s.x_val.shape == (10, 1, 28, 28)
+    assert s.x_test.shape == (6, 1, 28, 28)
     assert s.x_train.dtype == np.float32 and s.y_train.dtype == np.int64
-    np.testing.assert_array_equal(s.y_val, parts["t10k-labels-idx1-ubyte"])
+    np.testing.assert_array_equal(s.y_test, parts["t10k-labels-idx1-ubyte"])
+    assert sorted(s.y_val.tolist()) == list(range(10))  # stratified: one of each class
     assert abs(float(s.x_train.mean())) < 1e-4 and abs(float(s.x_train.std()) - 1) < 1e-3
-    # the standardization is the training images' one
+    # the standardization is the training part's one
+    tr, _ = gdata.split.stratified_split(parts["train-labels-idx1-ubyte"], 1 / 12, seed=0)
     pixels = parts["t10k-images-idx3-ubyte"][0] / 255.0
-    train_px = parts["train-images-idx3-ubyte"] / 255.0
+    train_px = parts["train-images-idx3-ubyte"][tr] / 255.0
     expected = (pixels - train_px.mean()) / train_px.std()
-    np.testing.assert_allclose(s.x_val[0, 0], expected, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(s.x_test[0, 0], expected, rtol=1e-4, atol=1e-4)
 
 
 def test_missing_mnist_file_without_network_says_where_to_put_it(tmp_path):
@@ -376,9 +397,11 @@ def test_synthetic_splits():
     a = gdata.load_adding()
     assert (a.kind, a.task, a.num_classes) == ("sequence", "regression", None)
     assert a.info["tolerance"] == 0.04
-    p = gdata.load_parity(n_train=50, n_val=20, length=5)
-    assert p.x_train.shape == (50, 5, 1) and p.num_classes == 2
+    assert a.info["length"] == 20 and a.x_test.shape == (1000, 20, 2)
+    p = gdata.load_parity(n_train=50, n_val=20, n_test=30, length=5)
+    assert p.x_train.shape == (50, 5, 1) and p.num_classes == 2 and len(p.x_test) == 30
     assert not np.array_equal(p.x_train[:20], p.x_val)  # validation is drawn separately
+    assert not np.array_equal(p.x_val, p.x_test[:20])  # and so is the test part
 
 
 def test_data_split_validates():
@@ -397,3 +420,6 @@ def test_data_split_validates():
         "sequence",
     )
     assert s.num_classes == 3 and s.num_features == 6 and len(s.train) == 4
+    assert s.test is None
+    with pytest.raises(ValueError, match="x_test and y_test"):
+        gdata.DataSplit("x", s.x_train, s.y_train, s.x_val, s.y_val, "sequence", x_test=s.x_val)

@@ -17,6 +17,8 @@ from gpunn import data as gdata
 from gpunn import train as gtrain
 from gpunn.errors import CheckpointError
 from gpunn.train import TrainError, TrainingDiverged, TrainingInterrupted, train
+from gpunn.training import settings as gsettings
+from gpunn.training.extensions import CurvePlot
 
 pytest.importorskip("sklearn")
 
@@ -49,7 +51,7 @@ def _assert_same_params(a, b):
 def _no_curves(request, monkeypatch):
     """Drawing curves.png costs a few tenths of a second per run: only where tested."""
     if "curves" not in request.node.name and "matplotlib" not in request.node.name:
-        monkeypatch.setattr(gtrain.Trainer, "_write_curves", lambda self: None)
+        monkeypatch.setattr(CurvePlot, "draw", lambda self, t: None)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +91,11 @@ def test_run_writes_config_metrics_checkpoint_and_curves(tmp_path):
     assert "epoch 3/3: loss" in text and "val_acc" in text and "samples/s" in text
     summary = text.strip().splitlines()[-1]
     assert summary == r.summary
-    assert "best val accuracy" in summary and "on numpy" in summary and " s " in summary
+    assert "final val accuracy" in summary and "on numpy" in summary and " s " in summary
+    assert "test accuracy" in summary and "(picked on val)" in summary
     assert r.best_acc == max(m["val_acc"] for m in lines) and r.epochs == 3
+    assert r.val_acc == lines[-1]["val_acc"] and r.test_samples == 113  # 20% of each class of 569
+    assert 0.5 < r.test_acc <= 1.0
 
 
 def test_progress_bar_shows_loss_and_rate(tmp_path, capsys):
@@ -104,7 +109,7 @@ def test_without_matplotlib_it_says_so_once_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)
-    monkeypatch.setattr(gtrain, "_curves_warned", False)
+    monkeypatch.setattr(CurvePlot, "warned", False)
     stream = io.StringIO()
     train("logreg", "breast_cancer", epochs=2, out=str(tmp_path / "a"), **_quiet(stream=stream))
     train("logreg", "breast_cancer", epochs=2, out=str(tmp_path / "b"), **_quiet(stream=stream))
@@ -332,15 +337,15 @@ def test_read_only_output_folder(tmp_path):
 
 
 def test_unavailable_backend_says_why(tmp_path, monkeypatch):
-    monkeypatch.setattr(gtrain, "why_unavailable", lambda name: "cupy: no CUDA device found")
+    monkeypatch.setattr(gsettings, "why_unavailable", lambda name: "cupy: no CUDA device found")
     with pytest.raises(TrainError, match="backend 'cupy' cannot run here: cupy: no CUDA device"):
         train("logreg", "breast_cancer", out=str(tmp_path), **_quiet(backend="cupy"))
 
 
 def test_default_backend_is_numba_when_it_runs(monkeypatch):
-    monkeypatch.setattr(gtrain, "available_backends", lambda: ["numpy", "numba"])
+    monkeypatch.setattr(gsettings, "available_backends", lambda: ["numpy", "numba"])
     assert gtrain.default_backend() == "numba"
-    monkeypatch.setattr(gtrain, "available_backends", lambda: ["numpy"])
+    monkeypatch.setattr(gsettings, "available_backends", lambda: ["numpy"])
     assert gtrain.default_backend() == "numpy"
 
 

@@ -24,6 +24,8 @@ written against ``self.xp`` (NumPy here). Clarity beats speed in this file.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gpunn.kernels.codes import ACTIVATIONS  # noqa: F401 (the activation names, one table)
@@ -98,6 +100,14 @@ class Backend:
             raise IndexError(
                 f"{op}: target holds class indices outside [0, {num_classes}): "
                 f"min {int(labels.min())}, max {int(labels.max())}"
+            )
+
+    def check_indices(self, op: str, indices, size: int) -> None:
+        """Raise IndexError naming ``op`` unless every index is in [0, size)."""
+        if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= size):
+            raise IndexError(
+                f"{op}: input holds indices outside [0, {size}): "
+                f"min {int(indices.min())}, max {int(indices.max())}"
             )
 
     def synchronize(self) -> None:
@@ -244,6 +254,160 @@ class Backend:
         # NOTE: the step's derivative is zero wherever it exists; the perceptron learns
         # by its own rule, not by gradients.
         return (self.xp.zeros(saved, dtype=dY.dtype),)
+
+    # ------------------------------------------------------------------ normalization, embedding
+    # (and the activations leaky_relu and gelu)
+    def leaky_relu_forward(self, X, negative_slope=0.01):
+        """x where x > 0, else negative_slope * x."""
+        return self.xp.where(X > 0, X, X * negative_slope), (X, negative_slope)
+
+    def leaky_relu_backward(self, dY, saved, needs):
+        X, negative_slope = saved
+        return (self.xp.where(X > 0, dY, dY * negative_slope),)
+
+    def gelu_forward(self, X, approximate="none"):
+        """x * Phi(x), Phi the standard normal CDF: 0.5 x (1 + erf(x / sqrt(2))). With
+        ``approximate="tanh"``: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+        if approximate == "tanh":
+            T = self.xp.tanh(_GELU_K * (X + _GELU_C * X**3))
+            return 0.5 * X * (1 + T), (X, approximate)
+        from scipy.special import erf
+
+        return 0.5 * X * (1 + erf(X / _SQRT_2)), (X, approximate)
+
+    def gelu_backward(self, dY, saved, needs):
+        """exact: Phi(x) + x phi(x), phi the normal density; tanh: the derivative of the
+        tanh form, 0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)."""
+        X, approximate = saved
+        xp = self.xp
+        if approximate == "tanh":
+            T = xp.tanh(_GELU_K * (X + _GELU_C * X**3))
+            dT = _GELU_K * (1 + 3 * _GELU_C * X * X)
+            return (dY * (0.5 * (1 + T) + 0.5 * X * (1 - T * T) * dT),)
+        from scipy.special import erf
+
+        Phi = 0.5 * (1 + erf(X / _SQRT_2))
+        phi = xp.exp(-0.5 * X * X) / _SQRT_2PI
+        return (dY * (Phi + X * phi),)
+
+    def batch_norm_forward(
+        self,
+        X,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked,
+        training=True,
+        momentum=0.1,
+        eps=1e-5,
+    ):
+        """Normalise each channel of X (N, C, *) and scale and shift it, as PyTorch's
+        batch_norm: Y = (X - mean) / sqrt(var + eps) * weight + bias per channel.
+
+        ``training``: mean and var are the batch statistics over every axis but 1, var the
+        biased one; when ``running_mean`` / ``running_var`` (C,) are given they are updated
+        in place, running = (1 - f) * running + f * batch, with the unbiased variance
+        (M / (M - 1) times the biased one, M = X.size / C); f is ``momentum``, or
+        1 / num_batches_tracked (a cumulative mean) when ``momentum`` is None. The 0-d
+        int64 ``num_batches_tracked``, when given, is incremented in place first.
+        Otherwise the running statistics normalise. weight, bias: (C,) or None.
+        """
+        xp = self.xp
+        axes = (0,) + tuple(range(2, X.ndim))
+        if training:
+            mean, var = X.mean(axis=axes), X.var(axis=axes)
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            if running_mean is not None:
+                f = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+                m = X.size // X.shape[1]
+                running_mean *= 1 - f
+                running_mean += f * mean
+                running_var *= 1 - f
+                running_var += f * var * (m / (m - 1))
+        else:
+            mean, var = running_mean, running_var
+        invstd = 1 / xp.sqrt(var + eps)
+        Xhat = (X - _per_channel(mean, X.ndim)) * _per_channel(invstd, X.ndim)
+        Y = Xhat if weight is None else Xhat * _per_channel(weight, X.ndim)
+        if bias is not None:
+            Y = Y + _per_channel(bias, X.ndim)
+        return Y, (Xhat, invstd, weight, training)
+
+    def batch_norm_backward(self, dY, saved, needs):
+        """dX with the batch statistics' own gradients in training; dweight, dbias; and,
+        when asked for, the gradients of the running statistics (zero in training, where
+        the output does not depend on them)."""
+        Xhat, invstd, weight, training = saved
+        xp = self.xp
+        axes = (0,) + tuple(range(2, dY.ndim))
+        sum_dy = dY.sum(axis=axes)
+        sum_dy_xhat = (dY * Xhat).sum(axis=axes)
+        scale = invstd if weight is None else weight * invstd
+        dX = d_mean = d_var = None
+        if needs[0]:
+            if training:
+                m = dY.size // dY.shape[1]
+                dX = _per_channel(scale, dY.ndim) * (
+                    dY
+                    - _per_channel(sum_dy / m, dY.ndim)
+                    - Xhat * _per_channel(sum_dy_xhat / m, dY.ndim)
+                )
+            else:
+                dX = dY * _per_channel(scale, dY.ndim)
+        if needs[3]:
+            d_mean = xp.zeros_like(invstd) if training else -scale * sum_dy
+        if needs[4]:
+            d_var = xp.zeros_like(invstd) if training else -0.5 * scale * invstd * sum_dy_xhat
+        dW = sum_dy_xhat if needs[1] else None
+        dB = sum_dy if needs[2] else None
+        return dX, dW, dB, d_mean, d_var, None
+
+    def layer_norm_forward(self, X, weight, bias, normalized_shape, eps=1e-5):
+        """Normalise X over its last len(normalized_shape) axes, then scale and shift:
+        Y = (X - mean) / sqrt(var + eps) * weight + bias, var the biased variance.
+        weight, bias: ``normalized_shape`` or None."""
+        axes = tuple(range(X.ndim - len(normalized_shape), X.ndim))
+        mean = X.mean(axis=axes, keepdims=True)
+        invstd = 1 / self.xp.sqrt(X.var(axis=axes, keepdims=True) + eps)
+        Xhat = (X - mean) * invstd
+        Y = Xhat if weight is None else Xhat * weight
+        if bias is not None:
+            Y = Y + bias
+        return Y, (Xhat, invstd, weight, axes)
+
+    def layer_norm_backward(self, dY, saved, needs):
+        Xhat, invstd, weight, axes = saved
+        lead = tuple(range(dY.ndim - len(axes)))
+        dX = None
+        if needs[0]:
+            G = dY if weight is None else dY * weight  # dL/dXhat
+            dX = invstd * (
+                G
+                - G.mean(axis=axes, keepdims=True)
+                - Xhat * (G * Xhat).mean(axis=axes, keepdims=True)
+            )
+        dW = (dY * Xhat).sum(axis=lead) if needs[1] else None
+        dB = dY.sum(axis=lead) if needs[2] else None
+        return dX, dW, dB
+
+    def embedding_forward(self, indices, weight, padding_idx=None):
+        """Rows of ``weight`` (V, E) picked by the integer ``indices`` (any shape):
+        Y (*indices.shape, E). ``padding_idx`` only matters to the backward."""
+        return weight[indices], (indices, weight.shape, padding_idx)
+
+    def embedding_backward(self, dY, saved, needs):
+        """dweight: each row the sum of dY over the positions that picked it, added in
+        position order; the ``padding_idx`` row gets none."""
+        indices, shape, padding_idx = saved
+        if not needs[1]:
+            return None, None
+        dW = self.xp.zeros(shape, dtype=dY.dtype)
+        self.xp.add.at(dW, indices.reshape(-1), dY.reshape(-1, shape[1]))
+        if padding_idx is not None:
+            dW[padding_idx] = 0
+        return None, dW
 
     # ------------------------------------------------------------------ matrix products
     def matmul_forward(self, A, B):
@@ -599,6 +763,142 @@ class Backend:
             v *= beta2
             v += (1 - beta2) * g * g
             p -= (lr / bias1) * m / (xp.sqrt(v) / bias2_sqrt + eps)
+
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # One layer over a whole sequence as one op: X (T, B, I), initial states (B, H), weights
+    # and biases laid out as PyTorch's (W_ih (G*H, I), W_hh (G*H, H), b_ih, b_hh (G*H,) or
+    # None; G = 1 for the RNN, 4 for the LSTM with gates i, f, g, o). The reference is the
+    # lecture's equations, one step after the other.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        """h_t = act(x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh), act tanh or relu.
+        Returns ((Y (T, B, H), h_T (B, H)), saved); Y holds h_1 ... h_T."""
+        hs = [H0]
+        for t in range(X.shape[0]):
+            Z = X[t] @ W_ih.T + hs[-1] @ W_hh.T
+            if b_ih is not None:
+                Z = Z + b_ih
+            if b_hh is not None:
+                Z = Z + b_hh
+            hs.append(self.xp.tanh(Z) if nonlinearity == "tanh" else self.xp.maximum(Z, 0))
+        Y = self.xp.stack(hs[1:])
+        saved = (X, H0, W_ih, W_hh, Y, nonlinearity, b_ih is not None, b_hh is not None)
+        return (Y, hs[-1]), saved
+
+    def rnn_backward(self, dY, saved, needs):
+        """Back-propagation through time: from the last step to the first,
+        dZ_t = (dY_t + dh_t) * act'(h_t), dh_{t-1} = dZ_t @ W_hh, and every weight's
+        gradient summed over the steps."""
+        dY_seq, dh = dY
+        X, H0, W_ih, W_hh, Y, nonlinearity, has_b_ih, has_b_hh = saved
+        xp = self.xp
+        dX = xp.zeros(X.shape, X.dtype)
+        dW_ih = xp.zeros(W_ih.shape, W_ih.dtype)
+        dW_hh = xp.zeros(W_hh.shape, W_hh.dtype)
+        db = xp.zeros(W_hh.shape[0], W_hh.dtype)
+        for t in reversed(range(X.shape[0])):
+            h_prev = H0 if t == 0 else Y[t - 1]
+            dh = dY_seq[t] + dh
+            if nonlinearity == "tanh":
+                dZ = dh * (1 - Y[t] * Y[t])
+            else:
+                dZ = dh * (Y[t] > 0)
+            dX[t] = dZ @ W_ih
+            dW_ih += dZ.T @ X[t]
+            dW_hh += dZ.T @ h_prev
+            db += dZ.sum(axis=0)
+            dh = dZ @ W_hh
+        return (
+            dX if needs[0] else None,
+            dh if needs[1] else None,
+            dW_ih if needs[2] else None,
+            dW_hh if needs[3] else None,
+            db if has_b_ih and needs[4] else None,
+            db.copy() if has_b_hh and needs[5] else None,
+        )
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        """z_t = x_t @ W_ih.T + b_ih + h_{t-1} @ W_hh.T + b_hh, cut into gates i, f, g, o;
+        i, f, o = sigmoid, g = tanh; c_t = f*c_{t-1} + i*g; h_t = o*tanh(c_t).
+        Returns ((Y (T, B, H), h_T, c_T), saved); Y holds h_1 ... h_T."""
+        hidden = H0.shape[1]
+        h, c = H0, C0
+        hs, cs, gates = [], [], []
+        for t in range(X.shape[0]):
+            Z = X[t] @ W_ih.T + h @ W_hh.T
+            if b_ih is not None:
+                Z = Z + b_ih
+            if b_hh is not None:
+                Z = Z + b_hh
+            i = self.sigmoid_forward(Z[:, :hidden])[0]
+            f = self.sigmoid_forward(Z[:, hidden : 2 * hidden])[0]
+            g = self.xp.tanh(Z[:, 2 * hidden : 3 * hidden])
+            o = self.sigmoid_forward(Z[:, 3 * hidden :])[0]
+            c = f * c + i * g
+            h = o * self.xp.tanh(c)
+            hs.append(h)
+            cs.append(c)
+            gates.append((i, f, g, o))
+        Y = self.xp.stack(hs)
+        saved = (X, H0, C0, W_ih, W_hh, Y, cs, gates, b_ih is not None, b_hh is not None)
+        return (Y, h, c), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        """Back-propagation through time, from the last step to the first:
+        dh = dY_t + dh_t; dc = dc_t + dh * o * (1 - tanh(c_t)^2);
+        dZ = [dc g i (1-i), dc c_{t-1} f (1-f), dc i (1-g^2), dh tanh(c_t) o (1-o)];
+        dh_{t-1} = dZ @ W_hh, dc_{t-1} = dc * f; every weight's gradient summed over steps."""
+        dY_seq, dh, dc = dY
+        X, H0, C0, W_ih, W_hh, Y, cs, gates, has_b_ih, has_b_hh = saved
+        xp = self.xp
+        dX = xp.zeros(X.shape, X.dtype)
+        dW_ih = xp.zeros(W_ih.shape, W_ih.dtype)
+        dW_hh = xp.zeros(W_hh.shape, W_hh.dtype)
+        db = xp.zeros(W_hh.shape[0], W_hh.dtype)
+        for t in reversed(range(X.shape[0])):
+            i, f, g, o = gates[t]
+            h_prev = H0 if t == 0 else Y[t - 1]
+            c_prev = C0 if t == 0 else cs[t - 1]
+            tanh_c = xp.tanh(cs[t])
+            dh = dY_seq[t] + dh
+            dc = dc + dh * o * (1 - tanh_c * tanh_c)
+            dZ = xp.concatenate(
+                [
+                    dc * g * i * (1 - i),  # input gate
+                    dc * c_prev * f * (1 - f),  # forget gate
+                    dc * i * (1 - g * g),  # cell candidate
+                    dh * tanh_c * o * (1 - o),  # output gate
+                ],
+                axis=1,
+            )
+            dX[t] = dZ @ W_ih
+            dW_ih += dZ.T @ X[t]
+            dW_hh += dZ.T @ h_prev
+            db += dZ.sum(axis=0)
+            dh = dZ @ W_hh
+            dc = dc * f
+        return (
+            dX if needs[0] else None,
+            dh if needs[1] else None,
+            dc if needs[2] else None,
+            dW_ih if needs[3] else None,
+            dW_hh if needs[4] else None,
+            db if has_b_ih and needs[5] else None,
+            db.copy() if has_b_hh and needs[6] else None,
+        )
+
+
+#: GELU's constants (Python floats, so float32 stays float32): sqrt(2), sqrt(2 pi), and
+#: the tanh form's sqrt(2 / pi) and cubic coefficient.
+_SQRT_2 = math.sqrt(2)
+_SQRT_2PI = math.sqrt(2 * math.pi)
+_GELU_K = math.sqrt(2 / math.pi)
+_GELU_C = 0.044715
+
+
+def _per_channel(v, ndim):
+    """A (C,) array shaped (1, C, 1, ...) to broadcast over an (N, C, *) array of ``ndim``."""
+    return v.reshape((1, -1) + (1,) * (ndim - 2))
 
 
 def _is_basic_index(index) -> bool:

@@ -10,9 +10,11 @@ or boolean index array: the index is copied to the host and checked there, since
 wrap out-of-range indices silently.
 
 Launches are asynchronous. The only other host round trips are the ones the caller asks for
-(``Tensor.numpy()``, ``.item()``, ``synchronize()``): cross-entropy validates its labels
-inside the kernel and reports a bad one through host-mapped memory, which the backend
-reads at its next synchronisation (or right away with ``gpunn.cuda.set_eager_checks``).
+(``Tensor.numpy()``, ``.item()``, ``synchronize()``), and batch norm's cumulative average
+(``momentum=None`` reads the batch counter, as PyTorch does): cross-entropy validates its
+labels, and embedding its indices, inside the kernel and report a bad one through host-mapped
+memory, which the backend reads at its next synchronisation (or right away with
+``gpunn.cuda.set_eager_checks``).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ def _shape(x) -> tuple:
 
 
 class _LayerOps:
-    """The layer ops of CupyBackend (linear, convolution, pooling, dropout, recurrent cells,
-    optimizer updates): cuBLAS products around gpunn kernels. ``self._dev`` is the backend's
-    launch.Device."""
+    """The layer ops of CupyBackend (linear, convolution, pooling, dropout, recurrent cells
+    and whole-sequence layers, optimizer updates, normalisation, embedding, leaky_relu and
+    gelu): cuBLAS products around gpunn kernels. ``self._dev`` is the backend's launch.Device."""
 
     # ------------------------------------------------------------------ linear
     def linear_forward(self, X, W, b, activation=None):
@@ -151,6 +153,33 @@ class _LayerOps:
         dW = cupy.dot(dG.T, H) if needs[3] else None
         return (dG if needs[0] else None), dH, dCp, dW
 
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # The loops over time are in gpunn.kernels.cuda.launch (rnn_forward, ...): per step one
+    # cuBLAS GEMM and one fused step kernel, forward and backward; the weight gradients as
+    # one GEMM each over all steps.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        act = ACTIVATION_CODES[nonlinearity]
+        X2, Hall = L.rnn_forward(self._dev, X, H0, W_ih, W_hh, b_ih, b_hh, act)
+        saved = (X2, W_ih, W_hh, Hall, act, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[X.shape[0]]), saved
+
+    def rnn_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, act, has_b_ih, has_b_hh = saved
+        dZ, dH0 = L.rnn_backward(self._dev, dY[0], dY[1], W_hh, Hall, act, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh)
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        X2, Hall, Call, Z = L.lstm_forward(self._dev, X, H0, C0, W_ih, W_hh, b_ih, b_hh)
+        T = X.shape[0]
+        saved = (X2, W_ih, W_hh, Hall, Call, Z, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T], Call[T]), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, Call, Z, has_b_ih, has_b_hh = saved
+        dZ, dH0, dC0 = L.lstm_backward(self._dev, *dY, W_hh, Call, Z, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
+
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay):
         """One fused launch over every parameter (per dtype): weight decay, momentum, step."""
@@ -165,6 +194,104 @@ class _LayerOps:
         scalars = (lr / bias1, beta1, 1 - beta1, beta2, 1 - beta2, bias2_sqrt, eps, weight_decay)
         scalars = (*(float(s) for s in scalars), np.int32(weight_decay != 0))
         L.fused_update(self._dev, "adam_update", (params, grads, ms, vs), scalars)
+
+    # ------------------------------------------------------------------ normalization, embedding
+    # (and the activations leaky_relu and gelu)
+    def leaky_relu_forward(self, X, negative_slope=0.01):
+        X = _c(X)
+        slope = X.dtype.type(negative_slope)
+        return L.activation_forward(self._dev, "leaky_relu_forward", X, slope), (X, slope)
+
+    def leaky_relu_backward(self, dY, saved, needs):
+        X, slope = saved
+        return (L.activation_backward(self._dev, "leaky_relu_backward", dY, X, slope),)
+
+    def gelu_forward(self, X, approximate="none"):
+        X, form = _c(X), np.int32(approximate == "tanh")
+        return L.activation_forward(self._dev, "gelu_forward", X, form), (X, form)
+
+    def gelu_backward(self, dY, saved, needs):
+        X, form = saved
+        return (L.activation_backward(self._dev, "gelu_backward", dY, X, form),)
+
+    def batch_norm_forward(
+        self,
+        X,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked,
+        training=True,
+        momentum=0.1,
+        eps=1e-5,
+    ):
+        """Batch statistics (one block per channel), running statistics updated in place,
+        then one normalising pass; outside training the running statistics normalise."""
+        X = _c(X)
+        if training:
+            Y, mean, var, invstd = L.batch_norm_forward(self._dev, X, weight, bias, None, None, eps)
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            if running_mean is not None:
+                # momentum=None reads the counter on the host (a synchronisation, as PyTorch)
+                factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+                count = X.size // X.shape[1]
+                L.batch_norm_running(self._dev, mean, var, factor, count, running_mean, running_var)
+        else:
+            Y, mean, var, invstd = L.batch_norm_forward(
+                self._dev, X, weight, bias, running_mean, running_var, eps
+            )
+        return Y, (X, mean, invstd, weight, training)
+
+    def batch_norm_backward(self, dY, saved, needs):
+        X, mean, invstd, weight, training = saved
+        grads = L.batch_norm_backward(self._dev, dY, X, mean, invstd, weight, training, needs)
+        return (*grads, None)
+
+    def layer_norm_forward(self, X, weight, bias, normalized_shape, eps=1e-5):
+        d = int(np.prod(normalized_shape))
+        X2 = _c(X).reshape(-1, d)
+        Y2, mean, invstd = L.layer_norm_forward(self._dev, X2, weight, bias, eps)
+        return Y2.reshape(X.shape), (X2, mean, invstd, weight, tuple(normalized_shape))
+
+    def layer_norm_backward(self, dY, saved, needs):
+        X2, mean, invstd, weight, shape = saved
+        dX, dW, dB = L.layer_norm_backward(
+            self._dev, _c(dY).reshape(X2.shape), X2, mean, invstd, weight, needs
+        )
+        return (
+            None if dX is None else dX.reshape(dY.shape),
+            None if dW is None else dW.reshape(shape),
+            None if dB is None else dB.reshape(shape),
+        )
+
+    def embedding_forward(self, indices, weight, padding_idx=None):
+        Y, idx = L.embedding_forward(self._dev, indices, weight)
+        return Y, (idx, tuple(weight.shape), padding_idx)
+
+    def embedding_backward(self, dY, saved, needs):
+        idx, shape, padding_idx = saved
+        dW = L.embedding_backward(self._dev, dY, idx, shape, padding_idx) if needs[1] else None
+        return None, dW
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
+    dW_ih, dW_hh, db_ih, db_hh), None where not needed."""
+    k = len(state_grads)
+    want_b = (has_b_ih and needs[k + 3], has_b_hh and needs[k + 4])
+    dX, dW_ih, dW_hh, db = L.sequence_weight_grads(
+        dZ, X2, W_ih, Hall, needs[0], needs[k + 1], needs[k + 2], any(want_b)
+    )
+    return (
+        dX,
+        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
+        dW_ih,
+        dW_hh,
+        db if want_b[0] else None,
+        (db.copy() if want_b[0] else db) if want_b[1] else None,
+    )
 
 
 class CupyBackend(_LayerOps, Backend):
@@ -222,6 +349,12 @@ class CupyBackend(_LayerOps, Backend):
         self._dev.workspace.raise_pending()
         if self.eager_checks:
             super().check_labels(op, labels, num_classes)
+
+    def check_indices(self, op: str, indices, size: int) -> None:
+        """The embedding kernel checks its indices itself, as cross-entropy its labels."""
+        self._dev.workspace.raise_pending()
+        if self.eager_checks:
+            super().check_indices(op, indices, size)
 
     # ------------------------------------------------------------------ elementwise
     def add_forward(self, A, B):

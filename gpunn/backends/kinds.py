@@ -47,6 +47,18 @@ NUMBA = {
     "relu_backward": "kernel",
     "step_forward": "kernel",
     "step_backward": "kernel",
+    # normalization, embedding, leaky_relu and gelu
+    "leaky_relu_forward": "kernel",
+    "leaky_relu_backward": "kernel",
+    "gelu_forward": "kernel",
+    "gelu_backward": "kernel",
+    "batch_norm_forward": "kernel",
+    "batch_norm_backward": "kernel",
+    "layer_norm_forward": "kernel",
+    "layer_norm_backward": "kernel",
+    "embedding_forward": "kernel",
+    "embedding_backward": "kernel: stable argsort of the indices (NumPy), then one "
+    "reduction per row",
     # matrix products
     "matmul_forward": "blas",
     "matmul_backward": "blas",
@@ -95,6 +107,14 @@ NUMBA = {
     "rnn_cell_backward": "kernel: cell kernel, then BLAS products",
     "lstm_cell_forward": "kernel: BLAS product, then the fused gate kernel",
     "lstm_cell_backward": "kernel: fused gate kernel, then BLAS products",
+    "rnn_forward": "kernel: one BLAS product for all inputs, then per step a BLAS product "
+    "and the fused step kernel",
+    "rnn_backward": "kernel: per step the fused step kernel and a BLAS product, then BLAS "
+    "products over all steps",
+    "lstm_forward": "kernel: one BLAS product for all inputs, then per step a BLAS product "
+    "and the fused gate kernel",
+    "lstm_backward": "kernel: per step the fused gate kernel and a BLAS product, then BLAS "
+    "products over all steps",
     "sgd_update": "kernel",
     "adam_update": "kernel",
 }
@@ -128,6 +148,18 @@ CUPY = {
     "relu_backward": "kernel",
     "step_forward": "kernel",
     "step_backward": "reference: cupy zeros (the step's gradient is zero)",
+    # normalization, embedding, leaky_relu and gelu
+    "leaky_relu_forward": "kernel",
+    "leaky_relu_backward": "kernel",
+    "gelu_forward": "kernel",
+    "gelu_backward": "kernel",
+    "batch_norm_forward": "kernel",
+    "batch_norm_backward": "kernel",
+    "layer_norm_forward": "kernel",
+    "layer_norm_backward": "kernel",
+    "embedding_forward": "kernel",
+    "embedding_backward": "kernel: cupy.argsort of (index, position) keys and "
+    "cupy.searchsorted, then one reduction per row",
     # matrix products
     "matmul_forward": "reference: cuBLAS GEMM (cupy.matmul, batched when broadcasting)",
     "matmul_backward": "reference: cuBLAS GEMMs; cupy sum to un-broadcast batch dimensions",
@@ -175,6 +207,14 @@ CUPY = {
     "rnn_cell_backward": "kernel: cell kernel, then cuBLAS GEMMs",
     "lstm_cell_forward": "kernel: cuBLAS GEMM, then the fused gate kernel",
     "lstm_cell_backward": "kernel: fused gate kernel, then cuBLAS GEMMs",
+    "rnn_forward": "kernel: one cuBLAS GEMM for all inputs, then per step a GEMM and the "
+    "fused step kernel",
+    "rnn_backward": "kernel: per step the fused step kernel and a GEMM, then cuBLAS GEMMs "
+    "over all steps and a cupy.sum",
+    "lstm_forward": "kernel: one cuBLAS GEMM for all inputs, then per step a GEMM and the "
+    "fused gate kernel",
+    "lstm_backward": "kernel: per step the fused gate kernel and a GEMM, then cuBLAS GEMMs "
+    "over all steps and a cupy.sum",
     "sgd_update": "kernel",
     "adam_update": "kernel",
 }

@@ -19,6 +19,7 @@ arrays (reshapes, stacking, indexing) are inherited, not repeated here.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -38,12 +39,86 @@ from gpunn.kernels.cpu import losses as _loss  # noqa: E402
 from gpunn.kernels.cpu import recurrent as _rec  # noqa: E402
 from gpunn.kernels.cpu import softmax as _sm  # noqa: E402
 from gpunn.kernels.cpu import threads as _cpu_threads  # noqa: E402
-from gpunn.kernels.cpu.launch import binary, blas, shape_of, unary, unary_backward  # noqa: E402
+from gpunn.kernels.cpu.launch import binary, blas, c, shape_of, unary, unary_backward  # noqa: E402
 from gpunn.kernels.cpu.threads import HEAVY, PARALLEL_MIN_SIZE, clear_workspaces  # noqa: E402, F401
 from gpunn.kernels.cpu.warmup import kernel_report, warmup  # noqa: E402, F401 (gpunn warmup)
 
 
-class NumbaBackend(Backend):
+class _NormalizationOps:
+    """The normalisation, embedding and leaky_relu / gelu ops of NumbaBackend, each over its
+    kernels in gpunn.kernels.cpu (normalization, embedding, activations)."""
+
+    def leaky_relu_forward(self, X, negative_slope=0.01):
+        slope = float(negative_slope)
+        return launch.activation_forward(_act.leaky_relu_forward, X, slope), (X, slope)
+
+    def leaky_relu_backward(self, dY, saved, needs):
+        X, slope = saved
+        return (launch.activation_backward(_act.leaky_relu_backward, dY, c(X), slope),)
+
+    def gelu_forward(self, X, approximate="none"):
+        tanh_form = approximate == "tanh"
+        X = c(X)
+        return launch.activation_forward(_act.gelu_forward, X, tanh_form, HEAVY), (X, tanh_form)
+
+    def gelu_backward(self, dY, saved, needs):
+        X, tanh_form = saved
+        return (launch.activation_backward(_act.gelu_backward, dY, X, tanh_form, HEAVY),)
+
+    def batch_norm_forward(
+        self,
+        X,
+        weight,
+        bias,
+        running_mean,
+        running_var,
+        num_batches_tracked,
+        training=True,
+        momentum=0.1,
+        eps=1e-5,
+    ):
+        if training:
+            Y, X3, mean, var, invstd = launch.batch_norm_forward(X, weight, bias, None, None, eps)
+            if num_batches_tracked is not None:
+                num_batches_tracked += 1
+            if running_mean is not None:
+                factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+                count = X3.shape[0] * X3.shape[2]
+                launch.batch_norm_running(mean, var, factor, count, running_mean, running_var)
+        else:
+            Y, X3, mean, var, invstd = launch.batch_norm_forward(
+                X, weight, bias, running_mean, running_var, eps
+            )
+        return Y, (X3, mean, invstd, weight, training)
+
+    def batch_norm_backward(self, dY, saved, needs):
+        X3, mean, invstd, weight, training = saved
+        return (*launch.batch_norm_backward(dY, X3, mean, invstd, weight, training, needs), None)
+
+    def layer_norm_forward(self, X, weight, bias, normalized_shape, eps=1e-5):
+        d = math.prod(normalized_shape)
+        Y, X2, mean, invstd = launch.layer_norm_forward(X, weight, bias, d, eps)
+        return Y, (X2, mean, invstd, weight, tuple(normalized_shape))
+
+    def layer_norm_backward(self, dY, saved, needs):
+        X2, mean, invstd, weight, shape = saved
+        dX, dW, dB = launch.layer_norm_backward(dY, X2, mean, invstd, weight, needs)
+        return (
+            dX,
+            None if dW is None else dW.reshape(shape),
+            None if dB is None else dB.reshape(shape),
+        )
+
+    def embedding_forward(self, indices, weight, padding_idx=None):
+        Y, idx = launch.embedding_forward(indices, weight)
+        return Y, (idx, weight.shape, padding_idx)
+
+    def embedding_backward(self, dY, saved, needs):
+        idx, shape, padding_idx = saved
+        return None, launch.embedding_backward(dY, idx, shape, padding_idx) if needs[1] else None
+
+
+class NumbaBackend(_NormalizationOps, Backend):
     """CPU backend on Numba kernels (``prange``-parallel) and BLAS matrix products."""
 
     name = "numba"
@@ -321,6 +396,50 @@ class NumbaBackend(Backend):
         bias1, bias2_sqrt = 1 - beta1**step, (1 - beta2**step) ** 0.5
         scalars = (beta1, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, float(eps))
         launch.adam_update(params, grads, ms, vs, scalars + (float(weight_decay),))
+
+    # ------------------------------------------------------------------ whole-sequence recurrent
+    # The loops over time are in gpunn.kernels.cpu.launch (rnn_forward, ...): per step one
+    # BLAS product and one fused step kernel; the weight gradients as single products.
+
+    def rnn_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh, nonlinearity="tanh"):
+        code = ACTIVATION_CODES[nonlinearity]
+        X2, Hall = launch.rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code)
+        T = X.shape[0]
+        return (Hall[1:], Hall[T]), (X2, W_ih, W_hh, Hall, code, b_ih is not None, b_hh is not None)
+
+    def rnn_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, code, has_b_ih, has_b_hh = saved
+        dZ, dH0 = launch.rnn_backward(dY[0], dY[1], W_hh, Hall, code, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh)
+
+    def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+        X2, Hall, Call, acts, tanh_c = launch.lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh)
+        T = X.shape[0]
+        saved = (X2, W_ih, W_hh, Hall, Call, acts, tanh_c, b_ih is not None, b_hh is not None)
+        return (Hall[1:], Hall[T], Call[T]), saved
+
+    def lstm_backward(self, dY, saved, needs):
+        X2, W_ih, W_hh, Hall, Call, acts, tanh_c, has_b_ih, has_b_hh = saved
+        dZ, dH0, dC0 = launch.lstm_backward(*dY, W_hh, Call, acts, tanh_c, needs[1])
+        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
+
+
+def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh):
+    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
+    dW_ih, dW_hh, db_ih, db_hh), None where not needed."""
+    k = len(state_grads)
+    want_b = (has_b_ih and needs[k + 3], has_b_hh and needs[k + 4])
+    dX, dW_ih, dW_hh, db = launch.sequence_weight_grads(
+        dZ, X2, W_ih, Hall, needs[0], needs[k + 1], needs[k + 2], any(want_b)
+    )
+    return (
+        dX,
+        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
+        dW_ih,
+        dW_hh,
+        db if want_b[0] else None,
+        (db.copy() if want_b[0] else db) if want_b[1] else None,
+    )
 
 
 def info() -> dict:

@@ -1,10 +1,11 @@
 """Data: TensorDataset and DataLoader, and the data sets ``gpunn train`` knows.
 
 * ``load_breast_cancer()``, ``load_digits()``: shipped with scikit-learn (``pip install
-  'gpunn[data]'``), standardized, with a seeded stratified train/validation split.
+  'gpunn[data]'``), standardized, with a seeded stratified train/validation/test split.
 * ``load_mnist()``, ``load_fashion_mnist()``: IDX files from the data folder
   (``GPUNN_DATA``, default ``<user cache>/gpunn/data``), downloaded and verified on first
-  use; ``read_idx`` / ``write_idx`` read and write the format itself.
+  use; the official test images are the test part. ``read_idx`` / ``write_idx`` read and
+  write the format itself.
 * ``load_adding()``, ``load_parity()``: synthetic sequence tasks generated from a seed.
 
 ``load(name)`` loads any of them by name; ``DATASETS`` says what each one is.

@@ -19,7 +19,7 @@ import urllib.request
 
 import numpy as np
 
-from gpunn.data.split import DataSplit
+from gpunn.data.split import DataSplit, standardize, stratified_split
 
 # type code -> dtype (big-endian on disk)
 _IDX_TYPES = {
@@ -243,32 +243,39 @@ def _read_pair(name: str, images_part: str, labels_part: str, download: bool, qu
     return images, labels.astype(np.int64)
 
 
-def load_idx_set(name: str, download: bool = True, quiet: bool = False) -> DataSplit:
-    """MNIST-style data set ``name`` ("mnist" or "fashion_mnist"): the official training
-    images for training, the official test images for validation. Pixels scaled to [0, 1]
-    and standardized with the training images' mean and deviation. Images (N, 1, 28, 28)."""
+def load_idx_set(
+    name: str, download: bool = True, quiet: bool = False, val_fraction: float = 1 / 12
+) -> DataSplit:
+    """MNIST-style data set ``name`` ("mnist" or "fashion_mnist"): the official test
+    images are the test part; a stratified, seeded ``val_fraction`` of the official
+    training images (5,000 of 60,000) is the validation part, the rest trains. Pixels
+    scaled to [0, 1] and standardized with the training part's mean and deviation.
+    Images (N, 1, 28, 28)."""
     if name not in IDX_SETS:
         raise KeyError(f"unknown IDX data set {name!r}; choose from {', '.join(IDX_SETS)}")
-    x_train, y_train = _read_pair(name, "train_images", "train_labels", download, quiet)
-    x_val, y_val = _read_pair(name, "test_images", "test_labels", download, quiet)
-    scale = 1.0 / 255.0 if x_train.dtype == np.uint8 else 1.0
-    x_train = x_train.astype(np.float32) * np.float32(scale)
-    x_val = x_val.astype(np.float32) * np.float32(scale)
-    mean = np.float32(x_train.mean(dtype=np.float64))
-    std = np.float32(x_train.std(dtype=np.float64) or 1.0)
-    x_train = ((x_train - mean) / std)[:, None]
-    x_val = ((x_val - mean) / std)[:, None]
+    x_all, y_all = _read_pair(name, "train_images", "train_labels", download, quiet)
+    x_test, y_test = _read_pair(name, "test_images", "test_labels", download, quiet)
+    scale = np.float32(1.0 / 255.0 if x_all.dtype == np.uint8 else 1.0)
+    tr, va = stratified_split(y_all, val_fraction, seed=0)
+    x_train, x_val, x_test = standardize(
+        x_all[tr].astype(np.float32) * scale,
+        x_all[va].astype(np.float32) * scale,
+        x_test.astype(np.float32) * scale,
+        per_feature=False,
+    )
     title = IDX_SETS[name]["title"]
-    h, w = x_train.shape[2:]
+    h, w = x_train.shape[1:]
     return DataSplit(
         name,
-        x_train,
-        y_train,
-        x_val,
-        y_val,
+        x_train[:, None],
+        y_all[tr],
+        x_val[:, None],
+        y_all[va],
         kind="image",
         num_classes=10,
         description=f"{title}: {h}x{w} images, 10 classes",
+        x_test=x_test[:, None],
+        y_test=y_test,
     )
 
 

@@ -44,10 +44,13 @@ def parity(n: int, length: int, seed: int = 0):
     return bits.astype(np.float32)[:, :, None], (bits.sum(axis=1) % 2).astype(np.int64)
 
 
-def load_adding(n_train: int = 5000, n_val: int = 1000, length: int = 10, seed: int = 0):
-    """The adding problem as a regression data set (see :func:`adding_problem`)."""
-    x_train, y_train = adding_problem(n_train, length, seed)
-    x_val, y_val = adding_problem(n_val, length, seed + 1)
+def load_adding(
+    n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, length: int = 20, seed: int = 0
+):
+    """The adding problem as a regression data set (see :func:`adding_problem`); the three
+    parts are drawn from seeds ``seed``, ``seed + 1`` and ``seed + 2``."""
+    parts = [adding_problem(n, length, seed + k) for k, n in enumerate((n_train, n_val, n_test))]
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = parts
     return DataSplit(
         "adding",
         x_train,
@@ -58,13 +61,18 @@ def load_adding(n_train: int = 5000, n_val: int = 1000, length: int = 10, seed: 
         task="regression",
         description=f"adding problem: sequences of {length} steps, sum of 2 marked values",
         info={"tolerance": ADDING_TOLERANCE, "length": length},
+        x_test=x_test,
+        y_test=y_test,
     )
 
 
-def load_parity(n_train: int = 4000, n_val: int = 1000, length: int = 8, seed: int = 0):
-    """Parity of random bit strings as a 2-class data set (see :func:`parity`)."""
-    x_train, y_train = parity(n_train, length, seed)
-    x_val, y_val = parity(n_val, length, seed + 1)
+def load_parity(
+    n_train: int = 4000, n_val: int = 1000, n_test: int = 1000, length: int = 8, seed: int = 0
+):
+    """Parity of random bit strings as a 2-class data set (see :func:`parity`); the three
+    parts are drawn from seeds ``seed``, ``seed + 1`` and ``seed + 2``."""
+    parts = [parity(n, length, seed + k) for k, n in enumerate((n_train, n_val, n_test))]
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = parts
     return DataSplit(
         "parity",
         x_train,
@@ -75,4 +83,6 @@ def load_parity(n_train: int = 4000, n_val: int = 1000, length: int = 8, seed: i
         num_classes=2,
         description=f"parity of {length} random bits, 2 classes",
         info={"length": length},
+        x_test=x_test,
+        y_test=y_test,
     )

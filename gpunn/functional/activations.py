@@ -32,6 +32,21 @@ def step(x):
     return _unary("step", x)
 
 
+def leaky_relu(x, negative_slope=0.01):
+    """x where x > 0, else negative_slope * x."""
+    check_float("leaky_relu", x)
+    return apply("leaky_relu", x, negative_slope=float(negative_slope))
+
+
+def gelu(x, approximate="none"):
+    """x * Phi(x), Phi the standard normal CDF (through erf); ``approximate="tanh"``:
+    0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    check_float("gelu", x)
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return apply("gelu", x, approximate=approximate)
+
+
 def _axis(op, x, axis):
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"{op}: axis {axis} is out of range for a tensor of shape {x.shape}")

@@ -376,6 +376,169 @@ def _other_cases():
     ]
 
 
+def _normalization_cases():
+    """batch_norm (training with and without running statistics, the cumulative mean of
+    momentum=None, batch of one image, eval), layer_norm, embedding (repeated indices and a
+    padding row), leaky_relu and gelu."""
+
+    def bn(shape, affine, running, counter):
+        def make(rng, dt):
+            c = shape[1]
+            return [
+                rng.standard_normal(shape).astype(dt),
+                rng.uniform(0.5, 1.5, c).astype(dt) if affine else None,
+                rng.standard_normal(c).astype(dt) if affine else None,
+                rng.standard_normal(c).astype(dt) if running else None,
+                rng.uniform(0.5, 2.0, c).astype(dt) if running else None,
+                np.array(counter, np.int64) if counter is not None else None,
+            ]
+
+        return make
+
+    cases = [
+        OpCase(
+            name,
+            "batch_norm",
+            bn(shape, affine, running, counter),
+            {"training": training, "momentum": momentum, "eps": 1e-5},
+            family="reduce",
+        )
+        for name, shape, affine, running, counter, training, momentum in (
+            ("batch-norm-2d-train", (3, 4, 5, 3), True, True, 0, True, 0.1),
+            ("batch-norm-2d-train-b1-cumulative", (1, 3, 4, 5), True, True, 4, True, None),
+            ("batch-norm-1d-train", (7, 5), True, True, 2, True, 0.3),
+            ("batch-norm-1d-seq-plain", (4, 3, 6), False, False, None, True, 0.1),
+            ("batch-norm-2d-eval", (2, 3, 5, 4), True, True, 9, False, 0.1),
+            ("batch-norm-1d-eval-noaffine", (5, 6), False, True, None, False, 0.1),
+            ("batch-norm-2d-train-360-per-channel", (5, 3, 9, 8), True, True, 1, True, 0.1),
+        )
+    ]
+
+    def ln(shape, norm, weight, bias):
+        return lambda rng, dt: [
+            rng.standard_normal(shape).astype(dt),
+            rng.uniform(0.5, 1.5, norm).astype(dt) if weight else None,
+            rng.standard_normal(norm).astype(dt) if bias else None,
+        ]
+
+    for shape, norm, weight, bias in (
+        ((4, 7), (7,), True, True),
+        ((2, 3, 4, 5), (4, 5), True, True),
+        ((1, 9), (9,), False, False),
+        ((3, 2, 6), (6,), True, False),
+        ((13, 70), (70,), True, True),
+    ):
+        cases.append(
+            OpCase(
+                f"layer-norm{shape}-over{norm}-{'w' if weight else ''}{'b' if bias else ''}",
+                "layer_norm",
+                ln(shape, norm, weight, bias),
+                {"normalized_shape": norm, "eps": 1e-5},
+                family="reduce",
+            )
+        )
+    for name, idx, vocab, dim, padding_idx in (
+        ("embedding", (5, 3), 7, 4, None),
+        ("embedding-padding", (9,), 6, 5, 2),
+        ("embedding-b1", (1,), 3, 2, None),
+        ("embedding-many-repeats", (40,), 3, 6, 0),
+    ):
+        cases.append(
+            OpCase(
+                name,
+                "embedding",
+                lambda rng, dt, idx=idx, vocab=vocab, dim=dim: [
+                    rng.integers(0, vocab, idx),
+                    rng.standard_normal((vocab, dim)).astype(dt),
+                ],
+                {"padding_idx": padding_idx},
+                family="reduce",
+            )
+        )
+    for slope in (0.01, 0.2, -0.5):
+        cases.append(
+            OpCase(
+                f"leaky-relu-{slope}",
+                "leaky_relu",
+                lambda rng, dt: [_away_from_zero(rng, (6, 9), dt)],
+                {"negative_slope": slope},
+            )
+        )
+    cases.append(
+        OpCase(
+            "leaky-relu-1x1",
+            "leaky_relu",
+            lambda rng, dt: [_away_from_zero(rng, (1, 1), dt)],
+            {"negative_slope": 0.01},
+        )
+    )
+    for approximate in ("none", "tanh"):
+        cases.append(
+            OpCase(
+                f"gelu-{approximate}",
+                "gelu",
+                lambda rng, dt: [
+                    np.concatenate(
+                        [2 * rng.standard_normal(30), [-12.0, -6.0, -0.5, 0.0, 0.5, 6.0, 12.0]]
+                    )
+                    .reshape(1, 37)
+                    .astype(dt)
+                ],
+                {"approximate": approximate},
+            )
+        )
+        cases.append(
+            OpCase(
+                f"gelu-{approximate}-3d",
+                "gelu",
+                lambda rng, dt: [rng.standard_normal((2, 3, 5)).astype(dt)],
+                {"approximate": approximate},
+            )
+        )
+    return cases
+
+
+def _sequence(rng, dt, t, b, i, h, gates, bias, cell_state):
+    """Inputs of a whole-sequence recurrent op: X, h0 (, c0), W_ih, W_hh, b_ih, b_hh."""
+    draw = lambda shape, scale=1.0: (scale * rng.standard_normal(shape)).astype(dt)
+    rows = gates * h
+    states = [draw((b, h))] + ([draw((b, h))] if cell_state else [])
+    weights = [draw((rows, i), 0.5), draw((rows, h), 0.5)]
+    biases = [draw(rows, 0.5), draw(rows, 0.5)] if bias else [None, None]
+    return [draw((t, b, i)), *states, *weights, *biases]
+
+
+def _recurrent_cases():
+    cases = []
+    # (T, B, I, H, bias): sizes that divide nothing, one step, a batch of one
+    specs = [(4, 3, 5, 7, True), (1, 2, 3, 4, True), (3, 1, 2, 3, False), (5, 1, 7, 5, True)]
+    for t, b, i, h, bias in specs:
+        tag = f"T{t}-B{b}-I{i}-H{h}-{'bias' if bias else 'nobias'}"
+        for act in ("tanh", "relu"):
+            cases.append(
+                OpCase(
+                    f"rnn-{act}-{tag}",
+                    "rnn",
+                    lambda rng, dt, t=t, b=b, i=i, h=h, bias=bias: _sequence(
+                        rng, dt, t, b, i, h, 1, bias, False
+                    ),
+                    {"nonlinearity": act},
+                    family="reduce",
+                )
+            )
+        cases.append(
+            OpCase(
+                f"lstm-{tag}",
+                "lstm",
+                lambda rng, dt, t=t, b=b, i=i, h=h, bias=bias: _sequence(
+                    rng, dt, t, b, i, h, 4, bias, True
+                ),
+                family="reduce",
+            )
+        )
+    return cases
+
+
 def _small_cases():
     """0-d and one-element shapes for every op family where they are legal: a gradient must
     come back with its input's exact shape (never (1,) for a 0-d input)."""
@@ -575,7 +738,9 @@ _ALL_GRADS: list[OpCase] = (
     + _shape_cases()
     + _softmax_and_loss_cases()
     + _conv_cases()
+    + _normalization_cases()
     + _other_cases()
+    + _recurrent_cases()
     + _cast_cases()
     + _small_cases()
 )

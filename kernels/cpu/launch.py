@@ -12,6 +12,7 @@ wrap them.
 from __future__ import annotations
 
 import math
+import os
 from numbers import Number
 
 import numpy as np
@@ -19,7 +20,9 @@ from gpunn.kernels.cpu import activations as _act
 from gpunn.kernels.cpu import conv as _conv
 from gpunn.kernels.cpu import dropout as _drop
 from gpunn.kernels.cpu import elementwise as _ew
+from gpunn.kernels.cpu import embedding as _emb
 from gpunn.kernels.cpu import linear as _lin
+from gpunn.kernels.cpu import normalization as _norm
 from gpunn.kernels.cpu import optim as _opt
 from gpunn.kernels.cpu import pooling as _pool
 from gpunn.kernels.cpu import recurrent as _rec
@@ -511,6 +514,206 @@ def lstm_cell_backward(dH_new, dC_new, C, acts, tanh_C, need_dc):
     return dG, dC
 
 
+# ---------------------------------------------------------------------- whole-sequence recurrent
+# One layer over the whole sequence: the input projection of all T steps as one BLAS
+# product; per step the recurrent product into a buffer allocated once per call and one
+# fused step kernel (biases folded in); backward per step one fused kernel and one product
+# for dh; then dX, dW_ih and dW_hh as one product each over all T*B rows and the bias
+# gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the
+# initial state, so h_{t-1} of every step is one contiguous (T*B, H) block.
+#
+# Threads: the rows of a batch never meet inside the time loop, so with several threads the
+# loop runs once per block of batch rows, each block on its own thread with single-threaded
+# BLAS products and serial kernels: no barrier per step. Handing every step's product to
+# BLAS's threads and its kernel to Numba's instead costs two barriers per step, and each
+# barrier stalls whenever one of the two threads is descheduled: on the lstm workload (2
+# threads, a loaded host) the forward took 61 ms (min) / 99 ms (median) split by rows
+# against 136 / 1122 ms with per-step barriers.
+
+_row_pool = None
+_blas_controller = None
+
+
+def _forget_row_pool():
+    global _row_pool
+    _row_pool = None  # a forked child has none of its threads: start a new pool there
+
+
+os.register_at_fork(after_in_child=_forget_row_pool)
+
+
+def _row_blocks(batch, work):
+    """The (r0, r1) row blocks the time loop runs on: one per thread from ``threads.par_min``
+    elements of work up (when threadpoolctl can make BLAS single-threaded), else one."""
+    n = min(_threads.num_threads, batch)
+    if n < 2 or work < _threads.par_min or not _blas_control():
+        return [(0, batch)]
+    return [(k * batch // n, (k + 1) * batch // n) for k in range(n)]
+
+
+def _blas_control():
+    """threadpoolctl's controller of the loaded BLAS libraries, or False without it."""
+    global _blas_controller
+    if _blas_controller is None:
+        try:
+            import threadpoolctl
+        except ImportError:
+            _blas_controller = False
+        else:
+            _blas_controller = threadpoolctl.ThreadpoolController()
+    return _blas_controller
+
+
+def _run_rows(loop, blocks):
+    """``loop(r0, r1)`` for every row block: here for one block, else each on a thread of
+    a pool kept for this, with BLAS single-threaded meanwhile."""
+    global _row_pool
+    if len(blocks) == 1:
+        loop(*blocks[0])
+        return
+    if _row_pool is None or _row_pool._max_workers < len(blocks):
+        from concurrent.futures import ThreadPoolExecutor
+
+        _row_pool = ThreadPoolExecutor(len(blocks), thread_name_prefix="gpunn-rows")
+    with _blas_control().limit(limits=1, user_api="blas"):  # restored on leaving
+        for future in [_row_pool.submit(loop, r0, r1) for r0, r1 in blocks]:
+            future.result()
+
+
+def _sequence_input(X, W_ih, b_ih, b_hh):
+    """(X as (T*B, I), the input projection of every step (T, B, G*H) as one product,
+    b_ih + b_hh (zeros without biases))."""
+    T, B, n_in = X.shape
+    X2 = c(X).reshape(T * B, n_in)
+    XW = (X2 @ blas(W_ih).T).reshape(T, B, W_ih.shape[0])
+    bias = np.zeros(W_ih.shape[0], XW.dtype)
+    for b in (b_ih, b_hh):
+        if b is not None:
+            bias += b
+    return X2, XW, bias
+
+
+def rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code):
+    """(X2, Hall): X as (T*B, I) and the states (T+1, B, H), Hall[0] = H0, Hall[t+1] = h_t."""
+    X2, XW, bias = _sequence_input(X, W_ih, b_ih, b_hh)
+    T, B, hidden = XW.shape
+    Hall = np.empty((T + 1, B, hidden), XW.dtype)
+    Hall[0] = H0
+    Wt = blas(W_hh).T
+    kern = _rec.rnn_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, hidden), XW.dtype)
+        for t in range(T):
+            np.matmul(Hall[t, r0:r1], Wt, out=HW)
+            kern(XW[t, r0:r1], HW, bias, code, Hall[t + 1, r0:r1])
+
+    _run_rows(loop, _row_blocks(B, XW.size * HEAVY))
+    return X2, Hall
+
+
+def rnn_backward(dY, dh_n, W_hh, Hall, code, need_dh0):
+    """(dZ, dH0): every step's pre-activation gradient (T, B, H), in this thread's workspace,
+    and the initial state's gradient (the last product is skipped without ``need_dh0``)."""
+    T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+    dY = c(dY)
+    dZ = workspace("rnn_dz", (T, B, hidden), Hall.dtype)
+    dh = np.array(dh_n, dtype=Hall.dtype, order="C")
+    W_hh = blas(W_hh)
+    kern = _rec.rnn_backward_step.serial
+
+    def loop(r0, r1):
+        for t in range(T - 1, -1, -1):
+            kern(dY[t, r0:r1], dh[r0:r1], Hall[t + 1, r0:r1], code, dZ[t, r0:r1])
+            if t or need_dh0:
+                np.matmul(dZ[t, r0:r1], W_hh, out=dh[r0:r1])
+
+    _run_rows(loop, _row_blocks(B, dZ.size * HEAVY))
+    return dZ, dh
+
+
+def lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, Call, acts, tanh_c): X as (T*B, I); states (T+1, B, H) with row 0 the
+    initial ones; the activated gates (T, B, 4H) and tanh(c_t) (T, B, H) for the backward."""
+    X2, acts, bias = _sequence_input(X, W_ih, b_ih, b_hh)  # the gates, once activated
+    T, B, hidden = acts.shape[0], acts.shape[1], acts.shape[2] // 4
+    dtype = acts.dtype
+    Hall = np.empty((T + 1, B, hidden), dtype)
+    Call = np.empty((T + 1, B, hidden), dtype)
+    Hall[0] = H0
+    Call[0] = C0
+    tanh_c = np.empty((T, B, hidden), dtype)
+    Wt = blas(W_hh).T
+    kern = _rec.lstm_forward_step.serial
+
+    def loop(r0, r1):
+        HW = np.empty((r1 - r0, 4 * hidden), dtype)
+        for t in range(T):
+            np.matmul(Hall[t, r0:r1], Wt, out=HW)
+            rows = slice(r0, r1)
+            kern(
+                acts[t, rows],
+                HW,
+                bias,
+                Call[t, rows],
+                Call[t + 1, rows],
+                Hall[t + 1, rows],
+                tanh_c[t, rows],
+            )
+
+    _run_rows(loop, _row_blocks(B, acts.size * HEAVY))
+    return X2, Hall, Call, acts, tanh_c
+
+
+def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
+    """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H), in this thread's workspace,
+    and the initial states' gradients (the last product is skipped without ``need_dh0``)."""
+    T, B = acts.shape[0], acts.shape[1]
+    dtype = acts.dtype
+    dY = c(dY)
+    dZ = workspace("lstm_dz", acts.shape, dtype)
+    dh = np.array(dh_n, dtype=dtype, order="C")
+    dcs = [np.array(dc_n, dtype=dtype, order="C"), np.empty(dh.shape, dtype)]
+    W_hh = blas(W_hh)
+    kern = _rec.lstm_backward_step.serial
+
+    def loop(r0, r1):
+        rows = slice(r0, r1)
+        for t in range(T - 1, -1, -1):  # dc in dcs[(T - 1 - t) % 2], dc_prev in the other
+            dc, dc_prev = dcs[(T - 1 - t) % 2], dcs[(T - t) % 2]
+            kern(
+                dY[t, rows],
+                dh[rows],
+                dc[rows],
+                Call[t, rows],
+                acts[t, rows],
+                tanh_c[t, rows],
+                dZ[t, rows],
+                dc_prev[rows],
+            )
+            if t or need_dh0:
+                np.matmul(dZ[t, rows], W_hh, out=dh[rows])
+
+    _run_rows(loop, _row_blocks(B, dZ.size))
+    return dZ, dh, dcs[T % 2]
+
+
+def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
+    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
+    product each over all T*B rows, db one column sum; None where not needed."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    dX = (dZ2 @ blas(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
+    dW_ih = dZ2.T @ X2 if need_w_ih else None
+    dW_hh = None
+    if need_w_hh:
+        # (H_prev.T @ dZ).T, not dZ.T @ H_prev: OpenBLAS took 3 ms against 9 ms for the
+        # lstm workload's (2240 x 1024).T @ (2240 x 256) on 2 threads
+        dW_hh = np.ascontiguousarray((Hall[:T].reshape(T * B, Hall.shape[2]).T @ dZ2).T)
+    db = dZ2.sum(axis=0) if need_b else None
+    return dX, dW_ih, dW_hh, db
+
+
 # ---------------------------------------------------------------------- optimizer updates
 class _inplace:
     """``with _inplace(a) as flat:`` a 1-D view of ``a`` to update in place; a contiguous
@@ -552,3 +755,144 @@ def adam_update(params, grads, ms, vs, scalars):
     for p, g, m, v in zip(params, grads, ms, vs):
         with _inplace(p) as pf, _inplace(m) as mf, _inplace(v) as vf:
             pick(_opt.adam_update, pf.size)(pf, g.ravel(), mf, vf, *scalars)
+
+
+# ---------------------------------------------------------------------- normalization, embedding
+# (and the activations leaky_relu and gelu)
+def activation_forward(kern, X, setting, cost=1):
+    """kern(x, setting, out) over X's elements (leaky_relu's slope, gelu's form)."""
+    out = np.empty(X.shape, X.dtype)
+    pick(kern, X.size * cost)(c(X).reshape(-1), setting, out.reshape(-1))
+    return out
+
+
+def activation_backward(kern, dY, X, setting, cost=1):
+    """kern(dy, x, setting, dx): the gradient from dY and the saved input X."""
+    dX = np.empty(X.shape, X.dtype)
+    pick(kern, X.size * cost)(c(dY).reshape(-1), X.reshape(-1), setting, dX.reshape(-1))
+    return dX
+
+
+def _channels(X):
+    """X (N, C, *) as a contiguous (N, C, S) array."""
+    return c(X).reshape(X.shape[0], X.shape[1], -1)
+
+
+def batch_norm_forward(X, weight, bias, mean, var, eps):
+    """(Y, X3, mean, var, invstd) of batch norm with per-channel ``mean`` and ``var`` (None
+    for the batch statistics, computed here); X3 is the contiguous (N, C, S) input."""
+    X3 = _channels(X)
+    dtype = X.dtype
+    n, ch, s = X3.shape
+    if mean is None:
+        mean, var = np.empty(ch, dtype), np.empty(ch, dtype)
+        pick(_norm.batch_norm_stats, X3.size)(X3, mean, var)
+    else:
+        mean, var = c(mean), c(var)
+    Y = np.empty(X.shape, dtype)
+    invstd = np.empty(ch, dtype)
+    empty = EMPTY[dtype]
+    pick(_norm.batch_norm_forward, X3.size)(
+        X3,
+        mean,
+        var,
+        empty if weight is None else c(weight),
+        empty if bias is None else c(bias),
+        float(eps),
+        Y.reshape(n, ch, s),
+        invstd,
+    )
+    return Y, X3, mean, var, invstd
+
+
+def batch_norm_running(mean, var, factor, count, running_mean, running_var):
+    """Update the running statistics in place from the batch's (through a contiguous copy
+    where they are strided)."""
+    with _inplace(running_mean) as rm, _inplace(running_var) as rv:
+        _norm.batch_norm_running(mean, var, float(factor), count / (count - 1), rm, rv)
+
+
+def batch_norm_backward(dY, X3, mean, invstd, weight, training, needs):
+    """(dX, dweight, dbias, dmean, dvar), None where ``needs`` is false."""
+    dtype = X3.dtype
+    ch = X3.shape[1]
+    dX = np.empty(X3.shape, dtype) if needs[0] else None
+    outs = [np.empty(ch, dtype) if need else None for need in needs[1:5]]
+    empty = EMPTY[dtype]
+    pick(_norm.batch_norm_backward, X3.size)(
+        c(dY).reshape(X3.shape),
+        X3,
+        mean,
+        invstd,
+        empty if weight is None else c(weight),
+        bool(training),
+        np.empty((0, 0, 0), dtype) if dX is None else dX,
+        *[empty if o is None else o for o in outs],
+    )
+    return (None if dX is None else dX.reshape(dY.shape), *outs)
+
+
+def layer_norm_forward(X, weight, bias, d, eps):
+    """(Y, X2, mean, invstd): X seen as (M, d) rows, each normalised."""
+    X2 = c(X).reshape(-1, d)
+    dtype = X.dtype
+    rows = X2.shape[0]
+    Y = np.empty(X.shape, dtype)
+    mean, invstd = np.empty(rows, dtype), np.empty(rows, dtype)
+    empty = EMPTY[dtype]
+    pick(_norm.layer_norm_forward, X2.size)(
+        X2,
+        empty if weight is None else c(weight).reshape(-1),
+        empty if bias is None else c(bias).reshape(-1),
+        float(eps),
+        Y.reshape(rows, d),
+        mean,
+        invstd,
+    )
+    return Y, X2, mean, invstd
+
+
+def layer_norm_backward(dY, X2, mean, invstd, weight, needs):
+    """(dX, dweight, dbias): dX shaped as dY, the others flat (d,); None where ``needs``
+    is false."""
+    dtype = X2.dtype
+    d = X2.shape[1]
+    dY2 = c(dY).reshape(X2.shape)
+    empty = EMPTY[dtype]
+    w = empty if weight is None else c(weight).reshape(-1)
+    dX = dW = dB = None
+    if needs[0]:
+        dX = np.empty(X2.shape, dtype)
+        pick(_norm.layer_norm_backward, X2.size)(dY2, X2, mean, invstd, w, dX)
+        dX = dX.reshape(dY.shape)
+    if needs[1] or needs[2]:
+        dW = np.empty(d, dtype) if needs[1] else None
+        dB = np.empty(d, dtype) if needs[2] else None
+        pick(_norm.layer_norm_affine_grad, X2.size)(
+            dY2, X2, mean, invstd, empty if dW is None else dW, empty if dB is None else dB
+        )
+    return dX, dW, dB
+
+
+def embedding_forward(indices, weight):
+    """(Y, flat indices): Y (*indices.shape, E) the rows of ``weight`` the indices pick."""
+    idx = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+    weight = c(weight)
+    Y = np.empty(indices.shape + (weight.shape[1],), weight.dtype)
+    pick(_emb.embedding_forward, Y.size)(idx, weight, Y.reshape(idx.size, weight.shape[1]))
+    return Y, idx
+
+
+def embedding_backward(dY, idx, shape, padding_idx):
+    """dweight (V, E): positions sorted by index (stable), then one reduction per row."""
+    order = np.argsort(idx, kind="stable")
+    bounds = np.searchsorted(idx[order], np.arange(shape[0] + 1), side="left")
+    dW = np.empty(shape, dY.dtype)
+    pick(_emb.embedding_backward, dY.size)(
+        c(dY).reshape(idx.size, shape[1]),
+        order.astype(np.int64, copy=False),
+        bounds.astype(np.int64, copy=False),
+        -1 if padding_idx is None else int(padding_idx),
+        dW,
+    )
+    return dW

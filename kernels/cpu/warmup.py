@@ -26,6 +26,8 @@ MODULES = (
     "optim",
     "dropout",
     "shape",
+    "normalization",
+    "embedding",
 )
 DTYPES = ("float32", "float64")
 

@@ -570,6 +570,115 @@ def lstm_cell_backward(dev: Device, dHn, dCn, C, S, need_dc: bool):
     return dG, dCp
 
 
+# ---------------------------------------------------------------------- whole-sequence recurrent
+# One layer over the whole sequence: the input projection of every step as one cuBLAS GEMM
+# into a gate buffer allocated once per call; per step one GEMM (h_{t-1} @ W_hh.T) and one
+# fused step kernel (biases folded in) forward, one fused kernel and one GEMM (dZ_t @ W_hh)
+# backward; then dX, dW_ih and dW_hh as one GEMM each over all T*B rows and the bias
+# gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the initial
+# state, so h_{t-1} of every step is one contiguous (T*B, H) block. GEMMs go through
+# cupy.matmul into preallocated outputs (one cuBLAS call each).
+
+
+def _sequence_input(X, W_ih, W_hh, b_ih, b_hh):
+    """(X as (T*B, I), the gate buffer (T, B, G*H) holding every step's input projection
+    (one GEMM), W_hh.T contiguous, the kernels' bias arguments (b_ih, b_hh, has_bias))."""
+    T, B, n_in = X.shape
+    X2 = contiguous(X).reshape(T * B, n_in)
+    Z = cupy.matmul(X2, contiguous(W_ih).T).reshape(T, B, W_ih.shape[0])
+    W_hhT = cupy.ascontiguousarray(W_hh.T)
+    if b_ih is None and b_hh is None:
+        return X2, Z, W_hhT, (Z, Z, i32(0))  # the bias pointers are not read
+    zero = cupy.zeros(W_ih.shape[0], X.dtype) if b_ih is None or b_hh is None else None
+    b_i = zero if b_ih is None else contiguous(b_ih)
+    b_h = zero if b_hh is None else contiguous(b_hh)
+    return X2, Z, W_hhT, (b_i, b_h, i32(1))
+
+
+def rnn_forward(dev: Device, X, H0, W_ih, W_hh, b_ih, b_hh, act: int):
+    """(X2, Hall): X as (T*B, I) and the states (T+1, B, H), Hall[0] = H0, Hall[t+1] = h_t."""
+    T, B, _ = X.shape
+    hidden = W_hh.shape[1]
+    X2, XW, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+    Hall[0] = H0
+    HW = cupy.empty((B, hidden), X.dtype)
+    for t in range(T):
+        cupy.matmul(Hall[t], W_hhT, out=HW)
+        if HW.size:
+            args = (XW[t], HW, b_i, b_h, Hall[t + 1], i64(B), i64(hidden), has_b, i32(act))
+            launch(dev, "rnn_forward_step", X.dtype, HW.size, args)
+    return X2, Hall
+
+
+def rnn_backward(dev: Device, dY, dh_n, W_hh, Hall, act: int, need_dh0: bool):
+    """(dZ, dH0): every step's pre-activation gradient (T, B, H) and the initial state's
+    (the last GEMM is skipped without ``need_dh0``)."""
+    T, B, hidden = Hall.shape[0] - 1, Hall.shape[1], Hall.shape[2]
+    dY = contiguous(dY)
+    dH = cupy.array(dh_n, dtype=Hall.dtype, order="C")
+    dZ = cupy.empty((T, B, hidden), Hall.dtype)
+    W_hh = contiguous(W_hh)
+    for t in range(T - 1, -1, -1):
+        if dH.size:
+            args = (dY[t], dH, Hall[t + 1], dZ[t], i64(dH.size), i32(act))
+            launch(dev, "rnn_backward_step", Hall.dtype, dH.size, args)
+        if t or need_dh0:
+            cupy.matmul(dZ[t], W_hh, out=dH)
+    return dZ, dH
+
+
+def lstm_forward(dev: Device, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
+    """(X2, Hall, Call, Z): X as (T*B, I); states (T+1, B, H) with row 0 the initial ones;
+    Z (T, B, 4H) the activated gates of every step, for the backward."""
+    T, B, _ = X.shape
+    hidden = W_hh.shape[1]
+    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    Hall = cupy.empty((T + 1, B, hidden), X.dtype)
+    Call = cupy.empty((T + 1, B, hidden), X.dtype)
+    Hall[0] = H0
+    Call[0] = C0
+    HW = cupy.empty((B, 4 * hidden), X.dtype)
+    for t in range(T):
+        cupy.matmul(Hall[t], W_hhT, out=HW)
+        if HW.size:
+            args = (Z[t], HW, b_i, b_h, Call[t], Call[t + 1], Hall[t + 1])
+            args += (i64(B), i64(hidden), has_b)
+            launch(dev, "lstm_forward_step", X.dtype, B * hidden, args)
+    return X2, Hall, Call, Z
+
+
+def lstm_backward(dev: Device, dY, dh_n, dc_n, W_hh, Call, Z, need_dh0: bool):
+    """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H) and the initial states' (the
+    last GEMM is skipped without ``need_dh0``)."""
+    T, B, hidden = Call.shape[0] - 1, Call.shape[1], Call.shape[2]
+    dY = contiguous(dY)
+    dH = cupy.array(dh_n, dtype=Z.dtype, order="C")
+    dC = cupy.array(dc_n, dtype=Z.dtype, order="C")  # dC_t in, dC_{t-1} out
+    dZ = cupy.empty(Z.shape, Z.dtype)
+    W_hh = contiguous(W_hh)
+    for t in range(T - 1, -1, -1):
+        if dH.size:
+            args = (dY[t], dH, dC, Z[t], Call[t], Call[t + 1], dZ[t], i64(B), i64(hidden))
+            launch(dev, "lstm_backward_step", Z.dtype, dH.size, args)
+        if t or need_dh0:
+            cupy.matmul(dZ[t], W_hh, out=dH)
+    return dZ, dH, dC
+
+
+def sequence_weight_grads(dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b):
+    """(dX, dW_ih, dW_hh, db) from every step's pre-activation gradient dZ (T, B, G*H): one
+    GEMM each over all T*B rows, db one column sum; None where not needed."""
+    T, B, rows = dZ.shape
+    dZ2 = dZ.reshape(T * B, rows)
+    dX = cupy.matmul(dZ2, contiguous(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
+    dW_ih = cupy.matmul(dZ2.T, X2) if need_w_ih else None
+    H_prev = Hall[:T].reshape(T * B, Hall.shape[2])
+    dW_hh = cupy.matmul(dZ2.T, H_prev) if need_w_hh else None
+    db = dZ2.sum(axis=0) if need_b else None
+    return dX, dW_ih, dW_hh, db
+
+
 # ---------------------------------------------------------------------- optimizer updates
 def fused_update(dev: Device, stem: str, columns, scalars) -> None:
     """sgd_update / adam_update: one launch per dtype over all parameters. ``columns`` =
@@ -592,3 +701,152 @@ def fused_update(dev: Device, stem: str, columns, scalars) -> None:
         t = dtype.type
         args = (table, i32(len(idx)), *(t(s) if isinstance(s, float) else s for s in scalars))
         launch(dev, stem, dtype, max(sizes), args)
+
+
+# ---------------------------------------------------------------------- normalization, embedding
+# (and the activations leaky_relu and gelu)
+def activation_forward(dev: Device, stem: str, X, setting):
+    """Y = f(X) for leaky_relu_forward (setting: the slope, as X's float type) and
+    gelu_forward (setting: 1 for the tanh form), X contiguous."""
+    Y = cupy.empty(X.shape, X.dtype)
+    if X.size:
+        launch(dev, stem, X.dtype, X.size, (X, Y, i64(X.size), setting))
+    return Y
+
+
+def activation_backward(dev: Device, stem: str, dY, X, setting):
+    """dX of leaky_relu / gelu from dY and the saved contiguous input X."""
+    dY = contiguous(dY)
+    dX = cupy.empty(X.shape, X.dtype)
+    if X.size:
+        launch(dev, stem, X.dtype, X.size, (dY, X, dX, i64(X.size), setting))
+    return dX
+
+
+def _channel_blocks(dev: Device, c: int) -> tuple:
+    """One block per channel of the batch norm reductions, capped."""
+    return (max(1, min(c, dev.max_blocks)),)
+
+
+def batch_norm_forward(dev: Device, X, weight, bias, mean, var, eps):
+    """(Y, X, mean, var, invstd) of batch norm on contiguous X (N, C, *), with per-channel
+    ``mean`` and ``var`` (None: the batch statistics, computed here)."""
+    n, c = X.shape[0], X.shape[1]
+    s = X.size // max(n * c, 1)
+    dtype = X.dtype
+    if mean is None:
+        mean, var = cupy.empty(c, dtype), cupy.empty(c, dtype)
+        if X.size:
+            args = (X, mean, var, i64(n), i64(c), i64(s))
+            dev.kernels.launch("batch_norm_stats", dtype, _channel_blocks(dev, c), (BLOCK,), args)
+    else:
+        mean, var = contiguous(mean), contiguous(var)
+    Y = cupy.empty(X.shape, dtype)
+    invstd = cupy.empty(c, dtype)
+    if X.size:
+        flags = (1 if weight is not None else 0) | (2 if bias is not None else 0)
+        w = contiguous(weight) if weight is not None else mean
+        b = contiguous(bias) if bias is not None else mean
+        args = (X, mean, var, w, b, Y, invstd, i64(n), i64(c), i64(s), np.float64(eps), i32(flags))
+        launch(dev, "batch_norm_forward", dtype, X.size, args)
+    return Y, mean, var, invstd
+
+
+def batch_norm_running(dev: Device, mean, var, factor, count, running_mean, running_var):
+    """Update contiguous running statistics in place from the batch's."""
+    for r in (running_mean, running_var):
+        if not r.flags.c_contiguous:
+            raise ValueError("batch_norm: running statistics must be contiguous to update in place")
+    c = mean.size
+    args = (mean, var, running_mean, running_var, i64(c), np.float64(factor))
+    launch(dev, "batch_norm_running", mean.dtype, c, args + (np.float64(count / (count - 1)),))
+
+
+def batch_norm_backward(dev: Device, dY, X, mean, invstd, weight, training, needs):
+    """(dX, dweight, dbias, dmean, dvar), None where ``needs`` is false."""
+    n, c = X.shape[0], X.shape[1]
+    s = X.size // max(n * c, 1)
+    dtype = X.dtype
+    dX = cupy.empty(X.shape, dtype) if needs[0] else None
+    outs = [cupy.empty(c, dtype) if need else None for need in needs[1:5]]
+    need = sum(1 << k for k, flag in enumerate(needs[:5]) if flag)
+    if need and c:
+        dY = contiguous(dY)
+        flags = (1 if weight is not None else 0) | (2 if training else 0)
+        w = contiguous(weight) if weight is not None else mean
+        ptrs = [o if o is not None else mean for o in (dX, *outs)]
+        args = (dY, X, mean, invstd, w, *ptrs, i64(n), i64(c), i64(s), i32(flags), i32(need))
+        dev.kernels.launch("batch_norm_backward", dtype, _channel_blocks(dev, c), (BLOCK,), args)
+    return (dX, *outs)
+
+
+def layer_norm_forward(dev: Device, X2, weight, bias, eps):
+    """(Y2, mean, invstd) of layer norm over the rows of contiguous X2 (rows, d)."""
+    rows, d = X2.shape
+    dtype = X2.dtype
+    Y2 = cupy.empty(X2.shape, dtype)
+    mean, invstd = cupy.empty(rows, dtype), cupy.empty(rows, dtype)
+    if X2.size:
+        flags = (1 if weight is not None else 0) | (2 if bias is not None else 0)
+        w = contiguous(weight) if weight is not None else X2
+        b = contiguous(bias) if bias is not None else X2
+        args = (X2, w, b, Y2, mean, invstd, i64(rows), i64(d), np.float64(eps), i32(flags))
+        dev.kernels.launch("layer_norm_forward", dtype, row_grid(dev, rows), (BLOCK,), args)
+    return Y2, mean, invstd
+
+
+def layer_norm_backward(dev: Device, dY2, X2, mean, invstd, weight, needs):
+    """(dX2, dweight, dbias) over the rows of X2 (rows, d): dX2 (rows, d), the others flat
+    (d,); None where ``needs`` is false."""
+    rows, d = X2.shape
+    dtype = X2.dtype
+    dY2 = contiguous(dY2)
+    dX = dW = dB = None
+    if needs[0]:
+        dX = cupy.empty(X2.shape, dtype)
+        if X2.size:
+            w = contiguous(weight) if weight is not None else X2
+            args = (dY2, X2, mean, invstd, w, dX, i64(rows), i64(d), i32(weight is not None))
+            dev.kernels.launch("layer_norm_backward", dtype, row_grid(dev, rows), (BLOCK,), args)
+    if needs[1] or needs[2]:
+        dW = cupy.empty(d, dtype) if needs[1] else None
+        dB = cupy.empty(d, dtype) if needs[2] else None
+        if d:
+            need = (1 if needs[1] else 0) | (2 if needs[2] else 0)
+            outs = (dW if dW is not None else X2, dB if dB is not None else X2)
+            args = (dY2, X2, mean, invstd, *outs, i64(rows), i64(d), i32(need))
+            blocks = ((d + 31) // 32,)
+            dev.kernels.launch("layer_norm_affine_grad", dtype, blocks, (32, 8), args)
+    return dX, dW, dB
+
+
+def embedding_forward(dev: Device, indices, weight):
+    """(Y, flat int64 indices): Y (*indices.shape, E), the rows the indices pick."""
+    idx = cupy.ascontiguousarray(indices.reshape(-1), dtype=np.int64)
+    weight = contiguous(weight)
+    e = weight.shape[1]
+    Y = cupy.empty(tuple(indices.shape) + (e,), weight.dtype)
+    if Y.size:
+        rows, err = i64(weight.shape[0]), dev.workspace.err_dev
+        args = (idx, weight, Y, i64(idx.size), i64(e), rows, err)
+        launch(dev, "embedding_forward", weight.dtype, Y.size, args)
+    return Y, idx
+
+
+def embedding_backward(dev: Device, dY, idx, shape, padding_idx):
+    """dweight (V, E): the positions ordered by (index, position), then one thread per
+    element of dweight adds its row's positions in that order."""
+    rows, e = shape
+    p = idx.size
+    if rows * max(p, 1) >= 2**63:
+        raise ValueError(f"embedding: {rows} rows x {p} positions overflow the sort key")
+    key = idx * p + cupy.arange(p, dtype=np.int64)  # unique: any sort keeps position order
+    order = cupy.ascontiguousarray(cupy.argsort(key), dtype=np.int64)
+    bounds = cupy.searchsorted(idx[order], cupy.arange(rows + 1, dtype=np.int64), side="left")
+    bounds = cupy.ascontiguousarray(bounds, dtype=np.int64)
+    dW = cupy.empty(shape, dY.dtype)
+    if dW.size:
+        pad = -1 if padding_idx is None else int(padding_idx)
+        args = (contiguous(dY), order, bounds, dW, i64(rows), i64(e), i64(pad))
+        launch(dev, "embedding_backward", dY.dtype, dW.size, args)
+    return dW

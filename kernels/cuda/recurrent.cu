@@ -1,7 +1,8 @@
 // Recurrent cells, fused: the recurrent product H @ W_hh.T comes from cuBLAS, then ONE
 // kernel applies every gate nonlinearity and the state update (forward), or every gate
-// derivative (backward). The input projections of all time steps are one GEMM outside
-// the cell (gpunn.nn.LSTM), so XW already holds x_t @ W_ih.T + b_ih + b_hh.
+// derivative (backward). For the cells (rnn_cell, lstm_cell) the input projection is one
+// GEMM outside the cell, so XW already holds x_t @ W_ih.T + b_ih + b_hh; the whole-sequence
+// step kernels at the end of this file add the biases themselves.
 
 #include "common.cuh"
 
@@ -73,5 +74,106 @@ __global__ void lstm_cell_backward(const T* __restrict__ dHn, const T* __restric
     dG[row + 2 * hidden] = dc * i * (T(1) - g * g);
     dG[row + 3 * hidden] = dh * tc * o * (T(1) - o);
     if (need_c) dCp[idx] = dc * f;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Whole-sequence layers: one step of the time loop each. The backend runs the input
+// projection of all steps as one GEMM into a gate buffer Z (T, B, G*H) allocated once per
+// call, and per step one cuBLAS GEMM (the recurrent product HW = h_{t-1} @ W_hh.T, or
+// dH = dZ_t @ W_hh backward) plus one of these kernels. Biases are added here (has_bias 0:
+// b_ih and b_hh are not read). States live in (T+1, B, H) buffers whose row 0 is the
+// initial state; the kernels get the step's slices.
+
+// h (B, H) = act(xw + hw + b_ih + b_hh); act is ACT_TANH or ACT_RELU.
+template <typename T>
+__global__ void rnn_forward_step(const T* __restrict__ XW, const T* __restrict__ HW,
+                                 const T* __restrict__ b_ih, const T* __restrict__ b_hh,
+                                 T* __restrict__ H, long long batch, long long hidden,
+                                 int has_bias, int act) {
+  const long long n = batch * hidden;
+  GPUNN_GRID_STRIDE(idx, n) {
+    const long long j = idx % hidden;
+    T z = XW[idx] + HW[idx];
+    if (has_bias) z = (z + b_ih[j]) + b_hh[j];  // the reference's order of additions
+    H[idx] = gpunn::activate(z, act);
+  }
+}
+
+// dZ (B, H) = (dY + dH) * act'(z), from H = act(z): dY is the output's gradient at this
+// step, dH the gradient that came back from step t+1.
+template <typename T>
+__global__ void rnn_backward_step(const T* __restrict__ dY, const T* __restrict__ dH,
+                                  const T* __restrict__ H, T* __restrict__ dZ, long long n,
+                                  int act) {
+  GPUNN_GRID_STRIDE(idx, n) { dZ[idx] = gpunn::activation_grad(dY[idx] + dH[idx], H[idx], act); }
+}
+
+// One LSTM step, gates i, f, g, o. Z (B, 4H) holds x_t @ W_ih.T on entry and the activated
+// gates on exit (each thread reads and writes its own four entries). HW (B, 4H) is
+// h_{t-1} @ W_hh.T; C_prev, C, H (B, H).
+//   i, f, o = sigmoid; g = tanh; C = f*C_prev + i*g; H = o*tanh(C).
+template <typename T>
+__global__ void lstm_forward_step(T* __restrict__ Z, const T* __restrict__ HW,
+                                  const T* __restrict__ b_ih, const T* __restrict__ b_hh,
+                                  const T* __restrict__ C_prev, T* __restrict__ C,
+                                  T* __restrict__ H, long long batch, long long hidden,
+                                  int has_bias) {
+  const long long n = batch * hidden;
+  GPUNN_GRID_STRIDE(idx, n) {
+    const long long b = idx / hidden;
+    const long long j = idx - b * hidden;
+    const long long row = b * 4 * hidden + j;
+    T zi = Z[row] + HW[row];
+    T zf = Z[row + hidden] + HW[row + hidden];
+    T zg = Z[row + 2 * hidden] + HW[row + 2 * hidden];
+    T zo = Z[row + 3 * hidden] + HW[row + 3 * hidden];
+    if (has_bias) {  // the reference's order of additions
+      zi = (zi + b_ih[j]) + b_hh[j];
+      zf = (zf + b_ih[j + hidden]) + b_hh[j + hidden];
+      zg = (zg + b_ih[j + 2 * hidden]) + b_hh[j + 2 * hidden];
+      zo = (zo + b_ih[j + 3 * hidden]) + b_hh[j + 3 * hidden];
+    }
+    const T i = gpunn::sigmoid(zi);
+    const T f = gpunn::sigmoid(zf);
+    const T g = gpunn::tanh_(zg);
+    const T o = gpunn::sigmoid(zo);
+    const T c = f * C_prev[idx] + i * g;
+    C[idx] = c;
+    H[idx] = o * gpunn::tanh_(c);
+    Z[row] = i;
+    Z[row + hidden] = f;
+    Z[row + 2 * hidden] = g;
+    Z[row + 3 * hidden] = o;
+  }
+}
+
+// The step backward. A (B, 4H) the activated gates saved by the forward; C_prev, C (B, H);
+// dY the output's gradient at this step, dH the gradient from step t+1; dC (B, H) holds
+// the cell gradient from step t+1 on entry and dC_prev on exit. With dh = dY + dH and
+//   dc = dC + dh * o * (1 - tanh(C)^2):
+//   dZ = [dc g i (1-i), dc C_prev f (1-f), dc i (1-g^2), dh tanh(C) o (1-o)]; dC_prev = dc f.
+template <typename T>
+__global__ void lstm_backward_step(const T* __restrict__ dY, const T* __restrict__ dH,
+                                   T* __restrict__ dC, const T* __restrict__ A,
+                                   const T* __restrict__ C_prev, const T* __restrict__ C,
+                                   T* __restrict__ dZ, long long batch, long long hidden) {
+  const long long n = batch * hidden;
+  GPUNN_GRID_STRIDE(idx, n) {
+    const long long b = idx / hidden;
+    const long long j = idx - b * hidden;
+    const long long row = b * 4 * hidden + j;
+    const T i = A[row];
+    const T f = A[row + hidden];
+    const T g = A[row + 2 * hidden];
+    const T o = A[row + 3 * hidden];
+    const T tc = gpunn::tanh_(C[idx]);
+    const T dh = dY[idx] + dH[idx];
+    const T dc = dC[idx] + dh * o * (T(1) - tc * tc);
+    dZ[row] = dc * g * i * (T(1) - i);
+    dZ[row + hidden] = dc * C_prev[idx] * f * (T(1) - f);
+    dZ[row + 2 * hidden] = dc * i * (T(1) - g * g);
+    dZ[row + 3 * hidden] = dh * tc * o * (T(1) - o);
+    dC[idx] = dc * f;
   }
 }

@@ -46,8 +46,17 @@ class Workspace:
         self._ones: dict = {}
 
     def raise_pending(self) -> None:
-        """Raise (and clear) a bad label the cross-entropy kernel has flagged."""
+        """Raise (and clear) a bad label the cross-entropy kernel has flagged (code 1), or a
+        bad index the embedding kernel has (code 2)."""
         err = self.err_host
+        if err[0] == 2:
+            index, rows = int(err[1]), int(err[2])
+            err[:] = 0
+            raise IndexError(
+                f"embedding: input holds indices outside [0, {rows}): found {index} "
+                "(detected on the GPU by the embedding kernel of an earlier call; its rows "
+                "are NaN)"
+            )
         if err[0]:
             label, classes = int(err[1]), int(err[2])
             err[:] = 0
