@@ -399,7 +399,10 @@ def _run(part):
             ("binary_cross_entropy_with_logits", (z, (z > 0) * 1.0)),
             ("pow", (a, b)),
             ("add", (a, b)),
+            ("add", (z, z[1])),  # a row broadcast over rows: 16-byte packs
+            ("sub", (z[:, :9].copy(), z[1, :9].copy())),  # rows of 9: element by element
             ("sigmoid", (z.ravel(),)),
+            ("sigmoid", (z.ravel()[1:],)),  # a view off 16-byte alignment
             ("dropout", (z,)),
         ):
             params = {"p": 0.3, "seed": 99} if op == "dropout" else {}
@@ -424,6 +427,21 @@ def _run(part):
                     failures.append(
                         f"clip_grad_norm {norm_type} output {i}: {np.max(np.abs(g - w))}"
                     )
+        # a batch walked in chunks of one image (conv) and of a few planes (pooling)
+        from gpunn.kernels.cuda import launch as cuda_launch
+
+        chunk, limit = cuda_launch.CONV_CHUNK_BYTES, cuda_launch.CHUNK_ELEMENTS
+        cuda_launch.CONV_CHUNK_BYTES, cuda_launch.CHUNK_ELEMENTS = 1, 200
+        try:
+            for case in OP_CASES:
+                if case.op in ("conv2d", "max_pool2d", "avg_pool2d"):
+                    for dtype in ("float32", "float64"):
+                        try:
+                            compare_op("cupy", case, dtype, "C")
+                        except Exception as e:
+                            failures.append(f"chunked {case.name} {dtype}: {e}")
+        finally:
+            cuda_launch.CONV_CHUNK_BYTES, cuda_launch.CHUNK_ELEMENTS = chunk, limit
     return failures
 
 

@@ -38,10 +38,16 @@ MODULE_ONLY = {
 
 #: Kernels only one tree has, and why.
 KERNEL_ONLY = {
-    ("cpu", "conv2d_pad"): "the CPU kernels read a padded copy of the input; the CUDA "
-    "im2col tests bounds instead",
-    ("cpu", "conv2d_direct_forward"): "direct convolution for small channel counts, where "
-    "im2col plus BLAS loses on the CPU; the GPU always takes im2col + cuBLAS",
+    ("cpu", "conv2d_forward"): "the whole CPU convolution in one parallel kernel that calls "
+    "BLAS per cache-sized block; the GPU launches im2col, cuBLAS and conv2d_output",
+    ("cpu", "conv2d_backward"): "as conv2d_forward: one CPU kernel around BLAS calls; the "
+    "GPU launches conv2d_grad_output, im2col, cuBLAS and col2im",
+    ("cuda", "conv2d_output"): "the GPU's layout + bias pass after cuBLAS; the CPU kernel "
+    "adds the bias on each block it copies out",
+    ("cuda", "conv2d_grad_output"): "the GPU's layout + bias-gradient pass before cuBLAS; the "
+    "CPU kernel gathers each block of dY itself",
+    ("cpu", "max_pool2d_pad"): "the CPU pooling kernels read a padded copy of the input; the "
+    "CUDA pooling kernels test bounds instead",
     ("cpu", "step_backward"): "fills zeros in a preallocated gradient; cupy inherits the "
     "reference (cupy.zeros)",
     ("cpu", "sum_forward"): "cupy uses CuPy's reduction (see MODULE_ONLY)",
@@ -137,7 +143,8 @@ def test_the_mirror_check_catches_a_stray_name():
             for ks in cpu.values():
                 if k in ks:
                     ks.remove(k)
-    cpu["conv"] += ["conv2d_pad", "conv2d_direct_forward"]
+    cpu["conv"] += ["conv2d_forward", "conv2d_backward"]
+    cpu["pooling"] += ["max_pool2d_pad"]
     cpu["activations"] += ["step_backward"]
     cpu["shape"] = ["sum_forward", "sum_backward", "getitem_backward"]
     assert _mirror_problems(cpu, cuda) == []

@@ -147,6 +147,19 @@ class _Counted:
         return self.serial(*args)
 
 
+def _called_inside_kernels(module) -> set[str]:
+    """Names that the functions of ``module`` call by their bare name: kernels one kernel
+    calls from inside another (Numba compiles those calls, so they cannot be wrapped)."""
+    tree = ast.parse(inspect.getsource(module))
+    return {
+        node.func.id
+        for fn in tree.body
+        if isinstance(fn, ast.FunctionDef)
+        for node in ast.walk(fn)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+    }
+
+
 @pytest.mark.skipif(why_unavailable("numba") is not None, reason="the numba backend is unavailable")
 def test_numba_kernel_ops_call_a_gpunn_kernel_and_no_other_op_does(monkeypatch):
     from gpunn.kernels.cpu import _jit
@@ -155,11 +168,15 @@ def test_numba_kernel_ops_call_a_gpunn_kernel_and_no_other_op_does(monkeypatch):
 
     log = {"stack": [], "calls": set()}
     kernels = {key.split("/")[0] for key in _jit.REGISTRY}  # "module.function"
+    wrapped = 0
     for key in sorted(kernels):
         module, name = key.split(".")
         module = importlib.import_module(f"gpunn.kernels.cpu.{module}")
+        if name in _called_inside_kernels(module):
+            continue  # a compiled caller needs the kernel itself; the caller is counted
         monkeypatch.setattr(module, name, _Counted(getattr(module, name), log))
-    assert len(kernels) > 30
+        wrapped += 1
+    assert wrapped > 30
 
     def tracing(op, method):
         def run(self, *args, **kwargs):

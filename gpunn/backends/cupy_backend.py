@@ -69,25 +69,40 @@ class _LayerOps:
 
     # ------------------------------------------------------------------ convolution and pooling
     def conv2d_forward(self, X, W, b, stride=(1, 1), padding=(0, 0)):
-        """im2col (gpunn kernel), one cuBLAS GEMM, then bias and NCHW layout (gpunn kernel)."""
+        """Per chunk of images (L.conv2d_chunks): im2col (gpunn kernel), one cuBLAS GEMM,
+        then bias and NCHW layout (gpunn kernel). The column matrix is kept for the
+        backward when one chunk held the whole batch."""
         X, W = _c(X), _c(W)
-        col, geometry = L.conv2d_im2col(self._dev, X, W, stride, padding)
-        k = W.shape[0]
-        Y = L.conv2d_output(self._dev, L.matmul(W.reshape(k, -1), col), b, geometry, k)
-        return Y, (X.shape, W, col, geometry, b is not None)
+        geometry = L.conv2d_geometry(X, W, stride, padding)
+        k, oh, ow = W.shape[0], geometry[10], geometry[11]
+        W2 = W.reshape(k, -1)
+        Y = cupy.empty((X.shape[0], k, oh, ow), X.dtype)
+        chunks = L.conv2d_chunks(geometry, k, X.itemsize)
+        col = None
+        for n0, n1 in chunks:
+            col = L.conv2d_im2col(self._dev, X, geometry, n0, n1)
+            L.conv2d_output(self._dev, L.matmul(W2, col), b, Y, n0, n1)
+        kept = col if len(chunks) == 1 else None
+        return Y, (X, W, geometry, chunks, kept, b is not None)
 
     def conv2d_backward(self, dY, saved, needs):
-        x_shape, W, col, geometry, has_bias = saved
+        X, W, geometry, chunks, kept, has_bias = saved
         k = W.shape[0]
-        dYt = L.conv2d_grad_output(self._dev, dY)
-        dX = dW = db = None
-        if needs[0]:
-            dX = L.conv2d_col2im(self._dev, L.matmul(W.reshape(k, -1).T, dYt), x_shape, geometry)
-        if needs[1]:
-            dW = L.matmul(dYt, col.T).reshape(W.shape)
-        if has_bias and needs[2]:
-            db = cupy.dot(dYt, self._dev.workspace.ones(dYt.shape[1], W.dtype))
-        return dX, dW, db
+        W2 = W.reshape(k, -1)
+        dY = _c(dY)
+        dX = cupy.empty(X.shape, X.dtype) if needs[0] else None
+        dW = cupy.zeros(W2.shape, W.dtype) if needs[1] else None
+        db = cupy.zeros(k, W.dtype) if has_bias and needs[2] else None
+        for n0, n1 in chunks:
+            dYt = L.conv2d_grad_output(self._dev, dY, n0, n1)
+            if dX is not None:
+                L.conv2d_col2im(self._dev, L.matmul(W2.T, dYt), dX, geometry, n0, n1)
+            if dW is not None:
+                col = kept if kept is not None else L.conv2d_im2col(self._dev, X, geometry, n0, n1)
+                dW += L.matmul(dYt, col.T)
+            if db is not None:
+                db += cupy.dot(dYt, self._dev.workspace.ones(dYt.shape[1], W.dtype))
+        return dX, None if dW is None else dW.reshape(W.shape), db
 
     def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
         return L.max_pool2d_forward(self._dev, _c(X), kernel_size, stride, padding)

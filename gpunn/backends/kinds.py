@@ -62,8 +62,8 @@ NUMBA = {
     # matrix products
     "matmul_forward": "blas",
     "matmul_backward": "blas",
-    "linear_forward": "kernel: BLAS product, then the bias+activation kernel",
-    "linear_backward": "kernel: activation-grad+bias-sum kernel, then BLAS products",
+    "linear_forward": "kernel: BLAS product per row block, bias and activation in one parallel kernel",
+    "linear_backward": "kernel: activation grad, BLAS products and bias sums in one parallel kernel",
     # reductions and shapes
     "sum_forward": "kernel",
     "sum_backward": "kernel",
@@ -94,8 +94,8 @@ NUMBA = {
     "cross_entropy_forward": "kernel",
     "cross_entropy_backward": "kernel",
     # convolution and pooling
-    "conv2d_forward": "kernel: pad + im2col kernels, BLAS product, output kernel",
-    "conv2d_backward": "kernel: layout kernel, BLAS products, im2col / col2im kernels",
+    "conv2d_forward": "kernel: blocked im2col and BLAS products in one parallel kernel",
+    "conv2d_backward": "kernel: blocked im2col / col2im and BLAS products in one parallel kernel",
     "max_pool2d_forward": "kernel",
     "max_pool2d_backward": "kernel",
     "avg_pool2d_forward": "kernel",
@@ -201,8 +201,8 @@ CUPY = {
     "cross_entropy_forward": "kernel",
     "cross_entropy_backward": "kernel",
     # convolution and pooling
-    "conv2d_forward": "kernel: im2col kernel, cuBLAS GEMM, output kernel",
-    "conv2d_backward": "kernel: layout kernel, cuBLAS GEMMs and GEMV, col2im kernel",
+    "conv2d_forward": "kernel: per chunk of images, im2col kernel, cuBLAS GEMM, output kernel",
+    "conv2d_backward": "kernel: per chunk, layout kernel, cuBLAS GEMMs and GEMV, col2im kernel",
     "max_pool2d_forward": "kernel",
     "max_pool2d_backward": "kernel",
     "avg_pool2d_forward": "kernel",

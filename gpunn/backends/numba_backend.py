@@ -238,15 +238,15 @@ class NumbaBackend(_NormalizationOps, Backend):
         return dA, dB
 
     def linear_forward(self, X, W, b, activation=None):
-        X, W = blas(X), blas(W)
         code = ACTIVATION_CODES[activation]
-        Z = launch.linear_forward(X @ W.T, b, code)  # BLAS, then bias + activation in place
-        return Z, (X, W, Z, code, b is not None)
+        Y = launch.linear_forward(X, W, b, code)
+        return Y, (X, W, Y, code, b is not None)
 
     def linear_backward(self, dY, saved, needs):
         X, W, Y, code, has_bias = saved
-        dZ, db = launch.linear_backward(dY, Y, code, has_bias and needs[2])
-        return (dZ @ W if needs[0] else None, dZ.T @ X if needs[1] else None, db)
+        return launch.linear_backward(
+            dY, X, W, Y, code, (needs[0], needs[1], has_bias and needs[2])
+        )
 
     # ------------------------------------------------------------------ reductions and shapes
     def sum_forward(self, X, axis=None, keepdims=False):
@@ -328,13 +328,18 @@ class NumbaBackend(_NormalizationOps, Backend):
 
     # ------------------------------------------------------------------ convolution and pooling
     def conv2d_forward(self, X, W, b, stride=(1, 1), padding=(0, 0)):
-        Y, x_padded = launch.conv2d_forward(X, W, b, stride, padding)
-        return Y, (x_padded, X.shape, W, stride, padding, b is not None)
+        return launch.conv2d_forward(X, W, b, stride, padding), (
+            X,
+            W,
+            stride,
+            padding,
+            b is not None,
+        )
 
     def conv2d_backward(self, dY, saved, needs):
-        x_padded, x_shape, W, stride, padding, has_bias = saved
+        X, W, stride, padding, has_bias = saved
         needs = (needs[0], needs[1], has_bias and needs[2])
-        return launch.conv2d_backward(dY, x_padded, x_shape, W, stride, padding, needs)
+        return launch.conv2d_backward(dY, X, W, stride, padding, needs)
 
     def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
         Y, arg = launch.max_pool2d_forward(X, kernel_size, stride, padding)

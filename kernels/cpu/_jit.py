@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import types
 import warnings
 from pathlib import Path
 
@@ -158,16 +159,34 @@ def _stamp(disp) -> None:
         cache_file._source_stamp = (cache_file._source_stamp, _DEPENDENCY_STAMP)
 
 
+def _renamed(fn, suffix: str):
+    """A copy of ``fn`` whose qualified name ends in ``suffix``. Numba keys its disk cache on
+    a function's module, name, line and code, not on the compile options: compiled from the
+    same function, the serial and parallel variants would share cache entries, and a
+    serial kernel could load the parallel machine code (which aborts the process under the
+    workqueue layer when two Python threads call it)."""
+    copy = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    copy.__qualname__ = fn.__qualname__ + suffix
+    copy.__module__ = fn.__module__
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
 class ParallelKernel:
     """A kernel compiled twice from one function: ``serial`` (``prange`` as a plain loop,
-    for small inputs, no thread launch) and ``parallel`` (``prange`` across threads)."""
+    for small inputs, no thread launch) and ``parallel`` (``prange`` across threads, cached
+    under its own name)."""
 
     def __init__(self, fn, fastmath):
         self.__name__ = fn.__name__
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
         self.serial = _compile(fn, False, fastmath)
-        self.parallel = _compile(fn, True, fastmath) if PARALLEL else self.serial
+        self.parallel = (
+            _compile(_renamed(fn, "__parallel"), True, fastmath) if PARALLEL else self.serial
+        )
 
     def __call__(self, *args):
         return self.serial(*args)

@@ -35,6 +35,8 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 #: An empty array per dtype: what a kernel gets for an output that is not wanted.
 EMPTY = {_F32: np.empty(0, _F32), _F64: np.empty(0, _F64)}
 EMPTY2 = {_F32: np.empty((0, 0), _F32), _F64: np.empty((0, 0), _F64)}
+EMPTY3 = {d: np.empty((0, 0, 0), d) for d in (_F32, _F64)}
+EMPTY4 = {d: np.empty((0, 0, 0, 0), d) for d in (_F32, _F64)}
 
 
 # ---------------------------------------------------------------------- contiguity
@@ -141,25 +143,42 @@ def step_backward(shape, dtype):
 
 
 # ---------------------------------------------------------------------- linear
-def linear_forward(Z, b, code):
-    """In place on Z = X @ W.T (N, out): Z = act(Z + b); b None for no bias."""
-    if code or b is not None:
-        bias = EMPTY[Z.dtype] if b is None else b.ravel()
-        pick(_lin.linear_forward, Z.size * (HEAVY if code > 1 else 1))(Z, bias, code)
-    return Z
+#: Multiply-adds that count as one element of work when a linear kernel picks its serial
+#: or parallel variant (parallel from PARALLEL_MIN_SIZE * 16 = 4M multiply-adds).
+LINEAR_MACS_PER_ELEMENT = 16
 
 
-def linear_backward(dY, Y, code, need_db):
-    """(dZ, db): dZ = act'(dY) from Y (dY itself without activation); db the column sums
-    of dZ when ``need_db``, else None."""
-    dY = c(dY)
-    dZ = np.empty(Y.shape, Y.dtype) if code else dY
-    db = np.empty(Y.shape[1], Y.dtype) if need_db else None
-    if code or db is not None:
-        kern = pick(_lin.linear_backward, dY.size)
-        chunks = 4 * _threads.num_threads if kern is _lin.linear_backward.parallel else 1
-        kern(dY, Y, code, dZ, EMPTY[Y.dtype] if db is None else db, chunks)
-    return dZ, db
+def linear_forward(X, W, b, code):
+    """Y (..., out) = act(X @ W.T + b); b None for no bias."""
+    X, W = c(X), c(W)
+    X2 = X.reshape(-1, X.shape[-1])
+    Z = np.empty((X2.shape[0], W.shape[0]), X.dtype)
+    kern, tasks = _tasks(_lin.linear_forward, Z.size * W.shape[1] // LINEAR_MACS_PER_ELEMENT)
+    with _threads.single_blas():
+        kern(X2, W, EMPTY[X.dtype] if b is None else b.ravel(), code, tasks, Z)
+    return Z.reshape(X.shape[:-1] + (W.shape[0],))
+
+
+def linear_backward(dY, X, W, Y, code, needs):
+    """(dX, dW, db) of linear_forward, None where ``needs`` is false (needs[2]: a bias
+    exists and its gradient is wanted)."""
+    X, W = c(X), c(W)
+    k, m, dtype = W.shape[1], W.shape[0], X.dtype
+    X2, dY2, Y2 = X.reshape(-1, k), c(dY).reshape(-1, m), Y.reshape(-1, m)
+    n = X2.shape[0]
+    dZ = np.empty((n, m), dtype) if code else dY2
+    dX = np.empty((n, k), dtype) if needs[0] else EMPTY2[dtype]
+    dW = np.empty((m, k), dtype) if needs[1] else EMPTY2[dtype]
+    db = np.empty(m, dtype) if needs[2] else EMPTY[dtype]
+    scratch = workspace("linear", (n * m,), dtype) if needs[1] or needs[2] else EMPTY[dtype]
+    kern, tasks = _tasks(_lin.linear_backward, n * m * k // LINEAR_MACS_PER_ELEMENT)
+    with _threads.single_blas():
+        kern(dY2, Y2, code, X2, W, tasks, dZ, dX, dW, db, scratch)
+    return (
+        dX.reshape(X.shape) if needs[0] else None,
+        dW if needs[1] else None,
+        db if needs[2] else None,
+    )
 
 
 # ---------------------------------------------------------------------- sum and mean
@@ -304,106 +323,104 @@ def cross_entropy_backward(dY, E, inv_sum, labels):
 
 
 # ---------------------------------------------------------------------- convolution
-#: Bytes of im2col columns per chunk of images: bounds the scratch memory a thread keeps
-#: (``threads.clear_workspaces`` frees it). Cache-sized chunks measured no faster on one
-#: thread, and the more chunks, the more hand-overs between Numba's threads and BLAS's,
-#: which cost dearly on a busy machine: 2 MB chunks made a 2-thread step 4x slower than
-#: one 38 MB chunk.
-CONV_CHUNK_BYTES = 32 << 20
-
-#: Forced convolution algorithm ("direct" / "im2col") or None (choose by shape).
-CONV_ALGORITHM: str | None = None
+#: Bytes of one task's convolution block (its column matrix, product and gradients):
+#: sized to stay in a core's level-2 cache, where BLAS runs several times faster on these
+#: thin products than on a column matrix of the whole batch.
+CONV_BLOCK_BYTES = 512 << 10
 
 
-def _conv_chunks(n, bytes_per_image):
-    """[n0, n1) ranges covering n images, each about CONV_CHUNK_BYTES of columns."""
-    g = max(1, min(n, CONV_CHUNK_BYTES // max(bytes_per_image, 1)))
-    return [(n0, min(n, n0 + g)) for n0 in range(0, n, g)]
+def _conv_geometry(x_shape, w_shape, stride, padding):
+    n, ch, h, w = x_shape
+    k, _, kh, kw = w_shape
+    (sy, sx), (ph, pw) = stride, padding
+    return (h + 2 * ph - kh) // sy + 1, (w + 2 * pw - kw) // sx + 1, ch * kh * kw
 
 
-def _conv_direct(channels, filters, taps):
-    """Whether to run the direct convolution kernel instead of im2col + BLAS. Measured
-    (float32, one thread): im2col + BLAS was faster on every shape tried, LeNet's first
-    layer (1 -> 6 channels, 5x5, 28x28) included (3 ms against 7 ms for a batch of 64),
-    so the direct kernel only runs when ``CONV_ALGORITHM`` asks for it."""
-    return CONV_ALGORITHM == "direct"
+def _conv_rows(total, ow, per_position, tasks):
+    """Output rows per block (of ``total`` rows, images after images): as many as keep
+    ``per_position`` bytes per output position within CONV_BLOCK_BYTES, at least one, the
+    blocks as even as a multiple of ``tasks`` blocks makes them."""
+    rows = max(1, CONV_BLOCK_BYTES // max(per_position * ow, 1))
+    blocks = -(-total // rows)
+    blocks = -(-blocks // tasks) * tasks
+    return max(1, -(-total // blocks))
 
 
-def padded(X, ph, pw, value, keep=False):
-    """X (contiguous) with a border of ``value``: X itself without padding, else a copy in
-    this thread's workspace (a new array with ``keep``)."""
-    if not (ph or pw):
-        return X
-    n, ch, h, w = X.shape
-    shape = (n, ch, h + 2 * ph, w + 2 * pw)
-    x_padded = np.empty(shape, X.dtype) if keep else workspace("xpad", shape, X.dtype)
-    pick(_conv.conv2d_pad, x_padded.size)(X, ph, pw, value, x_padded)
-    return x_padded
+def _tasks(kern, work):
+    """(variant, tasks): the kernel variant for ``work`` elements and its task count."""
+    variant = pick(kern, work)
+    return variant, (_threads.num_threads if variant is kern.parallel else 1)
 
 
 def conv2d_forward(X, W, b, stride, padding):
-    """Y (N, K, oh, ow) of the convolution; returns (Y, x_padded): the padded input the
-    backward's im2col reads again. Direct kernel, or per chunk of images: im2col, one BLAS
-    product, and the output kernel (layout and bias)."""
+    """Y (N, K, oh, ow) of the convolution: one kernel, blocks of output rows, each block's
+    columns multiplied by BLAS in the task that built them."""
     X, W = c(X), c(W)
-    n, ch, h, w = X.shape
-    k, _, kh, kw = W.shape
-    (sy, sx), (ph, pw) = stride, padding
-    oh, ow = (h + 2 * ph - kh) // sy + 1, (w + 2 * pw - kw) // sx + 1
-    dtype = X.dtype
-    bias = EMPTY[dtype] if b is None else b.ravel()
-    Y = np.empty((n, k, oh, ow), dtype)
-    x_padded = padded(X, ph, pw, 0.0, keep=True)
-    if _conv_direct(ch, k, kh * kw):
-        pick(_conv.conv2d_direct_forward, Y.size * ch)(x_padded, W, bias, sy, sx, Y)
-        return Y, x_padded
-    r, p = ch * kh * kw, oh * ow
-    W2, Y3 = W.reshape(k, r), Y.reshape(n, k, p)
-    for n0, n1 in _conv_chunks(n, r * p * dtype.itemsize):
-        cols = workspace("cols", (r, (n1 - n0) * p), dtype)
-        pick(_conv.conv2d_im2col, cols.size)(x_padded[n0:n1], kh, kw, sy, sx, oh, ow, cols)
-        yt = workspace("yt", (k, (n1 - n0) * p), dtype)
-        np.matmul(W2, cols, out=yt)
-        pick(_conv.conv2d_output, yt.size)(yt, bias, Y3[n0:n1])
-    return Y, x_padded
-
-
-def conv2d_backward(dY, x_padded, x_shape, W, stride, padding, needs):
-    """(dX, dW, db) of the convolution, None where ``needs`` is false (needs[2]: a bias
-    exists and its gradient is wanted). Per chunk of images: the grad-output kernel (dY's
-    layout for BLAS, and the bias sums), im2col and a BLAS product for dW, a BLAS product
-    and col2im for dX."""
-    n, ch, h, w = x_shape
-    k, _, kh, kw = W.shape
-    (sy, sx), (ph, pw) = stride, padding
-    oh, ow = dY.shape[2], dY.shape[3]
-    r, p, dtype = ch * kh * kw, oh * ow, x_padded.dtype
-    W2, dY3 = W.reshape(k, r), c(dY).reshape(n, k, p)
-    db = np.zeros(k, dtype) if needs[2] else None
-    dWt = np.zeros((r, k), dtype) if needs[1] else None  # dW transposed: (C*kh*kw, K)
-    dX = np.empty(x_shape, dtype) if needs[0] else None
-    Wt = np.ascontiguousarray(W2.T) if dX is not None else None  # faster BLAS operand
-    for n0, n1 in _conv_chunks(n, r * p * dtype.itemsize):
-        cp = (n1 - n0) * p
-        dyt = workspace("dyt", (k, cp), dtype)
-        pick(_conv.conv2d_grad_output, dyt.size)(
-            dY3[n0:n1], dyt, EMPTY[dtype] if db is None else db
+    oh, ow, r = _conv_geometry(X.shape, W.shape, stride, padding)
+    k, dtype = W.shape[0], X.dtype
+    Y = np.empty((X.shape[0], k, oh, ow), dtype)
+    kern, tasks = _tasks(_conv.conv2d_forward, Y.size * r)
+    rows = _conv_rows(Y.shape[0] * oh, ow, (r + k) * dtype.itemsize, tasks)
+    scratch = workspace("conv", (tasks, (r + k) * rows * ow), dtype)
+    with _threads.single_blas():
+        kern(
+            X,
+            W.reshape(k, r),
+            EMPTY[dtype] if b is None else b.ravel(),
+            *W.shape[2:],
+            *stride,
+            *padding,
+            rows,
+            Y,
+            scratch,
         )
-        if dWt is not None:
-            cols = workspace("cols", (r, cp), dtype)
-            pick(_conv.conv2d_im2col, cols.size)(x_padded[n0:n1], kh, kw, sy, sx, oh, ow, cols)
-            dWt += cols @ dyt.T  # this orientation: OpenBLAS is slow on dyt @ cols.T
-        if dX is not None:
-            dcols = workspace("dcols", (r, cp), dtype)
-            np.matmul(Wt, dyt, out=dcols)
-            dx = dX[n0:n1]
-            shape = (n1 - n0, ch, h + 2 * ph, w + 2 * pw)
-            dx_padded = dx if not (ph or pw) else workspace("dxpad", shape, dtype)
-            pick(_conv.conv2d_col2im, dcols.size)(
-                dcols, kh, kw, sy, sx, ph, pw, oh, ow, dx_padded, dx
-            )
-    dW = None if dWt is None else np.ascontiguousarray(dWt.T).reshape(W.shape)
-    return dX, dW, db
+    return Y
+
+
+def conv2d_backward(dY, X, W, stride, padding, needs):
+    """(dX, dW, db) of the convolution, None where ``needs`` is false (needs[2]: a bias
+    exists and its gradient is wanted). One kernel; the launcher adds up the per-task
+    weight and bias gradients."""
+    X, W, n = c(X), c(W), X.shape[0]
+    oh, ow, r = _conv_geometry(X.shape, W.shape, stride, padding)
+    k, dtype = W.shape[0], X.dtype
+    kern, tasks = _tasks(_conv.conv2d_backward, dY.size * r * 2)
+    tasks = min(tasks, n)
+    rows = _conv_rows(n * oh, ow, (2 * r + k) * dtype.itemsize, 1)
+    dX = np.empty(X.shape, dtype) if needs[0] else EMPTY4[dtype]
+    dw_part = np.empty((tasks, k, r), dtype) if needs[1] else EMPTY3[dtype]
+    db_part = np.empty((tasks, k), dtype) if needs[2] else EMPTY2[dtype]
+    scratch = workspace("conv", (tasks, (2 * r + k) * rows * ow + k * r), dtype)
+    with _threads.single_blas():
+        kern(
+            X,
+            c(dY),
+            W.reshape(k, r),
+            *W.shape[2:],
+            *stride,
+            *padding,
+            rows,
+            dX,
+            dw_part,
+            db_part,
+            scratch,
+        )
+    return (
+        dX if needs[0] else None,
+        dw_part.sum(axis=0).reshape(W.shape) if needs[1] else None,
+        db_part.sum(axis=0) if needs[2] else None,
+    )
+
+
+def padded(X, ph, pw, value):
+    """X (contiguous) with a border of ``value``: X itself without padding, else a copy in
+    this thread's workspace."""
+    if not (ph or pw):
+        return X
+    n, ch, h, w = X.shape
+    x_padded = workspace("xpad", (n, ch, h + 2 * ph, w + 2 * pw), X.dtype)
+    pick(_pool.max_pool2d_pad, x_padded.size)(X, ph, pw, value, x_padded)
+    return x_padded
 
 
 # ---------------------------------------------------------------------- pooling

@@ -1,7 +1,7 @@
 """Max and average pooling over (N, C, H, W), forward and backward, parallel over planes.
 
-The backend pads the input first (-inf for max, 0 for average, with the same border as
-the pooling's padding), so the window loops have no bounds tests. (Windows are small:
+The launcher pads the input first (``max_pool2d_pad``: -inf for max, 0 for average, with
+the same border as the pooling's padding), so the window loops have no bounds tests. (Windows are small:
 a plain scalar loop per window measured faster than sweeping output rows per offset.)
 
 Max pooling keeps the FIRST maximum in row-major window order, padding counting as -inf
@@ -13,8 +13,40 @@ padding cell. Average pooling divides by kh*kw, zero padding included (PyTorch's
 from __future__ import annotations
 
 from gpunn.kernels.cpu._jit import kernel
-from gpunn.kernels.cpu._types import A4, INT
+from gpunn.kernels.cpu._types import A4, FLOAT, INT
 from numba import prange
+
+
+@kernel(parallel=True)
+def max_pool2d_pad(x, ph, pw, value, x_padded):
+    """x_padded (N, C, H + 2ph, W + 2pw) = x with a border of ``value`` (-inf before max
+    pooling, 0 before average pooling)."""
+    g_, c_, h, w = x.shape
+    fill = x.dtype.type(value)
+    for nc in prange(g_ * c_):
+        n = nc // c_
+        c = nc % c_
+        src = x[n, c]
+        dst = x_padded[n, c]
+        for yy in range(ph):
+            row = dst[yy]
+            for q in range(row.size):
+                row[q] = fill
+        for yy in range(h):
+            row = dst[yy + ph]
+            for q in range(pw):
+                row[q] = fill
+            inner = row[pw : pw + w]
+            s = src[yy]
+            for q in range(w):
+                inner[q] = s[q]
+            tail = row[pw + w :]
+            for q in range(tail.size):
+                tail[q] = fill
+        for yy in range(h + ph, h + 2 * ph):
+            row = dst[yy]
+            for q in range(row.size):
+                row[q] = fill
 
 
 @kernel(parallel=True)
@@ -137,6 +169,7 @@ def avg_pool2d_backward(dy, kh, kw, sy, sx, ph, pw, dx_padded, dx):
 #: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
 #: for each float dtype; ``{T}`` is the dtype).
 SIGNATURES = {
+    "max_pool2d_pad": [(A4, INT, INT, FLOAT, A4)],
     "max_pool2d_forward": [(A4, INT, INT, INT, INT, INT, INT, INT, INT, A4, "int32[:, :, :, ::1]")],
     "max_pool2d_backward": [(A4, "int32[:, :, :, ::1]", A4)],
     "avg_pool2d_forward": [(A4, INT, INT, INT, INT, A4)],

@@ -1,8 +1,7 @@
 """Threads and scratch memory of the CPU kernels.
 
 ``gpunn.set_num_threads(n)`` / ``GPUNN_NUM_THREADS`` reach :func:`apply_threads`: Numba's
-thread count (clamped to the threads Numba launched) and, when threadpoolctl is installed,
-BLAS's. Kernels that loop over many elements come in a serial and a parallel variant;
+thread count (clamped to the threads Numba launched) and BLAS's (through threadpoolctl). Kernels that loop over many elements come in a serial and a parallel variant;
 :func:`pick` chooses the parallel one from :data:`PARALLEL_MIN_SIZE` elements of work up.
 :func:`workspace` hands out scratch arrays kept per Python thread.
 """
@@ -37,7 +36,7 @@ _local = threading.local()  # per Python thread: applied generation, workspaces
 
 def apply_threads(n: int, blas: bool = True) -> None:
     """Use ``n`` threads: Numba's count (clamped to the threads Numba launched) and, with
-    ``blas``, BLAS's (through threadpoolctl when installed)."""
+    ``blas``, BLAS's (every BLAS library loaded, through threadpoolctl)."""
     global num_threads, _generation, par_min
     num_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(num_threads)
@@ -49,11 +48,50 @@ def apply_threads(n: int, blas: bool = True) -> None:
 
 
 def set_blas_threads(n: int) -> None:
-    try:
-        import threadpoolctl
-    except ImportError:
-        return
+    import threadpoolctl
+
+    _kernel_blas()  # SciPy's BLAS loaded first, so that it is limited too
     threadpoolctl.threadpool_limits(limits=n, user_api="blas")
+
+
+class single_blas:
+    """``with single_blas():`` BLAS runs one thread inside the block, each library's count
+    restored on exit: for kernels that call BLAS themselves. In a parallel kernel, BLAS
+    threads nested in Numba's would only compete for the same cores; in a serial one (a
+    small product) waking BLAS's threads costs more than they save, and on a busy machine
+    far more (a 64x400x120 product took 36 ms on two BLAS threads at load 70)."""
+
+    __slots__ = ("saved",)
+
+    def __enter__(self):
+        libs = _kernel_blas()
+        self.saved = [lib.num_threads for lib in libs]
+        for lib, n in zip(libs, self.saved):
+            if n != 1:
+                lib.set_num_threads(1)
+        return self
+
+    def __exit__(self, *exc):
+        for lib, n in zip(_kernel_blas(), self.saved):
+            if n != 1:
+                lib.set_num_threads(n)
+        return False
+
+
+_blas_libs = None
+
+
+def _kernel_blas():
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process, found once,
+    after the BLAS that Numba's ``np.dot`` calls (SciPy's) is loaded."""
+    global _blas_libs
+    if _blas_libs is None:
+        import scipy.linalg.cython_blas  # noqa: F401 (loads the BLAS kernels call)
+        import threadpoolctl
+
+        controller = threadpoolctl.ThreadpoolController()
+        _blas_libs = controller.select(user_api="blas").lib_controllers
+    return _blas_libs
 
 
 def sync_threads() -> None:

@@ -1,5 +1,7 @@
-// Convolution as im2col + one cuBLAS GEMM, NCHW. The launcher guarantees every index fits
-// in 32 bits, so these kernels use int arithmetic.
+// Convolution as im2col + one cuBLAS GEMM, NCHW, over chunks of images: the launcher walks
+// a batch in chunks whose column matrix stays within a memory budget and whose every index
+// fits in 32 bits (conv2d_chunks), and hands each kernel the chunk's first image, so these
+// kernels use int arithmetic and N below is the chunk's image count.
 //
 // Convolution layout. For X (N, C, H, W) and weight (K, C, kh, kw), the column matrix is
 //   col (C*kh*kw, N*P),  P = OH*OW,  col[(c*kh + i)*kw + j, n*P + oh*OW + ow]

@@ -5,8 +5,10 @@
 // Unary kernels take contiguous arrays of n elements. Binary kernels broadcast: the launcher
 // collapses the output shape to at most four dimensions (d0, d1, d2, d3) and passes each
 // operand's element strides (0 along broadcast dimensions), or flags a Python scalar
-// operand (A_SCALAR, B_SCALAR: its value comes in a_val / b_val) or the common case of
-// operands that are all contiguous and full-size (CONTIGUOUS: plain flat indexing).
+// operand (A_SCALAR, B_SCALAR: its value comes in a_val / b_val), the common case of
+// operands that are all contiguous and full-size (CONTIGUOUS: plain flat indexing, packs of
+// 16 bytes), or a contiguous A with B one row broadcast over its rows (ROW_B: a bias; d3 is
+// the row length).
 
 #include "common.cuh"
 
@@ -37,7 +39,11 @@ __device__ __forceinline__ void binary_map(const T* __restrict__ A, const T* __r
                                            long long sb2, long long sb3, Op op) {
   const bool a_scalar = (flags & A_SCALAR) != 0;
   const bool b_scalar = (flags & B_SCALAR) != 0;
-  if (flags & CONTIGUOUS) {
+  if (flags & ROW_B) {
+    map_rows(A, B, Y, n, d3, op);
+  } else if ((flags & CONTIGUOUS) && !a_scalar && !b_scalar) {
+    map2(A, B, Y, n, op);
+  } else if (flags & CONTIGUOUS) {
     GPUNN_GRID_STRIDE(i, n) { Y[i] = op(a_scalar ? a_val : A[i], b_scalar ? b_val : B[i]); }
   } else {
     GPUNN_GRID_WALK(i, w, n, d1, d2, d3) {
@@ -117,31 +123,31 @@ __global__ void pow_backward(const T* __restrict__ dY, const T* __restrict__ Y,
 // ------------------------------------------------------------------ unary maps
 template <typename T>
 __global__ void neg_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = -X[i]; }
+  gpunn::map1(X, Y, n, [](T x) { return -x; });
 }
 
 template <typename T>
 __global__ void exp_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = gpunn::exp_(X[i]); }
+  gpunn::map1(X, Y, n, [](T x) { return gpunn::exp_(x); });
 }
 
 // dX = dY * Y, Y = exp(X).
 template <typename T>
 __global__ void exp_backward(const T* __restrict__ dY, const T* __restrict__ Y,
                              T* __restrict__ dX, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { dX[i] = dY[i] * Y[i]; }
+  gpunn::map2(dY, Y, dX, n, [](T dy, T y) { return dy * y; });
 }
 
 template <typename T>
 __global__ void log_forward(const T* __restrict__ X, T* __restrict__ Y, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { Y[i] = gpunn::log_(X[i]); }
+  gpunn::map1(X, Y, n, [](T x) { return gpunn::log_(x); });
 }
 
 // dX = dY / X.
 template <typename T>
 __global__ void log_backward(const T* __restrict__ dY, const T* __restrict__ X,
                              T* __restrict__ dX, long long n) {
-  GPUNN_GRID_STRIDE(i, n) { dX[i] = dY[i] / X[i]; }
+  gpunn::map2(dY, X, dX, n, [](T dy, T x) { return dy / x; });
 }
 
 // float -> double for T = float, double -> float for T = double.

@@ -29,9 +29,12 @@ except ImportError:  # pragma: no cover - the backend reports the missing CuPy
 BLOCK = 256  # threads per block of the 1-D kernels
 WARPS = BLOCK // 32  # rows per block of the warp-per-row kernels
 INT32_MAX = 2**31 - 1
+#: Elements of the largest chunk a conv or pooling kernel indexes (its int arithmetic);
+#: a test lowers it to walk small batches in several chunks.
+CHUNK_ELEMENTS = INT32_MAX
 
 # Flags of the strided elementwise kernels (common.cuh's OperandFlags).
-A_SCALAR, B_SCALAR, CONTIGUOUS = 1, 2, 4
+A_SCALAR, B_SCALAR, CONTIGUOUS, ROW_B = 1, 2, 4, 8
 
 i32, i64 = np.int32, np.int64
 
@@ -67,11 +70,12 @@ def launch(dev: Device, stem: str, dtype, n: int, args: tuple) -> None:
 
 
 def check_int32(op: str, *sizes: int) -> None:
-    """Raise when a size exceeds the 32-bit indexing of the conv and pooling kernels."""
+    """Raise when one image (one plane for pooling) exceeds the 32-bit indexing of the conv
+    and pooling kernels; larger batches are walked in chunks that fit."""
     if max(sizes) > INT32_MAX:
         raise ValueError(
-            f"{op}: an intermediate of {max(sizes):,} elements exceeds the CUDA kernels' "
-            "32-bit indexing; split the batch"
+            f"{op}: one image needs an intermediate of {max(sizes):,} elements, beyond the "
+            "CUDA kernels' 32-bit indexing"
         )
 
 
@@ -144,6 +148,14 @@ def binary(dev: Device, stem: str, A, B):
             flags |= CONTIGUOUS
         else:
             dims, (sa, sb) = layout
+            if (
+                a_arr
+                and b_arr
+                and dims[:2] == [1, 1]
+                and sa == [0, 0, dims[3], 1]
+                and sb == [0, 0, 0, 1]
+            ):
+                flags |= ROW_B  # contiguous A, B one row repeated over A's rows
     args = (A if a_arr else Y, B if b_arr else Y, Y, a_val, b_val, i32(flags), i64(n))
     geometry = (*(i64(d) for d in dims[1:]), *(i64(s) for s in sa), *(i64(s) for s in sb))
     launch(dev, stem, dtype, n, args + geometry)
@@ -375,60 +387,100 @@ def cross_entropy_backward(dev: Device, dY, logp, labels):
 
 
 # ---------------------------------------------------------------------- convolution and pooling
-def conv2d_im2col(dev: Device, X, W, stride, padding):
-    """(col (C*kh*kw, N*P), geometry): X's column matrix and the int32 geometry tuple
-    (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow) the conv kernels take."""
+#: Bytes of the column matrix of one chunk of images: the convolution walks a large batch in
+#: chunks, so its full column matrix never exists (a batch of 128 at 56x56x64, 3x3, would
+#: need 925 MB), and every index inside a chunk fits the kernels' 32-bit arithmetic.
+CONV_CHUNK_BYTES = 256 << 20
+
+
+def conv2d_geometry(X, W, stride, padding):
+    """(n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow) of a convolution, as Python ints."""
     n, c, h, w = X.shape
     k, _, kh, kw = W.shape
     (sh, sw), (ph, pw) = stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    ckk = c * kh * kw
-    check_int32("conv2d", ckk * n * oh * ow, X.size, n * k * oh * ow)
-    col = cupy.empty((ckk, n * oh * ow), X.dtype)
-    geometry = tuple(i32(v) for v in (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+    return (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+def conv2d_chunks(geometry, k: int, itemsize: int) -> list[tuple[int, int]]:
+    """[n0, n1) ranges of images: each chunk's column matrix within CONV_CHUNK_BYTES (at
+    least one image), and its input, column and output element counts below 2^31."""
+    n, c, h, w, kh, kw, _, _, _, _, oh, ow = geometry
+    col, x, y = c * kh * kw * oh * ow, c * h * w, k * oh * ow
+    check_int32("conv2d", col, x, y)  # one image must fit: the kernels index in 32 bits
+    g = min(CONV_CHUNK_BYTES // max(col * itemsize, 1), CHUNK_ELEMENTS // max(col, x, y, 1))
+    g = max(1, min(n, g))
+    return [(n0, min(n, n0 + g)) for n0 in range(0, n, g)]
+
+
+def _geometry_args(geometry, n0: int, n1: int) -> tuple:
+    """The kernels' int32 geometry tuple for the chunk of images [n0, n1)."""
+    return tuple(i32(v) for v in (n1 - n0, *geometry[1:]))
+
+
+def conv2d_im2col(dev: Device, X, geometry, n0: int, n1: int):
+    """col (C*kh*kw, G*P): the column matrix of the images [n0, n1) of contiguous X."""
+    _, c, _, _, kh, kw, _, _, _, _, oh, ow = geometry
+    col = cupy.empty((c * kh * kw, (n1 - n0) * oh * ow), X.dtype)
     if col.size:
-        launch(dev, "conv2d_im2col", X.dtype, col.size, (X, col, *geometry))
-    return col, geometry
+        args = (X[n0:n1], col, *_geometry_args(geometry, n0, n1))
+        launch(dev, "conv2d_im2col", X.dtype, col.size, args)
+    return col
 
 
-def conv2d_output(dev: Device, Ymat, b, geometry, k: int):
-    """Y (N, K, OH, OW) from the GEMM's (K, N*P), plus b[k] when b is given."""
-    n, oh, ow = int(geometry[0]), int(geometry[10]), int(geometry[11])
-    Y = cupy.empty((n, k, oh, ow), Ymat.dtype)
-    if Y.size:
+def conv2d_output(dev: Device, Ymat, b, Y, n0: int, n1: int) -> None:
+    """Y[n0:n1] (G, K, OH, OW) from the GEMM's (K, G*P), plus b[k] when b is given."""
+    _, k, oh, ow = Y.shape
+    if Ymat.size:
         bias = contiguous(b) if b is not None else Ymat
-        args = (Ymat, bias, Y, i32(n), i32(k), i32(oh * ow), i32(b is not None))
-        launch(dev, "conv2d_output", Y.dtype, Y.size, args)
-    return Y
+        args = (Ymat, bias, Y[n0:n1], i32(n1 - n0), i32(k), i32(oh * ow), i32(b is not None))
+        launch(dev, "conv2d_output", Y.dtype, Ymat.size, args)
 
 
-def conv2d_grad_output(dev: Device, dY):
-    """dYt (K, N*P) from dY (N, K, OH, OW): the layout the backward GEMMs take."""
-    n, k, oh, ow = dY.shape
-    dY = contiguous(dY)
-    dYt = cupy.empty((k, n * oh * ow), dY.dtype)
+def conv2d_grad_output(dev: Device, dY, n0: int, n1: int):
+    """dYt (K, G*P) from dY[n0:n1] (G, K, OH, OW) of contiguous dY: the backward GEMMs'
+    layout."""
+    _, k, oh, ow = dY.shape
+    dYt = cupy.empty((k, (n1 - n0) * oh * ow), dY.dtype)
     if dYt.size:
-        args = (dY, dYt, i32(n), i32(k), i32(oh * ow))
+        args = (dY[n0:n1], dYt, i32(n1 - n0), i32(k), i32(oh * ow))
         launch(dev, "conv2d_grad_output", dY.dtype, dYt.size, args)
     return dYt
 
 
-def conv2d_col2im(dev: Device, dcol, x_shape, geometry):
-    """dX of shape ``x_shape`` gathered from the column gradient dcol."""
-    dX = cupy.empty(x_shape, dcol.dtype)
-    if dX.size:
-        launch(dev, "conv2d_col2im", dcol.dtype, dX.size, (dcol, dX, *geometry))
-    return dX
+def conv2d_col2im(dev: Device, dcol, dX, geometry, n0: int, n1: int) -> None:
+    """dX[n0:n1] gathered from the column gradient dcol of those images."""
+    if dcol.size:
+        args = (dcol, dX[n0:n1], *_geometry_args(geometry, n0, n1))
+        launch(dev, "conv2d_col2im", dcol.dtype, dX[n0:n1].size, args)
 
 
 def pool2d_geometry(op: str, X, kernel_size, stride, padding):
-    """((n, c, oh, ow), int32 geometry (n*c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))."""
+    """((n, c, oh, ow), geometry (n*c, h, w, kh, kw, sh, sw, ph, pw, oh, ow) as Python ints)."""
     n, c, h, w = X.shape
     (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
     oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-    check_int32(op, X.size, n * c * oh * ow)
-    geometry = tuple(i32(v) for v in (n * c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
-    return (n, c, oh, ow), geometry
+    check_int32(op, h * w, oh * ow)  # one plane must fit: the kernels index in 32 bits
+    return (n, c, oh, ow), (n * c, h, w, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+def _pool_launch(dev: Device, stem: str, geometry, per_element, arrays) -> None:
+    """Launch a pooling kernel over chunks of planes whose input and output element counts
+    stay below 2^31 (the kernels index in 32 bits; a larger batch takes several launches).
+    ``arrays``: each (array viewed as (planes, rest)), sliced per chunk; ``per_element``
+    says which array's size is the grid's."""
+    planes, h, w, *_, oh, ow = geometry
+    step = max(1, CHUNK_ELEMENTS // max(h * w, oh * ow, 1))
+    dtype = arrays[per_element].dtype
+    for p0 in range(0, planes, step):
+        p1 = min(planes, p0 + step)
+        chunk = [a[p0:p1] for a in arrays]
+        args = (*chunk, *(i32(v) for v in (p1 - p0, *geometry[1:])))
+        launch(dev, stem, dtype, chunk[per_element].size, args)
+
+
+def _planes(A, planes: int):
+    return A.reshape(planes, -1)
 
 
 def max_pool2d_forward(dev: Device, X, kernel_size, stride, padding):
@@ -437,14 +489,28 @@ def max_pool2d_forward(dev: Device, X, kernel_size, stride, padding):
     Y = cupy.empty(shape, X.dtype)
     arg = cupy.empty(shape, np.int32)
     if Y.size:
-        launch(dev, "max_pool2d_forward", X.dtype, Y.size, (X, Y, arg, *geometry))
+        nc = geometry[0]
+        _pool_launch(
+            dev,
+            "max_pool2d_forward",
+            geometry,
+            1,
+            [_planes(X, nc), _planes(Y, nc), _planes(arg, nc)],
+        )
     return Y, (X.shape, arg, geometry)
 
 
 def max_pool2d_backward(dev: Device, dY, x_shape, arg, geometry):
     dX = cupy.empty(x_shape, dY.dtype)
     if dX.size:
-        launch(dev, "max_pool2d_backward", dY.dtype, dX.size, (dY, arg, dX, *geometry))
+        nc = geometry[0]
+        _pool_launch(
+            dev,
+            "max_pool2d_backward",
+            geometry,
+            2,
+            [_planes(dY, nc), _planes(arg, nc), _planes(dX, nc)],
+        )
     return dX
 
 
@@ -453,14 +519,16 @@ def avg_pool2d_forward(dev: Device, X, kernel_size, stride, padding):
     shape, geometry = pool2d_geometry("avg_pool2d", X, kernel_size, stride, padding)
     Y = cupy.empty(shape, X.dtype)
     if Y.size:
-        launch(dev, "avg_pool2d_forward", X.dtype, Y.size, (X, Y, *geometry))
+        nc = geometry[0]
+        _pool_launch(dev, "avg_pool2d_forward", geometry, 1, [_planes(X, nc), _planes(Y, nc)])
     return Y, (X.shape, geometry)
 
 
 def avg_pool2d_backward(dev: Device, dY, x_shape, geometry):
     dX = cupy.empty(x_shape, dY.dtype)
     if dX.size:
-        launch(dev, "avg_pool2d_backward", dY.dtype, dX.size, (dY, dX, *geometry))
+        nc = geometry[0]
+        _pool_launch(dev, "avg_pool2d_backward", geometry, 1, [_planes(dY, nc), _planes(dX, nc)])
     return dX
 
 

@@ -1,5 +1,5 @@
-// Max and average pooling, NCHW. The launcher guarantees every index fits in 32 bits, so
-// these kernels use int arithmetic. Backward kernels gather (one thread per input
+// Max and average pooling, NCHW. The launcher walks the N*C planes in chunks whose every
+// index fits in 32 bits, so these kernels use int arithmetic (NC: the chunk's planes). Backward kernels gather (one thread per input
 // element, no atomics), so results are deterministic.
 
 #include "common.cuh"
