@@ -59,6 +59,37 @@ def dropout_keep_mask(seed: int, size: int, p: float):
     return bits.astype(np.float64) * (1.0 / (1 << 24)) >= p
 
 
+def sequence_grads(
+    weight_grads, dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh, dZ_hh=None
+):
+    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
+    dW_ih, dW_hh, db_ih, db_hh), None where not needed. dZ_hh: the recurrent side's gate
+    gradient where it differs from the input side's dZ (the GRU's). ``weight_grads``: the
+    backend's launcher that computes dX, dW_ih, dW_hh and the bias gradients over all steps
+    (shared by the accelerated backends; the reference computes its own in its loop)."""
+    k = len(state_grads)
+    dX, dW_ih, dW_hh, db_ih, db_hh = weight_grads(
+        dZ,
+        X2,
+        W_ih,
+        Hall,
+        needs[0],
+        needs[k + 1],
+        needs[k + 2],
+        has_b_ih and needs[k + 3],
+        has_b_hh and needs[k + 4],
+        dZ_hh,
+    )
+    return (
+        dX,
+        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
+        dW_ih,
+        dW_hh,
+        db_ih,
+        db_hh,
+    )
+
+
 class Backend:
     """The contract every backend implements, and the NumPy reference for all of it."""
 

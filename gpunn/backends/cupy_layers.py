@@ -9,8 +9,11 @@ backend class itself (arrays, elementwise ops, reductions, softmax and losses).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
+from gpunn.backends.base import sequence_grads
 from gpunn.kernels.codes import ACTIVATION_CODES
 from gpunn.kernels.cuda import launch as L
 
@@ -20,6 +23,9 @@ except ImportError:  # pragma: no cover - depends on the environment; cupy_backe
     cupy = None
 
 _c = L.contiguous
+
+
+_sequence_grads = functools.partial(sequence_grads, L.sequence_weight_grads)
 
 
 class LayerOps:
@@ -293,30 +299,3 @@ class LayerOps:
         idx, shape, padding_idx = saved
         dW = L.embedding_backward(self._dev, dY, idx, shape, padding_idx) if needs[1] else None
         return None, dW
-
-
-def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh, dZ_hh=None):
-    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
-    dW_ih, dW_hh, db_ih, db_hh), None where not needed. dZ_hh: the recurrent side's gate
-    gradient where it differs from the input side's dZ (the GRU's)."""
-    k = len(state_grads)
-    dX, dW_ih, dW_hh, db_ih, db_hh = L.sequence_weight_grads(
-        dZ,
-        X2,
-        W_ih,
-        Hall,
-        needs[0],
-        needs[k + 1],
-        needs[k + 2],
-        has_b_ih and needs[k + 3],
-        has_b_hh and needs[k + 4],
-        dZ_hh,
-    )
-    return (
-        dX,
-        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
-        dW_ih,
-        dW_hh,
-        db_ih,
-        db_hh,
-    )

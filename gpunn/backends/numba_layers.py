@@ -9,8 +9,10 @@ class itself (elementwise ops, activations, matrix products, reductions, softmax
 
 from __future__ import annotations
 
+import functools
 import math
 
+from gpunn.backends.base import sequence_grads
 from gpunn.kernels.codes import ACTIVATION_CODES
 from gpunn.kernels.cpu import activations as _act
 from gpunn.kernels.cpu import dropout as _drop
@@ -18,6 +20,8 @@ from gpunn.kernels.cpu import launch
 from gpunn.kernels.cpu import recurrent as _rec
 from gpunn.kernels.cpu.launch import blas, c, unary_backward
 from gpunn.kernels.cpu.threads import HEAVY
+
+_sequence_grads = functools.partial(sequence_grads, launch.sequence_weight_grads)
 
 
 class LayerOps:
@@ -213,30 +217,3 @@ class LayerOps:
     def embedding_backward(self, dY, saved, needs):
         idx, shape, padding_idx = saved
         return None, launch.embedding_backward(dY, idx, shape, padding_idx) if needs[1] else None
-
-
-def _sequence_grads(dZ, X2, W_ih, Hall, needs, state_grads, has_b_ih, has_b_hh, dZ_hh=None):
-    """The gradients of a whole-sequence op in contract order: (dX, the initial states',
-    dW_ih, dW_hh, db_ih, db_hh), None where not needed. dZ_hh: the recurrent side's gate
-    gradient where it differs from the input side's dZ (the GRU's)."""
-    k = len(state_grads)
-    dX, dW_ih, dW_hh, db_ih, db_hh = launch.sequence_weight_grads(
-        dZ,
-        X2,
-        W_ih,
-        Hall,
-        needs[0],
-        needs[k + 1],
-        needs[k + 2],
-        has_b_ih and needs[k + 3],
-        has_b_hh and needs[k + 4],
-        dZ_hh,
-    )
-    return (
-        dX,
-        *(g if needs[1 + i] else None for i, g in enumerate(state_grads)),
-        dW_ih,
-        dW_hh,
-        db_ih,
-        db_hh,
-    )
