@@ -550,13 +550,11 @@ def rnn_forward(X, H0, W_ih, W_hh, b_ih, b_hh, code):
     Wt = blas(W_hh).T
     kern = _rec.rnn_forward_step.serial
 
-    def loop(r0, r1):
-        HW = np.empty((r1 - r0, hidden), XW.dtype)
-        for t in range(T):
-            np.matmul(Hall[t, r0:r1], Wt, out=HW)
-            kern(XW[t, r0:r1], HW, bias, code, Hall[t + 1, r0:r1])
+    HW = np.empty((B, hidden), XW.dtype)
+    for t in range(T):
+        np.matmul(Hall[t], Wt, out=HW)
+        kern(XW[t], HW, bias, code, Hall[t + 1])
 
-    loop(0, B)
     return X2, Hall
 
 
@@ -570,13 +568,11 @@ def rnn_backward(dY, dh_n, W_hh, Hall, code, need_dh0):
     W_hh = blas(W_hh)
     kern = _rec.rnn_backward_step.serial
 
-    def loop(r0, r1):
-        for t in range(T - 1, -1, -1):
-            kern(dY[t, r0:r1], dh[r0:r1], Hall[t + 1, r0:r1], code, dZ[t, r0:r1])
-            if t or need_dh0:
-                np.matmul(dZ[t, r0:r1], W_hh, out=dh[r0:r1])
+    for t in range(T - 1, -1, -1):
+        kern(dY[t], dh, Hall[t + 1], code, dZ[t])
+        if t or need_dh0:
+            np.matmul(dZ[t], W_hh, out=dh)
 
-    loop(0, B)
     return dZ, dh
 
 
@@ -594,29 +590,26 @@ def lstm_forward(X, H0, C0, W_ih, W_hh, b_ih, b_hh):
     Wt = blas(W_hh).T
     kern = _rec.lstm_forward_step.serial
 
-    def loop(r0, r1):
-        HW = np.empty((r1 - r0, 4 * hidden), dtype)
-        for t in range(T):
-            np.matmul(Hall[t, r0:r1], Wt, out=HW)
-            rows = slice(r0, r1)
-            kern(
-                acts[t, rows],
-                HW,
-                bias,
-                Call[t, rows],
-                Call[t + 1, rows],
-                Hall[t + 1, rows],
-                tanh_c[t, rows],
-            )
+    HW = np.empty((B, 4 * hidden), dtype)
+    for t in range(T):
+        np.matmul(Hall[t], Wt, out=HW)
+        kern(
+            acts[t],
+            HW,
+            bias,
+            Call[t],
+            Call[t + 1],
+            Hall[t + 1],
+            tanh_c[t],
+        )
 
-    loop(0, B)
     return X2, Hall, Call, acts, tanh_c
 
 
 def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
     """(dZ, dH0, dC0): every step's gate gradient (T, B, 4H), in this thread's workspace,
     and the initial states' gradients (the last product is skipped without ``need_dh0``)."""
-    T, B = acts.shape[0], acts.shape[1]
+    T = acts.shape[0]
     dtype = acts.dtype
     dY = c(dY)
     dZ = workspace("lstm_dz", acts.shape, dtype)
@@ -625,24 +618,21 @@ def lstm_backward(dY, dh_n, dc_n, W_hh, Call, acts, tanh_c, need_dh0):
     W_hh = blas(W_hh)
     kern = _rec.lstm_backward_step.serial
 
-    def loop(r0, r1):
-        rows = slice(r0, r1)
-        for t in range(T - 1, -1, -1):  # dc in dcs[(T - 1 - t) % 2], dc_prev in the other
-            dc, dc_prev = dcs[(T - 1 - t) % 2], dcs[(T - t) % 2]
-            kern(
-                dY[t, rows],
-                dh[rows],
-                dc[rows],
-                Call[t, rows],
-                acts[t, rows],
-                tanh_c[t, rows],
-                dZ[t, rows],
-                dc_prev[rows],
-            )
-            if t or need_dh0:
-                np.matmul(dZ[t, rows], W_hh, out=dh[rows])
+    for t in range(T - 1, -1, -1):  # dc in dcs[(T - 1 - t) % 2], dc_prev in the other
+        dc, dc_prev = dcs[(T - 1 - t) % 2], dcs[(T - t) % 2]
+        kern(
+            dY[t],
+            dh,
+            dc,
+            Call[t],
+            acts[t],
+            tanh_c[t],
+            dZ[t],
+            dc_prev,
+        )
+        if t or need_dh0:
+            np.matmul(dZ[t], W_hh, out=dh)
 
-    loop(0, B)
     return dZ, dh, dcs[T % 2]
 
 
@@ -661,14 +651,11 @@ def gru_forward(X, H0, W_ih, W_hh, b_ih, b_hh):
     Wt = blas(W_hh).T
     kern = _rec.gru_forward_step.serial
 
-    def loop(r0, r1):
-        HW = np.empty((r1 - r0, 3 * hidden), dtype)
-        rows = slice(r0, r1)
-        for t in range(T):
-            np.matmul(Hall[t, rows], Wt, out=HW)
-            kern(acts[t, rows], HW, b_i, b_h, Hall[t, rows], Hall[t + 1, rows], hn[t, rows])
+    HW = np.empty((B, 3 * hidden), dtype)
+    for t in range(T):
+        np.matmul(Hall[t], Wt, out=HW)
+        kern(acts[t], HW, b_i, b_h, Hall[t], Hall[t + 1], hn[t])
 
-    loop(0, B)
     return X2, Hall, acts, hn
 
 
@@ -676,7 +663,7 @@ def gru_backward(dY, dh_n, W_hh, Hall, acts, hn, need_dh0):
     """(dGi, dGh, dH0): every step's gate gradient on the input side and on the recurrent
     side (T, B, 3H; they differ in the n part, which r scales), in this thread's
     workspaces, and the initial state's gradient (None without ``need_dh0``)."""
-    T, B = acts.shape[0], acts.shape[1]
+    T = acts.shape[0]
     dtype = acts.dtype
     dY = c(dY)
     dGi = workspace("gru_dgi", acts.shape, dtype)
@@ -686,25 +673,22 @@ def gru_backward(dY, dh_n, W_hh, Hall, acts, hn, need_dh0):
     W_hh = blas(W_hh)
     kern = _rec.gru_backward_step.serial
 
-    def loop(r0, r1):
-        rows = slice(r0, r1)
-        for t in range(T - 1, -1, -1):  # dhz in dhz[(T - 1 - t) % 2], the next in the other
-            dz_in, dz_out = dhz[(T - 1 - t) % 2], dhz[(T - t) % 2]
-            kern(
-                dY[t, rows],
-                dh[rows],
-                dz_in[rows],
-                Hall[t, rows],
-                acts[t, rows],
-                hn[t, rows],
-                dGi[t, rows],
-                dGh[t, rows],
-                dz_out[rows],
-            )
-            if t or need_dh0:
-                np.matmul(dGh[t, rows], W_hh, out=dh[rows])
+    for t in range(T - 1, -1, -1):  # dhz in dhz[(T - 1 - t) % 2], the next in the other
+        dz_in, dz_out = dhz[(T - 1 - t) % 2], dhz[(T - t) % 2]
+        kern(
+            dY[t],
+            dh,
+            dz_in,
+            Hall[t],
+            acts[t],
+            hn[t],
+            dGi[t],
+            dGh[t],
+            dz_out,
+        )
+        if t or need_dh0:
+            np.matmul(dGh[t], W_hh, out=dh)
 
-    loop(0, B)
     return dGi, dGh, (dh + dhz[T % 2] if need_dh0 else None)
 
 
