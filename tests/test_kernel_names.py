@@ -46,6 +46,14 @@ KERNEL_ONLY = {
     "adds the bias on each block it copies out",
     ("cuda", "conv2d_grad_output"): "the GPU's layout + bias-gradient pass before cuBLAS; the "
     "CPU kernel gathers each block of dY itself",
+    ("cpu", "conv2d_winograd"): "Winograd F(2x2, 3x3) for the CPU's 3x3 stride-1 "
+    "convolutions, which are bound by BLAS flops; the GPU runs every convolution as "
+    "implicit GEMM or im2col + cuBLAS",
+    ("cpu", "conv2d_winograd_weights"): "part of conv2d_winograd (CPU only)",
+    ("cpu", "conv2d_winograd_input"): "part of conv2d_winograd (CPU only)",
+    ("cpu", "conv2d_winograd_output"): "part of conv2d_winograd (CPU only)",
+    ("cpu", "softmax_row_max"): "the CPU's vectorised row maximum inside the softmax "
+    "kernels; a CUDA block reduces its row with warp shuffles instead",
     ("cpu", "max_pool2d_pad"): "the CPU pooling kernels read a padded copy of the input; the "
     "CUDA pooling kernels test bounds instead",
     ("cpu", "step_backward"): "fills zeros in a preallocated gradient; cupy inherits the "
@@ -143,7 +151,9 @@ def test_the_mirror_check_catches_a_stray_name():
             for ks in cpu.values():
                 if k in ks:
                     ks.remove(k)
-    cpu["conv"] += ["conv2d_forward", "conv2d_backward"]
+    cpu["conv"] += ["conv2d_forward", "conv2d_backward", "conv2d_winograd"]
+    cpu["conv"] += [f"conv2d_winograd_{part}" for part in ("weights", "input", "output")]
+    cpu["softmax"] += ["softmax_row_max"]
     cpu["pooling"] += ["max_pool2d_pad"]
     cpu["activations"] += ["step_backward"]
     cpu["shape"] = ["sum_forward", "sum_backward", "getitem_backward"]

@@ -71,6 +71,36 @@ def test_convolution_blocks_and_tasks(monkeypatch, block_bytes, par_min):
             compare_op("numba", case, dtype, "strided", seed=15)
 
 
+def test_winograd_runs_the_3x3_cases_forward_and_backward(monkeypatch):
+    """The op table's 3x3 stride-1 cases with 8+ channels go through Winograd F(2x2, 3x3),
+    the forward and the input gradient alike (so the comparisons above check that path);
+    fewer channels or another kernel size do not."""
+    calls = []
+    real = launch.conv2d_winograd
+
+    def spy(X, W, b, padding):
+        calls.append((X.shape, W.shape, padding))
+        return real(X, W, b, padding)
+
+    monkeypatch.setattr(launch, "conv2d_winograd", spy)
+    cases = [c for c in OP_CASES if c.op == "conv2d"]
+    winograd_cases = 0
+    for case in cases:
+        calls.clear()
+        compare_op("numba", case, "float32", "C", seed=16)
+        x, w = case.make(np.random.default_rng(0), np.float32)[:2]
+        fits = w.shape[2:] == (3, 3) and case.params["stride"] == (1, 1)
+        fits = fits and min(x.shape[1], w.shape[0]) >= launch.WINOGRAD_MIN_CHANNELS
+        if fits:
+            winograd_cases += 1
+            wants_dx = case.needs is None or case.needs[0]
+            transposed = [(w.shape[1], w.shape[0], 3, 3)] if wants_dx else []
+            assert [c[1] for c in calls] == [w.shape, *transposed], case.name
+        else:
+            assert not calls, case.name
+    assert winograd_cases >= 3
+
+
 @pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0)])
 def test_max_pool_ties_infinities_and_nan_follow_the_reference(padding):
     """The first maximum in row-major window order wins (padding counts as -inf), as the

@@ -326,6 +326,10 @@ def cross_entropy_backward(dY, E, inv_sum, labels):
 #: sized to stay in a core's level-2 cache, where BLAS runs several times faster on these
 #: thin products than on a column matrix of the whole batch.
 CONV_BLOCK_BYTES = 512 << 10
+#: Fewest input and output channels for which a 3x3 stride-1 convolution runs as Winograd
+#: F(2x2, 3x3) rather than im2col: below it the 16 products are too thin to pay for the
+#: transforms.
+WINOGRAD_MIN_CHANNELS = 8
 
 
 def _conv_geometry(x_shape, w_shape, stride, padding):
@@ -351,28 +355,62 @@ def _tasks(kern, work):
     return variant, (_threads.num_threads if variant is kern.parallel else 1)
 
 
+def _winograd_fits(x_shape, w_shape, stride, padding):
+    """Whether Winograd F(2x2, 3x3) runs this convolution: 3x3, stride 1, padding at most 2
+    (so that the input gradient is one too), and channels enough that the 16 products pay
+    for the transforms."""
+    c, k = x_shape[1], w_shape[0]
+    return (
+        tuple(w_shape[2:]) == (3, 3)
+        and tuple(stride) == (1, 1)
+        and max(padding) <= 2
+        and min(c, k) >= WINOGRAD_MIN_CHANNELS
+    )
+
+
+def conv2d_winograd(X, W, b, padding):
+    """Y (N, K, oh, ow) of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3): the input
+    padded (and to an even tile count) once, the weights transformed once, then one
+    parallel kernel over blocks of tile rows."""
+    n, ch, h, w = X.shape
+    k, dtype = W.shape[0], X.dtype
+    ph, pw = padding
+    oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
+    th, tw = -(-oh // 2), -(-ow // 2)
+    x_padded = workspace("winograd_x", (n, ch, 2 * th + 2, 2 * tw + 2), dtype)
+    pick(_pool.max_pool2d_pad, x_padded.size)(X, ph, pw, 0.0, x_padded)
+    u = np.empty((16, k, ch), dtype)
+    _conv.conv2d_winograd_weights(W, u)
+    Y = np.empty((n, k, oh, ow), dtype)
+    kern, tasks = _tasks(_conv.conv2d_winograd, Y.size * ch * 4)
+    per_row = 16 * (ch + k) * tw * dtype.itemsize
+    trows = max(1, min(th, CONV_BLOCK_BYTES // per_row))
+    tb = trows * tw
+    scratch = workspace(
+        "conv", (tasks, 16 * (ch + k) * tb + 2 * (2 * trows + 2) * (tw + 1) + 4 * tb), dtype
+    )
+    with _threads.single_blas():
+        kern(x_padded, u, EMPTY[dtype] if b is None else b.ravel(), trows, Y, scratch)
+    return Y
+
+
 def conv2d_forward(X, W, b, stride, padding):
-    """Y (N, K, oh, ow) of the convolution: one kernel, blocks of output rows, each block's
-    columns multiplied by BLAS in the task that built them."""
+    """Y (N, K, oh, ow) of the convolution: Winograd where it fits, else one kernel over
+    blocks of output rows, each block's columns multiplied by BLAS in the task that built
+    them."""
     X, W = c(X), c(W)
+    if _winograd_fits(X.shape, W.shape, stride, padding):
+        return conv2d_winograd(X, W, b, padding)
     oh, ow, r = _conv_geometry(X.shape, W.shape, stride, padding)
     k, dtype = W.shape[0], X.dtype
     Y = np.empty((X.shape[0], k, oh, ow), dtype)
     kern, tasks = _tasks(_conv.conv2d_forward, Y.size * r)
     rows = _conv_rows(Y.shape[0] * oh, ow, (r + k) * dtype.itemsize, tasks)
     scratch = workspace("conv", (tasks, (r + k) * rows * ow), dtype)
+    bias = EMPTY[dtype] if b is None else b.ravel()
+    x_padded = padded(X, *padding, 0.0)
     with _threads.single_blas():
-        kern(
-            X,
-            W.reshape(k, r),
-            EMPTY[dtype] if b is None else b.ravel(),
-            *W.shape[2:],
-            *stride,
-            *padding,
-            rows,
-            Y,
-            scratch,
-        )
+        kern(x_padded, W.reshape(k, r), bias, *W.shape[2:], *stride, rows, Y, scratch)
     return Y
 
 
@@ -383,6 +421,14 @@ def conv2d_backward(dY, X, W, stride, padding, needs):
     X, W, n = c(X), c(W), X.shape[0]
     oh, ow, r = _conv_geometry(X.shape, W.shape, stride, padding)
     k, dtype = W.shape[0], X.dtype
+    dX_winograd = None
+    if needs[0] and _winograd_fits(X.shape, W.shape, stride, padding):
+        # dX is the 3x3 convolution of dY with the flipped weights, channels swapped
+        flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dX_winograd = conv2d_winograd(c(dY), flipped, None, (2 - padding[0], 2 - padding[1]))
+        needs = (False, needs[1], needs[2])
+        if not (needs[1] or needs[2]):
+            return dX_winograd, None, None
     kern, tasks = _tasks(_conv.conv2d_backward, dY.size * r * 2)
     tasks = min(tasks, n)
     rows = _conv_rows(n * oh, ow, (2 * r + k) * dtype.itemsize, 1)
@@ -390,9 +436,10 @@ def conv2d_backward(dY, X, W, stride, padding, needs):
     dw_part = np.empty((tasks, k, r), dtype) if needs[1] else EMPTY3[dtype]
     db_part = np.empty((tasks, k), dtype) if needs[2] else EMPTY2[dtype]
     scratch = workspace("conv", (tasks, (2 * r + k) * rows * ow + k * r), dtype)
+    x_padded = padded(X, *padding, 0.0) if needs[1] else X
     with _threads.single_blas():
         kern(
-            X,
+            x_padded,
             c(dY),
             W.reshape(k, r),
             *W.shape[2:],
@@ -405,7 +452,7 @@ def conv2d_backward(dY, X, W, stride, padding, needs):
             scratch,
         )
     return (
-        dX if needs[0] else None,
+        dX_winograd if dX_winograd is not None else (dX if needs[0] else None),
         dw_part.sum(axis=0).reshape(W.shape) if needs[1] else None,
         db_part.sum(axis=0) if needs[2] else None,
     )

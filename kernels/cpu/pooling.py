@@ -19,8 +19,8 @@ from numba import prange
 
 @kernel(parallel=True)
 def max_pool2d_pad(x, ph, pw, value, x_padded):
-    """x_padded (N, C, H + 2ph, W + 2pw) = x with a border of ``value`` (-inf before max
-    pooling, 0 before average pooling)."""
+    """x_padded (N, C, >= H + ph, >= W + pw) = x at offset (ph, pw), every other entry
+    ``value`` (-inf before max pooling, 0 before average pooling and convolution)."""
     g_, c_, h, w = x.shape
     fill = x.dtype.type(value)
     for nc in prange(g_ * c_):
@@ -43,7 +43,7 @@ def max_pool2d_pad(x, ph, pw, value, x_padded):
             tail = row[pw + w :]
             for q in range(tail.size):
                 tail[q] = fill
-        for yy in range(h + ph, h + 2 * ph):
+        for yy in range(h + ph, dst.shape[0]):
             row = dst[yy]
             for q in range(row.size):
                 row[q] = fill

@@ -17,7 +17,7 @@ from numba import prange
 
 # ---------------------------------------------------------------------- row maximum
 @kernel(fastmath=True)
-def row_max(x):
+def softmax_row_max(x):
     """The largest entry of the 1-D array x (-inf if empty); NaN entries are passed over (the
     exp that follows turns them into NaN sums). Eight running maxima side by side, which
     LLVM turns into one vector register: a single running maximum is a chain of compares
@@ -55,7 +55,7 @@ def softmax_forward(x, y):
         for o in prange(outer):
             xr = x2[o]
             yr = y2[o]
-            mx = row_max(xr)
+            mx = softmax_row_max(xr)
             s = x.dtype.type(0)
             for k in range(n):
                 e = vexp(xr[k] - mx)
@@ -124,7 +124,7 @@ def log_softmax_forward(x, y):
         for o in prange(outer):
             xr = x2[o]
             yr = y2[o]
-            mx = row_max(xr)
+            mx = softmax_row_max(xr)
             s = x.dtype.type(0)
             for k in range(n):
                 s += vexp(xr[k] - mx)
@@ -190,7 +190,7 @@ def cross_entropy_forward(z, labels, e, inv_sum):
     for r in prange(n):
         zr = z[r]
         er = e[r]
-        mx = row_max(zr)
+        mx = softmax_row_max(zr)
         s = z.dtype.type(0)
         for k in range(c):
             v = vexp(zr[k] - mx)
@@ -217,7 +217,7 @@ def cross_entropy_backward(e, inv_sum, labels, g, dz):
 #: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
 #: for each float dtype; ``{T}`` is the dtype).
 SIGNATURES = {
-    "row_max": [(A1,)],
+    "softmax_row_max": [(A1,)],
     "softmax_forward": [(A3, A3)],
     "softmax_backward": [(A3, A3, A3)],
     "log_softmax_forward": [(A3, A3)],
