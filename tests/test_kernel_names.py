@@ -54,6 +54,8 @@ KERNEL_ONLY = {
     ("cpu", "conv2d_winograd_output"): "part of conv2d_winograd (CPU only)",
     ("cpu", "softmax_row_max"): "the CPU's vectorised row maximum inside the softmax "
     "kernels; a CUDA block reduces its row with warp shuffles instead",
+    ("cpu", "max_pool2d_2x2_forward"): "the CPU's branch-free 2x2 stride-2 max pooling, "
+    "vectorised along rows; a CUDA thread per output has no branches to remove",
     ("cpu", "max_pool2d_pad"): "the CPU pooling kernels read a padded copy of the input; the "
     "CUDA pooling kernels test bounds instead",
     ("cpu", "step_backward"): "fills zeros in a preallocated gradient; cupy inherits the "
@@ -154,7 +156,7 @@ def test_the_mirror_check_catches_a_stray_name():
     cpu["conv"] += ["conv2d_forward", "conv2d_backward", "conv2d_winograd"]
     cpu["conv"] += [f"conv2d_winograd_{part}" for part in ("weights", "input", "output")]
     cpu["softmax"] += ["softmax_row_max"]
-    cpu["pooling"] += ["max_pool2d_pad"]
+    cpu["pooling"] += ["max_pool2d_pad", "max_pool2d_2x2_forward"]
     cpu["activations"] += ["step_backward"]
     cpu["shape"] = ["sum_forward", "sum_backward", "getitem_backward"]
     assert _mirror_problems(cpu, cuda) == []

@@ -101,10 +101,14 @@ def test_winograd_runs_the_3x3_cases_forward_and_backward(monkeypatch):
     assert winograd_cases >= 3
 
 
-@pytest.mark.parametrize("padding", [(0, 0), (1, 1), (1, 0)])
-def test_max_pool_ties_infinities_and_nan_follow_the_reference(padding):
+@pytest.mark.parametrize(
+    "window, padding",
+    [((3, 2), (0, 0)), ((3, 2), (1, 1)), ((3, 2), (1, 0)), ((2, 2), (0, 0))],
+)
+def test_max_pool_ties_infinities_and_nan_follow_the_reference(window, padding):
     """The first maximum in row-major window order wins (padding counts as -inf), as the
-    reference's argmax: ties, -inf inputs and NaN send the gradient to the same cell."""
+    reference's argmax: ties, -inf inputs and NaN send the gradient to the same cell.
+    2x2 windows of stride 2 run the branch-free kernel, the others the general one."""
     be, ref = backend_object("numba"), backend_object("numpy")
     rng = np.random.default_rng(1)
     for dtype in (np.float32, np.float64):
@@ -112,7 +116,8 @@ def test_max_pool_ties_infinities_and_nan_follow_the_reference(padding):
         x[0, 0, :3, :3] = -np.inf
         x[1, 2, 2, 2] = np.nan
         x[1, 1, 4:, 3:] = np.nan
-        args = dict(kernel_size=(3, 2), stride=(2, 1), padding=padding)
+        stride = (2, 2) if window == (2, 2) else (2, 1)
+        args = dict(kernel_size=window, stride=stride, padding=padding)
         y, s = be.max_pool2d_forward(x, **args)
         y_ref, s_ref = ref.max_pool2d_forward(x, **args)
         np.testing.assert_array_equal(y, y_ref)
@@ -427,6 +432,21 @@ def test_thread_count_reaches_numba():
 def test_threading_layer_is_thread_safe_or_kernels_are_serial():
     assert _jit.THREADING_LAYER in ("tbb", "omp", "workqueue")
     assert _jit.PARALLEL == (_jit.THREADING_LAYER != "workqueue")
+
+
+def test_the_tbb_dependency_gives_the_tbb_layer():
+    """gpunn depends on the tbb wheel on x86-64; its library sits in <prefix>/lib, which the
+    loader does not search for a virtual environment, so gpunn loads it by path. Either way
+    Numba must end up on TBB (its OpenMP layer spins against PyTorch's)."""
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the tbb package is not installed (gpunn needs it on x86-64 only)")
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        pytest.skip("NUMBA_THREADING_LAYER chooses the layer")
+    assert _jit.THREADING_LAYER == "tbb"
 
 
 def test_workqueue_layer_runs_serial_kernels_from_two_threads():

@@ -304,6 +304,7 @@ def _conv_cases():
         ((1, 2, 9, 7), (3, 3), (2, 2), (1, 1)),
         ((2, 1, 5, 6), (2, 2), (1, 1), (0, 0)),
         ((3, 2, 7, 9), (3, 2), (2, 1), (1, 0)),
+        ((1, 2, 7, 9), (2, 2), (2, 2), (0, 0)),  # odd sizes: the last row and column unread
     ]
     for op in ("max_pool2d", "avg_pool2d"):
         for shape, k, s, p in pools:

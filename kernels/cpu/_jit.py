@@ -7,7 +7,9 @@ is decorated:
   own rule applies (``__pycache__`` next to the sources, else a per-user folder). Where
   the folder cannot be written, gpunn warns once and compiles in memory (``cache=False``).
 * the threading layer: a thread-safe one (TBB, else OpenMP) unless the user chose one with
-  ``NUMBA_THREADING_LAYER`` or Numba's threads were already started. When only
+  ``NUMBA_THREADING_LAYER`` or Numba's threads were already started. TBB (the ``tbb``
+  wheel, a dependency on x86-64) comes first: its idle threads sleep, where OpenMP's spin
+  against any other OpenMP runtime in the process, such as PyTorch's. When only
   ``workqueue`` is left (it aborts the process when two Python threads enter parallel
   code, and costs milliseconds per launch), kernels compile without ``parallel`` and
   ``prange`` runs as a plain loop, so gpunn never enters parallel code at all.
@@ -18,8 +20,10 @@ is decorated:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
+import sys
 import tempfile
 import types
 import warnings
@@ -99,6 +103,22 @@ def _launch_threads() -> None:
             os.environ.pop("GOMP_SPINCOUNT", None)
 
 
+def _preload_tbb() -> None:
+    """Load the TBB library that the ``tbb`` wheel put in ``<prefix>/lib``, by its path, so
+    that Numba's TBB layer finds it by name: the loader searches that folder for the
+    interpreter's own prefix but not for a virtual environment's."""
+    if not sys.platform.startswith("linux"):
+        return
+    for prefix in dict.fromkeys((sys.prefix, sys.base_prefix)):
+        path = os.path.join(prefix, "lib", "libtbb.so.12")
+        if os.path.exists(path):
+            try:
+                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            except OSError:
+                continue
+            return
+
+
 def _choose_threading_layer() -> str:
     try:
         return numba.threading_layer()  # Numba's threads already run: keep their layer
@@ -106,6 +126,7 @@ def _choose_threading_layer() -> str:
         pass
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"  # TBB, else OpenMP
+        _preload_tbb()
     try:
         _launch_threads()
     except ValueError:  # no thread-safe layer could be loaded

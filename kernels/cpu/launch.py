@@ -483,6 +483,9 @@ def max_pool2d_forward(X, kernel_size, stride, padding):
     out_shape, (kh, kw, sy, sx, ph, pw) = _pool_shape(X.shape, kernel_size, stride, padding)
     Y = np.empty(out_shape, X.dtype)
     arg = np.empty(out_shape, np.int32)
+    if (kh, kw, sy, sx, ph, pw) == (2, 2, 2, 2, 0, 0):
+        pick(_pool.max_pool2d_2x2_forward, X.size)(X, Y, arg)
+        return Y, arg
     x_padded = padded(X, ph, pw, -math.inf)
     pick(_pool.max_pool2d_forward, X.size)(
         x_padded, kh, kw, sy, sx, ph, pw, X.shape[2], X.shape[3], Y, arg
