@@ -52,6 +52,9 @@ KERNEL_ONLY = {
     ("cpu", "conv2d_winograd_weights"): "part of conv2d_winograd (CPU only)",
     ("cpu", "conv2d_winograd_input"): "part of conv2d_winograd (CPU only)",
     ("cpu", "conv2d_winograd_output"): "part of conv2d_winograd (CPU only)",
+    ("cpu", "conv2d_winograd_backward"): "the weight gradient of conv2d_winograd (CPU only)",
+    ("cpu", "conv2d_winograd_grad_output"): "part of conv2d_winograd_backward (CPU only)",
+    ("cpu", "conv2d_winograd_weights_backward"): "part of conv2d_winograd_backward (CPU only)",
     ("cpu", "softmax_row_max"): "the CPU's vectorised row maximum inside the softmax "
     "kernels; a CUDA block reduces its row with warp shuffles instead",
     ("cpu", "max_pool2d_2x2_forward"): "the CPU's branch-free 2x2 stride-2 max pooling, "
@@ -154,7 +157,8 @@ def test_the_mirror_check_catches_a_stray_name():
                 if k in ks:
                     ks.remove(k)
     cpu["conv"] += ["conv2d_forward", "conv2d_backward", "conv2d_winograd"]
-    cpu["conv"] += [f"conv2d_winograd_{part}" for part in ("weights", "input", "output")]
+    parts = ("weights", "input", "output", "backward", "grad_output", "weights_backward")
+    cpu["conv"] += [f"conv2d_winograd_{part}" for part in parts]
     cpu["softmax"] += ["softmax_row_max"]
     cpu["pooling"] += ["max_pool2d_pad", "max_pool2d_2x2_forward"]
     cpu["activations"] += ["step_backward"]

@@ -73,31 +73,40 @@ def test_convolution_blocks_and_tasks(monkeypatch, block_bytes, par_min):
 
 def test_winograd_runs_the_3x3_cases_forward_and_backward(monkeypatch):
     """The op table's 3x3 stride-1 cases with 8+ channels go through Winograd F(2x2, 3x3),
-    the forward and the input gradient alike (so the comparisons above check that path);
-    fewer channels or another kernel size do not."""
-    calls = []
-    real = launch.conv2d_winograd
+    the forward, the input gradient and the weight gradient alike (so the comparisons
+    above check that path); fewer channels or another kernel size do not."""
+    calls, weight_grads = [], []
+    real, real_weight_grad = launch.conv2d_winograd, launch.conv2d_winograd_weight_grad
 
     def spy(X, W, b, padding):
         calls.append((X.shape, W.shape, padding))
         return real(X, W, b, padding)
 
+    def spy_weight_grad(dY, X, padding, want_db):
+        weight_grads.append(want_db)
+        return real_weight_grad(dY, X, padding, want_db)
+
     monkeypatch.setattr(launch, "conv2d_winograd", spy)
+    monkeypatch.setattr(launch, "conv2d_winograd_weight_grad", spy_weight_grad)
     cases = [c for c in OP_CASES if c.op == "conv2d"]
     winograd_cases = 0
     for case in cases:
         calls.clear()
+        weight_grads.clear()
         compare_op("numba", case, "float32", "C", seed=16)
         x, w = case.make(np.random.default_rng(0), np.float32)[:2]
         fits = w.shape[2:] == (3, 3) and case.params["stride"] == (1, 1)
         fits = fits and min(x.shape[1], w.shape[0]) >= launch.WINOGRAD_MIN_CHANNELS
         if fits:
             winograd_cases += 1
-            wants_dx = case.needs is None or case.needs[0]
-            transposed = [(w.shape[1], w.shape[0], 3, 3)] if wants_dx else []
+            needs = case.needs or (True, True, True)
+            transposed = [(w.shape[1], w.shape[0], 3, 3)] if needs[0] else []
             assert [c[1] for c in calls] == [w.shape, *transposed], case.name
+            has_bias = case.make(np.random.default_rng(0), np.float32)[2] is not None
+            expected = [has_bias and (len(needs) < 3 or needs[2])] if needs[1] else []
+            assert weight_grads == expected, case.name
         else:
-            assert not calls, case.name
+            assert not calls and not weight_grads, case.name
     assert winograd_cases >= 3
 
 

@@ -367,6 +367,131 @@ def conv2d_winograd(xp, u, b, trows, y, scratch):
             conv2d_winograd_output(m, b, ty0, ty1, tw, buf, y[n])
 
 
+# The weight gradient. Y is linear in U = G g G^T, so per tile dL/dU = (A dY_t A^T) * V_t
+# (elementwise, V_t = B^T d_t B as in the forward), summed over tiles: 16 products (K, T)
+# @ (T, C) per block; then dL/dg = G^T (dL/dU) G.
+
+
+@kernel(fastmath=True)
+def conv2d_winograd_grad_output(dyp, ty0, ty1, tw, z, db):
+    """z (16, K, T): A dY_t A^T of the 2x2 gradient tiles of tile rows ty0 <= ty < ty1 of
+    one image's dyp (K, >= 2 ty1, >= 2 tw), zero past the output, laid out as
+    conv2d_winograd_input's v; db (K,) += the sum of those tiles' gradients (empty: not
+    wanted)."""
+    k_ = dyp.shape[0]
+    want_db = db.size > 0
+    for k in range(k_):
+        s = dyp.dtype.type(0)
+        for ty in range(ty0, ty1):
+            r0 = dyp[k, 2 * ty]
+            r1 = dyp[k, 2 * ty + 1]
+            base = (ty - ty0) * tw
+            for tx in range(tw):
+                a = r0[2 * tx]
+                b = r0[2 * tx + 1]
+                c = r1[2 * tx]
+                d = r1[2 * tx + 1]
+                s += (a + b) + (c + d)
+                t = base + tx
+                # rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row
+                # (p, q) times A^T is (p, p + q, p - q, -q)
+                p1 = a + c
+                q1 = b + d
+                p2 = a - c
+                q2 = b - d
+                z[0, k, t] = a
+                z[1, k, t] = a + b
+                z[2, k, t] = a - b
+                z[3, k, t] = -b
+                z[4, k, t] = p1
+                z[5, k, t] = p1 + q1
+                z[6, k, t] = p1 - q1
+                z[7, k, t] = -q1
+                z[8, k, t] = p2
+                z[9, k, t] = p2 + q2
+                z[10, k, t] = p2 - q2
+                z[11, k, t] = -q2
+                z[12, k, t] = -c
+                z[13, k, t] = -(c + d)
+                z[14, k, t] = d - c
+                z[15, k, t] = d
+        if want_db:
+            db[k] += s
+
+
+@kernel(parallel=True)
+def conv2d_winograd_backward(xp, dyp, du_part, db_part, trows, scratch):
+    """Per task, the sums over its blocks of dL/dU (du_part (T, 16, K, C), overwritten)
+    and of the bias gradient (db_part (T, K), overwritten; empty: not wanted), from the
+    padded input xp (N, C, >= 2 th + 2, >= 2 tw + 2) and the output gradient dyp (N, K,
+    >= 2 th, >= 2 tw), zero past the output. Blocks as in conv2d_winograd; scratch (T,
+    16 (C + K) tb + 2 (2 trows + 2)(tw + 1) + K C)."""
+    n_, c_ = xp.shape[0], xp.shape[1]
+    k_ = du_part.shape[2]
+    th = (dyp.shape[2]) // 2
+    tw = (dyp.shape[3]) // 2
+    nt = scratch.shape[0]
+    per = (th + trows - 1) // trows
+    nb = n_ * per
+    zero = xp.dtype.type(0)
+    want_db = db_part.size > 0
+    for task in prange(nt):
+        acc = du_part[task]
+        for e in range(16):
+            for k in range(k_):
+                for c in range(c_):
+                    acc[e, k, c] = zero
+        db = db_part[task] if want_db else db_part.reshape(0)
+        for k in range(db.size):
+            db[k] = zero
+        for blk in range(task * nb // nt, (task + 1) * nb // nt):
+            n = blk // per
+            ty0 = (blk % per) * trows
+            ty1 = min(th, ty0 + trows)
+            tb = (ty1 - ty0) * tw
+            at = 16 * c_ * tb
+            v = scratch[task, :at].reshape(16, c_, tb)
+            z = scratch[task, at : at + 16 * k_ * tb].reshape(16, k_, tb)
+            at += 16 * k_ * tb
+            ne = 2 * (2 * (ty1 - ty0) + 2) * (tw + 1)
+            eo = scratch[task, at : at + ne].reshape(2, 2 * (ty1 - ty0) + 2, tw + 1)
+            prod = scratch[task, at + ne : at + ne + k_ * c_].reshape(k_, c_)
+            conv2d_winograd_input(xp[n], ty0, ty1, tw, eo, v)
+            conv2d_winograd_grad_output(dyp[n], ty0, ty1, tw, z, db)
+            for e in range(16):
+                np.dot(z[e], v[e].T, prod)
+                a = acc[e]
+                for k in range(k_):
+                    for c in range(c_):
+                        a[k, c] += prod[k, c]
+
+
+@kernel(fastmath=True)
+def conv2d_winograd_weights_backward(du, dw):
+    """dw (K, C, 3, 3) = G^T M G with M (4x4) = du[:, k, c] (entry (i, j) at du[4 i + j]):
+    the adjoint of conv2d_winograd_weights."""
+    k_, c_ = dw.shape[0], dw.shape[1]
+    half = dw.dtype.type(0.5)
+    one = dw.dtype.type(1)
+    zero = dw.dtype.type(0)
+    for k in range(k_):
+        for c in range(c_):
+            g = dw[k, c]
+            m = du[:, k, c]
+            for r in range(3):  # row r of G^T M (rows of G^T: (1, .5, .5, 0), (0, .5, -.5, 0),
+                # (0, .5, .5, 1)), then times G
+                ca = one if r == 0 else zero
+                cc = -half if r == 1 else half
+                cd = one if r == 2 else zero
+                t0 = ca * m[0] + half * m[4] + cc * m[8] + cd * m[12]
+                t1 = ca * m[1] + half * m[5] + cc * m[9] + cd * m[13]
+                t2 = ca * m[2] + half * m[6] + cc * m[10] + cd * m[14]
+                t3 = ca * m[3] + half * m[7] + cc * m[11] + cd * m[15]
+                g[r, 0] = t0 + half * (t1 + t2)
+                g[r, 1] = half * (t1 - t2)
+                g[r, 2] = half * (t1 + t2) + t3
+
+
 #: Argument types of every kernel here, per call form (``gpunn warmup`` compiles them
 #: for each float dtype; ``{T}`` is the dtype).
 SIGNATURES = {
@@ -380,4 +505,7 @@ SIGNATURES = {
     "conv2d_winograd_input": [(A3, INT, INT, INT, A3, A3)],
     "conv2d_winograd_output": [(A3, A1, INT, INT, INT, A2, A3)],
     "conv2d_winograd": [(A4, A3, A1, INT, A4, A2)],
+    "conv2d_winograd_grad_output": [(A3, INT, INT, INT, A3, A1)],
+    "conv2d_winograd_backward": [(A4, A4, A4, A2, INT, A2)],
+    "conv2d_winograd_weights_backward": [(A3, A4)],
 }

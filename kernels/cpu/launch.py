@@ -368,6 +368,16 @@ def _winograd_fits(x_shape, w_shape, stride, padding):
     )
 
 
+def _winograd_blocks(tasks, th, tw, ch, k, dtype, per_row_extra, extra):
+    """(trows, scratch): tile rows per block, as many as keep a block's transformed input
+    and products within CONV_BLOCK_BYTES, and the tasks' scratch (T, 16 (C + K) tb + even
+    and odd column rows + per_row_extra * trows + extra), tb = trows * tw."""
+    per_row = (16 * (ch + k) * tw + per_row_extra) * dtype.itemsize
+    trows = max(1, min(th, CONV_BLOCK_BYTES // per_row))
+    size = (16 * (ch + k) * tw + per_row_extra) * trows + 2 * (2 * trows + 2) * (tw + 1)
+    return trows, workspace("conv", (tasks, size + extra), dtype)
+
+
 def conv2d_winograd(X, W, b, padding):
     """Y (N, K, oh, ow) of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3): the input
     padded (and to an even tile count) once, the weights transformed once, then one
@@ -383,15 +393,36 @@ def conv2d_winograd(X, W, b, padding):
     _conv.conv2d_winograd_weights(W, u)
     Y = np.empty((n, k, oh, ow), dtype)
     kern, tasks = _tasks(_conv.conv2d_winograd, Y.size * ch * 4)
-    per_row = 16 * (ch + k) * tw * dtype.itemsize
-    trows = max(1, min(th, CONV_BLOCK_BYTES // per_row))
-    tb = trows * tw
-    scratch = workspace(
-        "conv", (tasks, 16 * (ch + k) * tb + 2 * (2 * trows + 2) * (tw + 1) + 4 * tb), dtype
-    )
+    trows, scratch = _winograd_blocks(tasks, th, tw, ch, k, dtype, 4 * tw, 0)
     with _threads.single_blas():
         kern(x_padded, u, EMPTY[dtype] if b is None else b.ravel(), trows, Y, scratch)
     return Y
+
+
+def conv2d_winograd_weight_grad(dY, X, padding, want_db):
+    """(dW, db) of a 3x3 stride-1 convolution by Winograd F(2x2, 3x3), db None unless
+    ``want_db``: one parallel kernel sums dL/dU per task, the launcher adds the tasks'
+    sums and transforms them back (G^T dU G)."""
+    n, ch, h, w = X.shape
+    k, oh, ow = dY.shape[1:]
+    dtype = X.dtype
+    th, tw = -(-oh // 2), -(-ow // 2)
+    pad = _pool.max_pool2d_pad
+    x_padded = workspace("winograd_x", (n, ch, 2 * th + 2, 2 * tw + 2), dtype)
+    pick(pad, x_padded.size)(X, *padding, 0.0, x_padded)
+    dy_padded = dY
+    if (oh, ow) != (2 * th, 2 * tw):
+        dy_padded = workspace("winograd_dy", (n, k, 2 * th, 2 * tw), dtype)
+        pick(pad, dy_padded.size)(dY, 0, 0, 0.0, dy_padded)
+    kern, tasks = _tasks(_conv.conv2d_winograd_backward, dY.size * ch * 4)
+    trows, scratch = _winograd_blocks(tasks, th, tw, ch, k, dtype, 0, k * ch)
+    du_part = np.empty((tasks, 16, k, ch), dtype)
+    db_part = np.empty((tasks, k), dtype) if want_db else EMPTY2[dtype]
+    with _threads.single_blas():
+        kern(x_padded, dy_padded, du_part, db_part, trows, scratch)
+    dW = np.empty((k, ch, 3, 3), dtype)
+    _conv.conv2d_winograd_weights_backward(du_part.sum(axis=0), dW)
+    return dW, (db_part.sum(axis=0) if want_db else None)
 
 
 def conv2d_forward(X, W, b, stride, padding):
@@ -416,19 +447,26 @@ def conv2d_forward(X, W, b, stride, padding):
 
 def conv2d_backward(dY, X, W, stride, padding, needs):
     """(dX, dW, db) of the convolution, None where ``needs`` is false (needs[2]: a bias
-    exists and its gradient is wanted). One kernel; the launcher adds up the per-task
-    weight and bias gradients."""
+    exists and its gradient is wanted). Winograd where it fits (dX as a convolution of dY
+    with the flipped weights, dW and db from the transformed tiles); else one kernel, and
+    the launcher adds up the per-task weight and bias gradients."""
     X, W, n = c(X), c(W), X.shape[0]
     oh, ow, r = _conv_geometry(X.shape, W.shape, stride, padding)
     k, dtype = W.shape[0], X.dtype
-    dX_winograd = None
-    if needs[0] and _winograd_fits(X.shape, W.shape, stride, padding):
-        # dX is the 3x3 convolution of dY with the flipped weights, channels swapped
-        flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-        dX_winograd = conv2d_winograd(c(dY), flipped, None, (2 - padding[0], 2 - padding[1]))
-        needs = (False, needs[1], needs[2])
-        if not (needs[1] or needs[2]):
-            return dX_winograd, None, None
+    if _winograd_fits(X.shape, W.shape, stride, padding) and (needs[0] or needs[1]):
+        dY = c(dY)
+        dW = db = None
+        if needs[1]:
+            dW, db = conv2d_winograd_weight_grad(dY, X, padding, needs[2])
+        dX = None
+        if needs[0]:
+            flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+            dX = conv2d_winograd(dY, flipped, None, (2 - padding[0], 2 - padding[1]))
+        if needs[1] or not needs[2]:
+            return dX, dW, db
+        needs, dX_done = (False, False, True), dX  # the bias gradient alone: below
+    else:
+        dX_done = None
     kern, tasks = _tasks(_conv.conv2d_backward, dY.size * r * 2)
     tasks = min(tasks, n)
     rows = _conv_rows(n * oh, ow, (2 * r + k) * dtype.itemsize, 1)
@@ -452,7 +490,7 @@ def conv2d_backward(dY, X, W, stride, padding, needs):
             scratch,
         )
     return (
-        dX_winograd if dX_winograd is not None else (dX if needs[0] else None),
+        dX_done if dX_done is not None else (dX if needs[0] else None),
         dw_part.sum(axis=0).reshape(W.shape) if needs[1] else None,
         db_part.sum(axis=0) if needs[2] else None,
     )
