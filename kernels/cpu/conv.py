@@ -373,48 +373,49 @@ def conv2d_winograd(xp, u, b, trows, y, scratch):
 
 
 @kernel(fastmath=True)
-def conv2d_winograd_grad_output(dyp, ty0, ty1, tw, z, db):
+def conv2d_winograd_grad_output(dyp, ty0, ty1, tw, split, z, db):
     """z (16, K, T): A dY_t A^T of the 2x2 gradient tiles of tile rows ty0 <= ty < ty1 of
     one image's dyp (K, >= 2 ty1, >= 2 tw), zero past the output, laid out as
     conv2d_winograd_input's v; db (K,) += the sum of those tiles' gradients (empty: not
-    wanted)."""
+    wanted). split (4, >= tw): scratch for the even and odd columns of a tile row's two
+    gradient rows, so that every loop below is unit-stride."""
     k_ = dyp.shape[0]
     want_db = db.size > 0
+    a, b, c, d = split[0], split[1], split[2], split[3]
     for k in range(k_):
         s = dyp.dtype.type(0)
         for ty in range(ty0, ty1):
             r0 = dyp[k, 2 * ty]
             r1 = dyp[k, 2 * ty + 1]
-            base = (ty - ty0) * tw
             for tx in range(tw):
-                a = r0[2 * tx]
-                b = r0[2 * tx + 1]
-                c = r1[2 * tx]
-                d = r1[2 * tx + 1]
-                s += (a + b) + (c + d)
-                t = base + tx
-                # rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row
-                # (p, q) times A^T is (p, p + q, p - q, -q)
-                p1 = a + c
-                q1 = b + d
-                p2 = a - c
-                q2 = b - d
-                z[0, k, t] = a
-                z[1, k, t] = a + b
-                z[2, k, t] = a - b
-                z[3, k, t] = -b
-                z[4, k, t] = p1
-                z[5, k, t] = p1 + q1
-                z[6, k, t] = p1 - q1
-                z[7, k, t] = -q1
-                z[8, k, t] = p2
-                z[9, k, t] = p2 + q2
-                z[10, k, t] = p2 - q2
-                z[11, k, t] = -q2
-                z[12, k, t] = -c
-                z[13, k, t] = -(c + d)
-                z[14, k, t] = d - c
-                z[15, k, t] = d
+                a[tx] = r0[2 * tx]
+                b[tx] = r0[2 * tx + 1]
+                c[tx] = r1[2 * tx]
+                d[tx] = r1[2 * tx + 1]
+            base = (ty - ty0) * tw
+            # rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row (p, q)
+            # times A^T is (p, p + q, p - q, -q)
+            for i in range(4):
+                z0 = z[4 * i, k, base : base + tw]
+                z1 = z[4 * i + 1, k, base : base + tw]
+                z2 = z[4 * i + 2, k, base : base + tw]
+                z3 = z[4 * i + 3, k, base : base + tw]
+                for tx in range(tw):
+                    if i == 0:
+                        p, q = a[tx], b[tx]
+                    elif i == 1:
+                        p, q = a[tx] + c[tx], b[tx] + d[tx]
+                    elif i == 2:
+                        p, q = a[tx] - c[tx], b[tx] - d[tx]
+                    else:
+                        p, q = -c[tx], -d[tx]
+                    z0[tx] = p
+                    z1[tx] = p + q
+                    z2[tx] = p - q
+                    z3[tx] = -q
+            if want_db:
+                for tx in range(tw):
+                    s += (a[tx] + b[tx]) + (c[tx] + d[tx])
         if want_db:
             db[k] += s
 
@@ -457,7 +458,7 @@ def conv2d_winograd_backward(xp, dyp, du_part, db_part, trows, scratch):
             eo = scratch[task, at : at + ne].reshape(2, 2 * (ty1 - ty0) + 2, tw + 1)
             prod = scratch[task, at + ne : at + ne + k_ * c_].reshape(k_, c_)
             conv2d_winograd_input(xp[n], ty0, ty1, tw, eo, v)
-            conv2d_winograd_grad_output(dyp[n], ty0, ty1, tw, z, db)
+            conv2d_winograd_grad_output(dyp[n], ty0, ty1, tw, eo[0, :4], z, db)
             for e in range(16):
                 np.dot(z[e], v[e].T, prod)
                 a = acc[e]
@@ -505,7 +506,7 @@ SIGNATURES = {
     "conv2d_winograd_input": [(A3, INT, INT, INT, A3, A3)],
     "conv2d_winograd_output": [(A3, A1, INT, INT, INT, A2, A3)],
     "conv2d_winograd": [(A4, A3, A1, INT, A4, A2)],
-    "conv2d_winograd_grad_output": [(A3, INT, INT, INT, A3, A1)],
+    "conv2d_winograd_grad_output": [(A3, INT, INT, INT, A2, A3, A1)],
     "conv2d_winograd_backward": [(A4, A4, A4, A2, INT, A2)],
     "conv2d_winograd_weights_backward": [(A3, A4)],
 }
