@@ -389,6 +389,65 @@ def test_cuda_graph_flag_error_from_the_command_line(tmp_path, capsys):
     assert "--cuda-graph needs the cupy backend" in capsys.readouterr().err
 
 
+def test_the_step_gpunn_train_captures_is_its_eager_step(tmp_path):
+    """Trainer._train_step (what --cuda-graph captures) changes the model exactly as the
+    eager gradient rule does, here on the numpy backend, with clipping."""
+    from gpunn import data as gdata
+    from gpunn.train import Trainer, resolve_settings
+
+    options = {"model": "mlp", "data": "digits", "backend": "numpy", "optimizer": "sgd"}
+    settings = resolve_settings({**options, "clip": 0.5, "cuda_graph": None})
+    split = gdata.load("digits")
+    states = []
+    for captured in (False, True):
+        trainer = Trainer(settings, split, str(tmp_path), stream=io.StringIO())
+        with gpunn.use_backend("numpy"):
+            trainer.setup()
+            assert trainer.use_graph is False and trainer.graphed_step(None, None) is None
+            for b in range(3):
+                x, y = trainer.loader.fetch(np.arange(32 * b, 32 * b + 32))
+                if captured:
+                    trainer._train_step(x, y)
+                else:
+                    trainer.rule.step(trainer, x, y)
+        states.append({k: v.numpy() for k, v in trainer.model.state_dict().items()})
+    for k in states[0]:
+        np.testing.assert_array_equal(states[1][k], states[0][k], err_msg=k)
+
+
+# ---------------------------------------------------------------------- gpunn bench
+def test_bench_adds_captured_rows_for_gpu_training_steps_only(monkeypatch):
+    """The rows a GPU run gets (workload builders stubbed: no GPU here); a step that
+    cannot be captured loses its row with a note, the run goes on."""
+    from gpunn import bench, workloads
+
+    built = []
+
+    def fake(kind):
+        def build(name, where, scale=1, lr=0.01, graph=False):
+            built.append((kind, name, where, graph))
+            if graph and kind == "gpunn" and name == "lstm":
+                raise CaptureError("lstm: not today")
+            return workloads.Workload(name, 8, 1.0, lambda: None, lambda: None, lambda: 0.0)
+
+        return build
+
+    monkeypatch.setattr(workloads, "build", fake("gpunn"))
+    monkeypatch.setattr(workloads, "build_torch", fake("torch"))
+    notes = []
+    rows = lambda name, backends, torch: [  # noqa: E731
+        r.row.backend for r in bench._runners(name, backends, torch, 1, False, notes.append)
+    ]
+    torch = object()
+    assert rows("mlp", ["cupy"], torch) == ["cupy", "cupy+graph", "torch-cuda", "torch-cuda+graph"]
+    assert rows("lstm", ["cupy"], torch) == ["cupy", "torch-cuda", "torch-cuda+graph"]
+    assert notes == ["note: lstm: no cupy+graph row: CaptureError: lstm: not today"]
+    assert rows("linear-fwd", ["cupy"], torch) == ["cupy", "torch-cuda"]  # ops: no graph
+    assert rows("mlp", ["numpy", "numba"], torch) == ["numpy", "numba", "torch"]
+    peers = [r.row.is_peer for r in bench._runners("mlp", ["cupy"], torch, 1, False)]
+    assert peers == [False, False, True, False]  # torch eager stays the one peer
+
+
 # ---------------------------------------------------------------------- on a GPU
 def _problem(name, dtype):
     from gpunn import models
@@ -478,7 +537,9 @@ def test_item_inside_a_captured_step_is_refused_on_the_gpu():
         def step(x):
             return model(x).sum().item()
 
-        with pytest.raises(CaptureError, match="to_numpy cannot be captured.*'step'"):
+        with pytest.raises(
+            CaptureError, match=r"to_numpy cannot be captured .*\(step '.*\.step'\)"
+        ):
             gpunn.cuda.graphed(step, x)
         assert model(x).sum().item() == model(x).sum().item()  # the device still works
 
