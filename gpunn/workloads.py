@@ -399,10 +399,12 @@ def _graphed_step(model, criterion, opt, x, y):
 def _torch_graphed_step(torch, model, criterion, opt, x, y):
     """step() and loss() of a training step captured by PyTorch's CUDA graphs: warm-up on
     a side stream, gradients set to None so the captured backward allocates them from the
-    graph's pool, then one capture of forward, backward and update; the inputs are static."""
+    graph's pool, then one capture of forward, backward and update on static copies of the
+    inputs; each step copies the batch into them and replays (as gpunn's GraphedStep does)."""
+    static_x, static_y = x.clone(), y.clone()
 
     def train_step():
-        loss = criterion(model(x), y)
+        loss = criterion(model(static_x), static_y)
         loss.backward()
         opt.step()
         return loss
@@ -420,6 +422,8 @@ def _torch_graphed_step(torch, model, criterion, opt, x, y):
         static_loss = train_step()
 
     def step():
+        static_x.copy_(x)
+        static_y.copy_(y)
         graph.replay()
 
     return step, lambda: float(static_loss.item())

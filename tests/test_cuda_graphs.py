@@ -506,6 +506,24 @@ def test_captured_steps_match_eager_steps_bit_for_bit(name, dtype):
 
 @gpu_only
 @pytest.mark.cuda
+def test_gpunn_train_with_and_without_cuda_graph_gives_the_same_run(tmp_path):
+    from gpunn.train import train
+
+    runs = []
+    for flag in (False, True):
+        result = train(
+            "mlp", "digits", backend="cupy", optimizer="sgd", epochs=2, cuda_graph=flag,
+            out=str(tmp_path / str(flag)), progress=False, stream=io.StringIO(),
+        )  # fmt: skip
+        state = {k: v.numpy() for k, v in result.model.state_dict().items()}
+        runs.append(([h["train_loss"] for h in result.history], state))
+    assert runs[1][0] == runs[0][0]
+    for k in runs[0][1]:
+        np.testing.assert_array_equal(runs[1][1][k], runs[0][1][k], err_msg=k)
+
+
+@gpu_only
+@pytest.mark.cuda
 def test_adam_refuses_capture_and_leaves_the_model_as_it_was():
     gpunn.manual_seed(0)
     with gpunn.use_backend("cupy"):
