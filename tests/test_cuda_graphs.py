@@ -6,7 +6,9 @@ is set); the binding's arguments (row-major to column-major, transposes, leading
 dimensions, dtype to function, stream and workspace binding), checked by a stand-in
 library that records every call and computes each GEMM in NumPy from the pointers, as
 cuBLAS reads them; the library's load errors; GraphedStep's input and hyper-parameter
-checks; the state the warm-up changes, restored; and the training command's flag.
+checks; the state the warm-up changes, restored; and the training command's flag. Under
+the CUDA emulation of tests/test_cuda_emulated.py (g++): every product op case through the
+binding, and graphed() with a stand-in for stream capture (launches recorded, replayed).
 
 On a GPU (skipped with the reason "no CUDA device" elsewhere): 100 captured steps
 against 100 eager ones, bit for bit, and a captured ``.item()`` refused.
@@ -563,19 +565,48 @@ def test_item_inside_a_captured_step_is_refused_on_the_gpu():
 
 
 # ---------------------------------------------------------------------- the binding, emulated
-@pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ (C++20) to emulate CUDA")
-def test_every_product_of_the_cupy_backend_goes_through_the_binding(tmp_path):
+_needs_gxx = pytest.mark.skipif(
+    shutil.which("g++") is None, reason="needs g++ (C++20) to emulate CUDA"
+)
+
+
+@pytest.fixture(scope="module")
+def emu_cache(tmp_path_factory):
+    """One folder of compiled emulation modules for the tests of this file."""
+    return str(tmp_path_factory.mktemp("emu"))
+
+
+def _emulated(part, cache):
+    env = dict(os.environ, GPUNN_EMU_CACHE=cache)
+    proc = subprocess.run(
+        [sys.executable, __file__, part], capture_output=True, text=True, env=env, timeout=1500
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@_needs_gxx
+def test_every_product_of_the_cupy_backend_goes_through_the_binding(emu_cache):
     """The cupy backend under the NumPy stand-in for CuPy (tests/test_cuda_emulated.py),
     with the stand-in cuBLAS library above as its binding's library and CuPy's own
     products poisoned: every op case with a matrix product (linear, conv2d, matmul, the
     recurrent cells and layers), forward and backward, float32 and float64, both layouts,
     against the NumPy reference. Checks the routing and the arguments, not a GPU."""
-    env = dict(os.environ, GPUNN_EMU_CACHE=str(tmp_path))
-    proc = subprocess.run(
-        [sys.executable, __file__], capture_output=True, text=True, env=env, timeout=1500
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    assert "all match" in proc.stdout
+    assert "all match" in _emulated("binding", emu_cache)
+
+
+@_needs_gxx
+def test_replays_of_a_captured_step_match_eager_steps_under_the_emulation(emu_cache):
+    """graphed() and GraphedStep under the stand-in, with a stand-in for CUDA's stream
+    capture: while a stream captures, every launch of gpunn's kernels, every GEMM of the
+    binding and every captured host-to-device copy is recorded with its arguments instead
+    of run, and a replay runs the records in order (what a CUDA graph does: the same
+    addresses and scalars every time). mlp and logreg, whose steps are all gpunn kernels
+    and GEMMs, with SGD and momentum, float32 and float64: 6 replays equal 6 eager steps
+    bit for bit. Checks gpunn's side of a capture (stable addresses, the state restored,
+    the pointer tables, the inputs copied), not CUDA's graphs."""
+    out = _emulated("capture", emu_cache)
+    assert "replays match" in out
 
 
 GEMM_OPS = ("linear", "conv2d", "matmul", "rnn_cell", "lstm_cell", "rnn", "lstm", "gru")
@@ -616,5 +647,121 @@ def _binding_worker():
     return 1 if failures or not gemms else 0
 
 
+def _install_capture_stand_in():
+    """Streams, capture and graphs for the stand-in CuPy: records instead of launches."""
+    import contextlib
+
+    import cupy  # the stand-in
+    from gpunn.kernels.cuda import loader
+
+    capture = {"ops": None}
+
+    def deferred(run):
+        def call(*args, **kwargs):
+            if capture["ops"] is None:
+                return run(*args, **kwargs)
+            capture["ops"].append(lambda: run(*args, **kwargs))
+            return 0
+
+        return call
+
+    class Graph:
+        def __init__(self, ops):
+            self.ops = ops
+
+        def launch(self, stream=None):
+            for op in self.ops:
+                op()
+
+    stack = []
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            self.ptr = id(self)
+
+        def __enter__(self):
+            stack.append(self)
+            return self
+
+        def __exit__(self, *exc):
+            stack.pop()
+
+        def begin_capture(self, mode=None):
+            capture["ops"] = []
+
+        def end_capture(self):
+            ops, capture["ops"] = capture["ops"], None
+            return Graph(ops)
+
+        def record(self):
+            return None
+
+        def wait_event(self, event):
+            pass
+
+        def synchronize(self):
+            pass
+
+    class Pinned(bytearray):
+        @property
+        def ptr(self):
+            return ctypes.addressof((ctypes.c_char * len(self)).from_buffer(self))
+
+    stack.append(Stream())
+    cuda = cupy.cuda
+    cuda.Stream, cuda.get_current_stream = Stream, lambda: stack[-1]
+    cuda.MemoryPool = lambda: types.SimpleNamespace(malloc=None)
+    cuda.using_allocator = lambda allocator: contextlib.nullcontext()
+    cuda.alloc_pinned_memory = Pinned
+    cuda.runtime.memcpyHostToDevice = 1
+    cuda.runtime.memcpyAsync = deferred(lambda dst, src, n, kind, s: ctypes.memmove(dst, src, n))
+    loader.KernelLoader.launch = deferred(loader.KernelLoader.launch)
+    return capture, deferred
+
+
+def _capture_worker():
+    sys.path.insert(0, os.path.dirname(__file__))
+    import test_cuda_emulated
+
+    test_cuda_emulated._fake_cupy(os.environ["GPUNN_EMU_CACHE"])
+    capture, deferred = _install_capture_stand_in()
+    test_cuda_emulated._precompile()
+    be = backend_object("cupy")
+    lib = FakeCublas()
+    lib.cublasSgemm_v2 = deferred(lib.cublasSgemm_v2)
+    lib.cublasDgemm_v2 = deferred(lib.cublasDgemm_v2)
+    be._dev.blas = cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
+    failures = []
+    for name in ("mlp", "logreg"):
+        for dtype in ("float32", "float64"):
+            eager_losses, eager_state = _train(name, dtype, SGD_MOMENTUM, False, steps=6)
+            graph_losses, graph_state = _train(name, dtype, SGD_MOMENTUM, True, steps=6)
+            if graph_losses != eager_losses:
+                failures.append(f"{name} {dtype}: losses {graph_losses} != {eager_losses}")
+            for k in eager_state:
+                if not np.array_equal(graph_state[k], eager_state[k]):
+                    failures.append(f"{name} {dtype}: {k} differs")
+    with gpunn.use_backend("cupy"):  # a refusal leaves the stream and the state as they were
+        model = nn.Linear(4, 2)
+        before = model.weight.numpy().copy()
+
+        def step(x):
+            return model(x).sum().item()
+
+        try:
+            gpunn.cuda.graphed(step, gpunn.randn(3, 4))
+            failures.append(".item() was captured")
+        except CaptureError as e:
+            if "to_numpy cannot be captured" not in str(e) or capture["ops"] is not None:
+                failures.append(f"refusal: {e}")
+        if not np.array_equal(model.weight.numpy(), before):
+            failures.append("the refused capture changed the model")
+    tables = len(be._dev.workspace._graph_tables)
+    print("\n".join(failures) or f"replays match eager steps bit for bit ({tables} pointer "
+          "tables copied by captured copies)")  # fmt: skip
+    return 1 if failures else 0
+
+
 if __name__ == "__main__":
-    sys.exit(_binding_worker())
+    worker = {"binding": _binding_worker, "capture": _capture_worker}[sys.argv[1]]
+    sys.exit(worker())

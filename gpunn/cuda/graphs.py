@@ -223,7 +223,7 @@ class GraphedStep:
         if be is not None:
             be._dev.workspace.raise_pending()
         for x, s in zip(inputs, self.static_inputs):
-            if x.data.data.ptr != s.data.data.ptr:
+            if x.data is not s.data:
                 cupy.copyto(s.data, x.data)
         self.graph.launch(cupy.cuda.get_current_stream())
         self.replays += 1

@@ -110,7 +110,7 @@ class Workspace:
         table = cupy.empty(words.size, np.uint64)
         rt = cupy.cuda.runtime
         stream = cupy.cuda.get_current_stream().ptr
-        rt.memcpyAsync(table.data.ptr, host.ptr, words.nbytes, rt.memcpyHostToDevice, stream)
+        rt.memcpyAsync(ptr(table), host.ptr, words.nbytes, rt.memcpyHostToDevice, stream)
         self._graph_tables.append((table, host))
         return table
 
