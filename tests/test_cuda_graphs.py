@@ -603,8 +603,10 @@ def test_replays_of_a_captured_step_match_eager_steps_under_the_emulation(emu_ca
     of run, and a replay runs the records in order (what a CUDA graph does: the same
     addresses and scalars every time). mlp and logreg, whose steps are all gpunn kernels
     and GEMMs, with SGD and momentum, float32 and float64: 6 replays equal 6 eager steps
-    bit for bit. Checks gpunn's side of a capture (stable addresses, the state restored,
-    the pointer tables, the inputs copied), not CUDA's graphs."""
+    bit for bit; and ``gpunn train --cuda-graph`` (mlp on digits, the last smaller batch of
+    each epoch eager on the same state) equals the run without it. The stand-in's memory
+    pool keeps what it allocated, as CuPy's does. Checks gpunn's side of a capture (stable
+    addresses, the state restored, the pointer tables, the inputs copied), not CUDA's."""
     out = _emulated("capture", emu_cache)
     assert "replays match" in out
 
@@ -710,8 +712,26 @@ def _install_capture_stand_in():
     stack.append(Stream())
     cuda = cupy.cuda
     cuda.Stream, cuda.get_current_stream = Stream, lambda: stack[-1]
-    cuda.MemoryPool = lambda: types.SimpleNamespace(malloc=None)
-    cuda.using_allocator = lambda allocator: contextlib.nullcontext()
+
+    class Pool:  # holds every array allocated through it for its own life, as CuPy's does
+        def __init__(self):
+            self.arrays = []
+
+        def malloc(self, make, *args, **kwargs):
+            self.arrays.append(make(*args, **kwargs))
+            return self.arrays[-1]
+
+    @contextlib.contextmanager
+    def using_allocator(malloc):
+        empty, zeros = cupy.empty, cupy.zeros
+        cupy.empty = lambda *a, **k: malloc(empty, *a, **k)
+        cupy.zeros = lambda *a, **k: malloc(zeros, *a, **k)
+        try:
+            yield
+        finally:
+            cupy.empty, cupy.zeros = empty, zeros
+
+    cuda.MemoryPool, cuda.using_allocator = Pool, using_allocator
     cuda.alloc_pinned_memory = Pinned
     cuda.runtime.memcpyHostToDevice = 1
     cuda.runtime.memcpyAsync = deferred(lambda dst, src, n, kind, s: ctypes.memmove(dst, src, n))
@@ -756,6 +776,23 @@ def _capture_worker():
                 failures.append(f"refusal: {e}")
         if not np.array_equal(model.weight.numpy(), before):
             failures.append("the refused capture changed the model")
+    import tempfile
+
+    from gpunn.train import train
+
+    runs = []  # gpunn train: replays, and the last smaller batch eager on the same state
+    for flag in (False, True):
+        result = train(
+            "mlp", "digits", backend="cupy", optimizer="sgd", epochs=2, batch_size=100,
+            hidden=[16], cuda_graph=flag, out=tempfile.mkdtemp(), progress=False,
+            stream=io.StringIO(),
+        )  # fmt: skip
+        state = {k: v.numpy() for k, v in result.model.state_dict().items()}
+        runs.append(([h["train_loss"] for h in result.history], state))
+    if runs[1][0] != runs[0][0] or any(
+        not np.array_equal(runs[1][1][k], runs[0][1][k]) for k in runs[0][1]
+    ):
+        failures.append(f"gpunn train --cuda-graph: {runs[1][0]} != {runs[0][0]}")
     tables = len(be._dev.workspace._graph_tables)
     print("\n".join(failures) or f"replays match eager steps bit for bit ({tables} pointer "
           "tables copied by captured copies)")  # fmt: skip

@@ -160,7 +160,9 @@ class GraphedStep:
     """A captured step: ``graphed_step(*inputs)`` copies ``inputs`` into the captured
     step's input buffers and replays the graph on the current stream; it returns the
     captured step's outputs, which every replay overwrites (copy or read them before the
-    next call). Inputs must have the example inputs' shapes, dtypes and backend.
+    next call). Inputs must have the example inputs' shapes, dtypes and backend. After a
+    replay, the ``.grad`` of every parameter of the modules passed as ``state`` is the
+    gradient the graph wrote.
 
     A bad label that cross-entropy's kernel flags during a replay is raised, as in eager
     mode, at the next synchronisation (``loss.item()``, ``.numpy()``); each call also
@@ -170,13 +172,14 @@ class GraphedStep:
     capture, so a changed ``lr`` raises :class:`~gpunn.errors.CaptureError`.
     """
 
-    def __init__(self, name, static_inputs, outputs, graph, keep=(), optimizers=()):
+    def __init__(self, name, static_inputs, outputs, graph, keep=(), optimizers=(), grads=()):
         self.name = name
         self.static_inputs = list(static_inputs)
         self.outputs = outputs
         self.graph = graph
         self._keep = list(keep)  # the pool, the side stream: alive as long as the graph
         self._optimizers = [(opt, _hyper(opt)) for opt in optimizers]
+        self._grads = list(grads)  # (parameter, the gradient the graph writes)
         self.replays = 0
 
     def check_inputs(self, inputs) -> None:
@@ -226,6 +229,8 @@ class GraphedStep:
             if x.data is not s.data:
                 cupy.copyto(s.data, x.data)
         self.graph.launch(cupy.cuda.get_current_stream())
+        for p, g in self._grads:  # an eager step in between may have replaced them
+            p.grad = g
         self.replays += 1
         return self.outputs
 
@@ -297,7 +302,8 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
         current.wait_event(side.record())
         saved.restore()  # also when the capture failed: the warm-up changed the state
     optimizers = [s for s in state if hasattr(s, "param_groups")]
-    return GraphedStep(name, static, outputs, graph, (pool, side, saved), optimizers)
+    grads = [(p, p.grad) for m in saved.modules for p in m.parameters() if p.grad is not None]
+    return GraphedStep(name, static, outputs, graph, (pool, side, saved), optimizers, grads)
 
 
 class _Snapshot:
