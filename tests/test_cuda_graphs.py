@@ -294,15 +294,15 @@ def test_cublas_errors_name_the_call_and_the_status():
 def test_a_missing_library_gives_a_clear_error(monkeypatch):
     import ctypes.util
 
-    import cuda.pathfinder
-
     def not_found(name):
         raise RuntimeError(f'Failure finding "lib{name}.so"')
 
     def no_such_file(name, *a, **k):
         raise OSError(f"{name}: cannot open shared object file")
 
-    monkeypatch.setattr(cuda.pathfinder, "load_nvidia_dynamic_lib", not_found)
+    pathfinder = types.SimpleNamespace(load_nvidia_dynamic_lib=not_found)
+    monkeypatch.setitem(sys.modules, "cuda", types.SimpleNamespace(pathfinder=pathfinder))
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", pathfinder)
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     monkeypatch.setattr(ctypes, "CDLL", no_such_file)
     with pytest.raises(CublasError) as info:
@@ -310,6 +310,9 @@ def test_a_missing_library_gives_a_clear_error(monkeypatch):
     message = str(info.value)
     assert message.startswith("cuBLAS library not found (cuda.pathfinder: Failure finding")
     assert "libcublas.so.13: cannot open" in message and "libcublas.so.12" in message
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", None)  # not installed
+    with pytest.raises(CublasError, match=r"\(cuda.pathfinder: not installed; "):
+        cublas.load_library()
 
 
 # ---------------------------------------------------------------------- GraphedStep checks
