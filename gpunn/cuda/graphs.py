@@ -248,9 +248,10 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
     and dtypes every later call will have. The step runs ``warmup`` times on a side stream
     (compiling kernels, creating optimizer state, growing the memory pool), then once under
     capture; ``state``: modules and optimizers whose state those calls change: their
-    parameters, buffers, gradients and optimizer state are saved first and written back
-    (in place) after the capture, so the first replay is the first step. Without it, the
-    warm-up calls are real steps, as in PyTorch.
+    parameters, buffers and optimizer state are saved first and written back (in place)
+    after the capture, and the captured gradients zeroed, so the first replay is the first
+    step; the optimizers' hyper-parameters are then checked before every replay. Without
+    it, the warm-up calls are real steps, as in PyTorch.
 
     Raises :class:`~gpunn.errors.CaptureError` naming the op when the step does host work
     or runs an op a graph cannot hold (see :func:`capture_plan`), and when the inputs are
