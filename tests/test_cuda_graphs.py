@@ -594,7 +594,8 @@ def test_every_product_of_the_cupy_backend_goes_through_the_binding(emu_cache):
     with the stand-in cuBLAS library above as its binding's library and CuPy's own
     products poisoned: every op case with a matrix product (linear, conv2d, matmul, the
     recurrent cells and layers), forward and backward, float32 and float64, both layouts,
-    against the NumPy reference. Checks the routing and the arguments, not a GPU."""
+    against the NumPy reference; and the backend's start-up check, which keeps a binding
+    whose products differ from CuPy's out. Checks the routing and the arguments, not a GPU."""
     assert "all match" in _emulated("binding", emu_cache)
 
 
@@ -624,6 +625,19 @@ def _binding_worker():
     test_cuda_emulated._fake_cupy(os.environ["GPUNN_EMU_CACHE"])
     import cupy  # the stand-in
 
+    from gpunn.backends import cupy_backend
+
+    failures, for_cupy = [], cublas.for_cupy
+    for broken in (False, True):  # the backend's start-up check of the binding
+        lib = FakeCublas()
+        if broken:
+            lib.cublasDgemm_v2 = lambda *args: 0  # "succeeds", computes nothing
+        cublas.for_cupy = lambda lib=lib: cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
+        blas, why = cupy_backend._load_blas()
+        if (blas is None) != broken or (broken and "(float64) differs from CuPy's" not in why):
+            failures.append(f"start-up check, broken={broken}: {blas}, {why!r}")
+    cublas.for_cupy = for_cupy
+
     def poisoned(*args, **kwargs):
         raise AssertionError("a product went through CuPy, not gpunn's cuBLAS binding")
 
@@ -634,7 +648,7 @@ def _binding_worker():
     be = backend_object("cupy")
     lib = FakeCublas()
     be._dev.blas = cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
-    failures, ran = [], 0
+    ran = 0
     for case in OP_CASES:
         if case.op not in GEMM_OPS or (
             case.op == "matmul" and ("batched" in case.name or "broadcast" in case.name)

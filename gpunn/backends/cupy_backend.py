@@ -307,9 +307,10 @@ class CupyBackend(LayerOps, Backend):
 
 
 def _load_blas():
-    """(gpunn's cuBLAS binding, "") or (None, why it did not load). ``GPUNN_CUBLAS=cupy``
-    turns it off: products then go through CuPy's cuBLAS, and no step with a product can
-    be captured."""
+    """(gpunn's cuBLAS binding, "") or (None, why it is not used): it did not load, or its
+    products of small integer-valued matrices (plain and transposed, float32 and float64)
+    differ from CuPy's. ``GPUNN_CUBLAS=cupy`` turns it off. Without it, products go
+    through CuPy's cuBLAS and no step with a product can be captured."""
     import os
 
     from gpunn.cuda import cublas
@@ -318,9 +319,20 @@ def _load_blas():
     if os.environ.get("GPUNN_CUBLAS", "").lower() == "cupy":
         return None, "GPUNN_CUBLAS=cupy turned gpunn's cuBLAS binding off"
     try:
-        return cublas.for_cupy(), ""
+        blas = cublas.for_cupy()
+        stream = cupy.cuda.get_current_stream().ptr
+        for dtype in (np.float32, np.float64):
+            A = cupy.arange(12, dtype=dtype).reshape(3, 4) - 5
+            B = cupy.arange(20, dtype=dtype).reshape(5, 4) % 7
+            for a, b in ((A, B.T), (B, A.T), (A.T, A)):
+                C = cupy.empty((a.shape[0], b.shape[1]), dtype)
+                blas.gemm(a, b, C, stream)
+                if not bool((C == cupy.dot(a, b)).all()):
+                    raise CublasError(f"its product {a.shape} @ {b.shape} ({dtype.__name__}) "
+                                      "differs from CuPy's")  # fmt: skip
+        return blas, ""
     except CublasError as e:
-        return None, str(e)
+        return None, f"gpunn's cuBLAS binding is not used: {e}"
 
 
 def _oom_guard(name, fn):
