@@ -6,8 +6,10 @@
 #   3. the CUDA test suite against the NumPy reference (GPUNN_TEST_BACKENDS=numpy,cupy);
 #   4. `gpunn bench --backend cupy --against torch`: every workload of gpunn.workloads at
 #      the base and 8x batch, TF32 off and on (both sides), and the fused elementwise
-#      kernels as a fraction of the device-to-device copy rate, all in one run; the JSON
-#      is written after every workload, so a stage cut short keeps what finished;
+#      kernels as a fraction of the device-to-device copy rate, all in one run; every
+#      training step also captured into a CUDA graph by gpunn (cupy+graph) and by PyTorch
+#      (torch-cuda+graph), beside PyTorch eager; the JSON is written after every workload,
+#      so a stage cut short keeps what finished;
 #   5. the backend-parametrised suites with cupy, and the reference gradients.
 # Logs and results go to $OUT (default ./gpu-out): env.txt, pip.log, pytest_cuda.log,
 # bench.log, bench-gpu.json, bench-gpu.md, pytest_other.log. The short table is printed last.
@@ -54,7 +56,8 @@ PYEOF
 
 stamp "CUDA tests"
 GPUNN_TEST_BACKENDS=numpy,cupy timeout "$T_TESTS" $PY -m pytest -q -p no:cacheprovider \
-  --maxfail=40 -rfE tests/test_cuda_backend.py tests/test_cuda_loader.py > "$OUT/pytest_cuda.log" 2>&1
+  --maxfail=40 -rfE tests/test_cuda_backend.py tests/test_cuda_loader.py tests/test_cuda_graphs.py \
+  > "$OUT/pytest_cuda.log" 2>&1
 echo "pytest (CUDA suite) exit $?" >> "$OUT/pytest_cuda.log"
 
 stamp "gpunn bench"
@@ -68,7 +71,8 @@ $PY benchmarks/plot_bench.py "$OUT/bench-gpu.json" --no-plot --markdown > "$OUT/
 stamp "backend-parametrised suites with cupy, and the reference gradients"
 GPUNN_TEST_BACKENDS=numpy,cupy timeout "$T_OTHER" $PY -m pytest -q -p no:cacheprovider \
   --maxfail=40 -rfE -k "cupy or reference" --ignore=tests/test_distributed.py \
-  --ignore=tests/test_cuda_backend.py --ignore=tests/test_cuda_loader.py tests \
+  --ignore=tests/test_cuda_backend.py --ignore=tests/test_cuda_loader.py \
+  --ignore=tests/test_cuda_graphs.py tests \
   > "$OUT/pytest_other.log" 2>&1
 echo "pytest (other suites) exit $?" >> "$OUT/pytest_other.log"
 

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 
 from gpunn.amp import AUTOCAST_OPS, autocast_dtype
-from gpunn.errors import BackendError, GraphError
+from gpunn.errors import BackendError, CaptureError, GraphError
 
 _grad_enabled: contextvars.ContextVar[bool] = contextvars.ContextVar("gpunn_grad", default=True)
 
@@ -200,6 +200,12 @@ def _finish_leaves(leaves: dict) -> None:
             # ascontiguousarray turns a 0-d array into shape (1,): reshape to the leaf's shape
             g = be.xp.ascontiguousarray(g).reshape(x.data.shape)
         else:
+            if getattr(be, "capturing", None):
+                raise CaptureError(
+                    f"backward: a leaf of shape {x.shape} already has a gradient; a captured "
+                    "step cannot add to it (its sum would be a new array every replay): call "
+                    "zero_grad() at the start of the step"
+                )
             g = _native(be, x.grad.data + g)
         x.grad = Tensor._wrap(g, be, False)
     for x, _ in leaves.values():

@@ -16,6 +16,10 @@ NumPy float32 matmul rate (``sgemm``), measured at the start and the end of the 
 ``--scale`` (repeatable) multiplies the batch sizes; ``--tf32 off|on|both`` sets TF32 on
 both sides of a GPU run. ``--bandwidth`` (default with the cupy backend) times each fused
 elementwise kernel as a fraction of the device-to-device copy rate measured in the same run.
+On a GPU every training step also runs captured into a CUDA graph, by gpunn
+(``cupy+graph``: :func:`gpunn.cuda.graphed`) and by PyTorch (``torch-cuda+graph``:
+``torch.cuda.CUDAGraph``), both compared to PyTorch eager; on the CPU these rows are not
+produced (CUDA graphs need a GPU). The captured rows are written, not yet run on a GPU.
 
     gpunn bench --against torch --threads 2 --json bench.json
     gpunn bench --workload mlp --backend numba --against torch
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -664,6 +669,11 @@ def main(argv=None) -> int:
                 log(f"error: bandwidth: {type(e).__name__}: {e}")
         elif args.bandwidth:
             log("note: --bandwidth needs the cupy backend; no bandwidth rows")
+        if not gpu:
+            log(
+                "note: no cupy+graph or torch-cuda+graph rows: captured steps are CUDA graphs, "
+                "which need the cupy backend (a GPU)"
+            )
         for tf32 in tf32s:
             gpu_pass = tf32 != tf32s[0]  # a second TF32 pass changes nothing on the CPU
             if gpu:
@@ -724,7 +734,7 @@ def _run_one(name, backends, torch, scale, tf32, gpu_pass, args, info, log) -> l
     label = f"{name} x{scale:g}" + ("" if tf32 is None else f" tf32 {'on' if tf32 else 'off'}")
     runners = []
     try:
-        runners = _runners(name, keep, torch, scale, tf32)
+        runners = _runners(name, keep, torch, scale, tf32, log)
         run_workload(runners, args, log)
         for r in runners:
             r.row.loss = float(r.w.loss())
@@ -762,23 +772,44 @@ def _write_json(path, info, rows) -> None:
         f.write("\n")
 
 
-def _runners(name, backends, torch, scale, tf32) -> list[Runner]:
+#: The rows of training steps captured into CUDA graphs, after their eager rows.
+GRAPH_ROWS = {"cupy": "cupy+graph", "torch-cuda": "torch-cuda+graph"}
+
+
+def _runners(name, backends, torch, scale, tf32, log=print) -> list[Runner]:
+    """The runners of one workload: each backend, the peer on each device, and on a GPU,
+    for training steps, the step captured into a CUDA graph by gpunn (``cupy+graph``) and
+    by PyTorch (``torch-cuda+graph``, compared to PyTorch eager like the rest); a step
+    that cannot be captured is logged and left out."""
     kind = workloads.spec(name).kind
     runners = []
-    for be in backends:
-        device = "cuda" if be == "cupy" else "cpu"
-        w = workloads.build(name, be, scale)
-        row = Row(name, be, device, False, w.batch, w.flops, kind=kind, scale=scale)
+
+    def add(label, device, is_peer, build, graph=False):
+        try:
+            w = build(graph=True) if graph else build()
+        except Exception as e:
+            if not graph:
+                raise
+            log(f"note: {name}: no {label} row: {type(e).__name__}: {e}")
+            return
+        row = Row(name, label, device, is_peer, w.batch, w.flops, kind=kind, scale=scale)
         row.tf32 = tf32 if device == "cuda" else None
         runners.append(Runner(row, w))
+
+    for be in backends:
+        device = "cuda" if be == "cupy" else "cpu"
+        build = functools.partial(workloads.build, name, be, scale)
+        add(be, device, False, build)
+        if be == "cupy" and kind == "step":
+            add(GRAPH_ROWS["cupy"], device, False, build, graph=True)
     if torch is not None:
         devices = dict.fromkeys("cuda" if be == "cupy" else "cpu" for be in backends)
         for device in devices:
-            w = workloads.build_torch(name, device, scale)
+            build = functools.partial(workloads.build_torch, name, device, scale)
             label = "torch" if device == "cpu" else "torch-cuda"
-            row = Row(name, label, device, True, w.batch, w.flops, kind=kind, scale=scale)
-            row.tf32 = tf32 if device == "cuda" else None
-            runners.append(Runner(row, w))
+            add(label, device, True, build)
+            if device == "cuda" and kind == "step":
+                add(GRAPH_ROWS[label], device, False, build, graph=True)
     return runners
 
 

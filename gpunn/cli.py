@@ -110,6 +110,13 @@ def _add_train(sub) -> None:
         help="mixed precision for linear/matmul/conv on cupy (float16 with loss scaling); "
         "the CPU backends accept it and compute in float32",
     )
+    p.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run each training step as one captured CUDA graph (cupy only; default: on "
+        "for cupy when every op of the step can be captured, see `gpunn info`)",
+    )
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/MODEL-DATA)")
     p.add_argument(
         "--resume", action="store_true", help="continue the run in DIR from its checkpoint"
@@ -147,6 +154,7 @@ def _cmd_train(args) -> int:
             scheduler=args.scheduler,
             clip=args.clip,
             amp=args.amp,
+            cuda_graph=args.cuda_graph,
             out=args.out,
             resume=args.resume,
             progress=not args.no_progress,

@@ -27,3 +27,12 @@ class CheckpointError(GpunnError, ValueError):
 
 class DeviceMemoryError(GpunnError, MemoryError):
     """The GPU ran out of memory: names the op, the bytes asked for and the bytes free."""
+
+
+class CaptureError(GpunnError, RuntimeError):
+    """A step cannot be captured into a CUDA graph (host work, a non-capturable op) or
+    replayed (inputs of another shape, dtype or backend, changed hyper-parameters)."""
+
+
+class CublasError(BackendError):
+    """gpunn's cuBLAS binding cannot load or a cuBLAS call failed (names the call)."""

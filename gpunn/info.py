@@ -187,4 +187,32 @@ def report(list_ops: bool = False) -> str:
     lines.append("")
     unavailable = [name for name, reason, _ in rows if reason]
     lines += op_kind_lines([name for name, _, _ in rows], unavailable, list_ops)
+    lines.append("")
+    lines += capture_lines(dict((n, r) for n, r, _ in rows).get("cupy"))
     return "\n".join(lines)
+
+
+def capture_lines(cupy_reason: str | None) -> list[str]:
+    """What a training step captured into a CUDA graph (gpunn.cuda.graphed, gpunn train
+    --cuda-graph) may contain, per gpunn.cuda.capture_plan, and where the matrix products
+    go (gpunn's cuBLAS binding, which capture needs)."""
+    from gpunn.cuda import capture_plan
+
+    plan = capture_plan()
+    ok = [op for op, why in plan.items() if why is None]
+    lines = [
+        f"CUDA graphs (cupy only; not yet run on a GPU): {len(ok)} of {len(plan)} ops capturable"
+    ]
+    lines += [f"  not capturable: {op}: {why}" for op, why in plan.items() if why is not None]
+    lines.append(
+        "  refused inside a captured step: .item()/.numpy()/synchronize, eager label "
+        "checks, index arrays, batch norm with momentum=None, clip error_if_nonfinite, "
+        "batched matmul, autocast"
+    )
+    if cupy_reason is None:
+        from gpunn.backends import backend_object
+
+        dev = backend_object("cupy")._dev
+        where = "gpunn's cuBLAS binding" if dev.blas is not None else dev.blas_error
+        lines.append(f"  matrix products: {where}")
+    return lines

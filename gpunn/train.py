@@ -55,6 +55,7 @@ from gpunn.training.settings import (
     MODELS,
     OPTIMIZERS,
     check_compatible,
+    check_cuda_graph,
     check_writable,
     choose_backend,
     default_backend,
@@ -106,6 +107,7 @@ def train(
     scheduler: str | None = None,
     clip: float | None = None,
     amp: str | None = None,
+    cuda_graph: bool | None = None,
     out: str | None = None,
     resume: bool = False,
     callbacks=(),
@@ -125,6 +127,8 @@ def train(
     :class:`TrainingDiverged` when the loss turns NaN or infinite, and
     :class:`TrainingInterrupted` (a KeyboardInterrupt) after saving on Ctrl-C.
     ``json_path``: also write :func:`result_record` of the finished run there.
+    ``cuda_graph``: capture the training step into a CUDA graph and replay it (cupy only;
+    None: where every op of the step can be captured, see :func:`gpunn.cuda.step_blockers`).
     """
     stream = stream or sys.stdout
     options = {
@@ -132,7 +136,7 @@ def train(
         "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "momentum": momentum,
         "hidden": list(hidden) if hidden is not None else None, "seed": seed,
         "threads": threads, "weight_decay": weight_decay, "scheduler": scheduler,
-        "clip": clip, "amp": amp,
+        "clip": clip, "amp": amp, "cuda_graph": cuda_graph,
     }  # fmt: skip
     explicit = {k for k, v in options.items() if v is not None}
     split = data if isinstance(data, gdata.DataSplit) else None
@@ -149,6 +153,7 @@ def train(
         settings["backend"] = choose_backend(settings["backend"], "backend" in explicit)
     except BackendError as e:
         raise TrainError(str(e)) from None
+    check_cuda_graph(settings, "cuda_graph" in explicit)
     check_compatible(settings["model"], split if split is not None else settings["data"])
     world = dist.init() if dist.launched() else None
     writer = world is None or world.rank == 0

@@ -376,8 +376,64 @@ def _make_op_step(name, batch, op, tensor, no_grad):
     return step, lambda: float(last["out"].mean().item())
 
 
-def build(name: str, backend: str, scale: float = 1, lr: float = 0.01) -> Workload:
-    """The workload on a gpunn backend, parameters from seed 0."""
+def _graphed_step(model, criterion, opt, x, y):
+    """step() and loss() of a training-step workload captured by gpunn.cuda.graphed."""
+    import gpunn.cuda
+
+    def train_step(x, y):
+        opt.zero_grad()
+        loss = criterion(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    graphed = gpunn.cuda.graphed(train_step, x, y, state=(model, opt))
+    last = {}
+
+    def step():
+        last["loss"] = graphed(x, y)
+
+    return step, lambda: float(last["loss"].item())
+
+
+def _torch_graphed_step(torch, model, criterion, opt, x, y):
+    """step() and loss() of a training step captured by PyTorch's CUDA graphs: warm-up on
+    a side stream, gradients set to None so the captured backward allocates them from the
+    graph's pool, then one capture of forward, backward and update on static copies of the
+    inputs; each step copies the batch into them and replays (as gpunn's GraphedStep does)."""
+    static_x, static_y = x.clone(), y.clone()
+
+    def train_step():
+        loss = criterion(model(static_x), static_y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            train_step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(graph):
+        static_loss = train_step()
+
+    def step():
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+
+    return step, lambda: float(static_loss.item())
+
+
+def build(
+    name: str, backend: str, scale: float = 1, lr: float = 0.01, graph: bool = False
+) -> Workload:
+    """The workload on a gpunn backend, parameters from seed 0. ``graph``: a training step
+    captured into a CUDA graph by :func:`gpunn.cuda.graphed` (cupy only)."""
     import gpunn
     from gpunn import functional as F
     from gpunn.backends import backend_object
@@ -396,13 +452,17 @@ def build(name: str, backend: str, scale: float = 1, lr: float = 0.01) -> Worklo
             model, criterion = _gpunn_model(name)
             x, y = gpunn.tensor(x_host), gpunn.tensor(y_host)
             opt = gpunn.optim.SGD(model.parameters(), lr=lr)
-            step, loss = _training_step(model, criterion, opt, x, y)
+            make = _graphed_step if graph else _training_step
+            step, loss = make(model, criterion, opt, x, y)
     be = backend_object(backend)
     return Workload(name, batch, flops(name, batch), step, be.synchronize, loss)
 
 
-def build_torch(name: str, device: str = "cpu", scale: float = 1, lr: float = 0.01) -> Workload:
-    """The same workload in PyTorch eager mode (the reference peer)."""
+def build_torch(
+    name: str, device: str = "cpu", scale: float = 1, lr: float = 0.01, graph: bool = False
+) -> Workload:
+    """The same workload in PyTorch eager mode (the reference peer); ``graph``: a training
+    step captured by ``torch.cuda.CUDAGraph`` (CUDA only)."""
     import torch
     import torch.nn.functional as TF
     from torch import nn
@@ -423,7 +483,10 @@ def build_torch(name: str, device: str = "cpu", scale: float = 1, lr: float = 0.
         x = torch.from_numpy(x_host).to(device)
         y = torch.from_numpy(y_host).to(device)
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        step, loss = _training_step(model, criterion, opt, x, y)
+        if graph:
+            step, loss = _torch_graphed_step(torch, model, criterion, opt, x, y)
+        else:
+            step, loss = _training_step(model, criterion, opt, x, y)
 
     def sync():
         if device != "cpu":

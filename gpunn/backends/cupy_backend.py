@@ -2,7 +2,8 @@
 
 Everything a training step spends time in is a kernel of ``gpunn.kernels.cuda`` (named after
 the op: ``relu_forward<float>``), launched through ``gpunn.kernels.cuda.launch``; matrix
-products are cuBLAS GEMMs through CuPy; the bookkeeping ops (reductions by axis, reshapes,
+products are cuBLAS GEMMs through gpunn's own binding (``gpunn.cuda.cublas``, which a CUDA
+graph can capture; CuPy's where it does not load); the bookkeeping ops (reductions by axis, reshapes,
 stacking, indexing) run on CuPy's own GPU routines or inherit the reference code of
 ``Backend``, which CuPy runs on the device; ``gpunn.backends.kinds`` names the kind and the
 routine of every op. The one op that touches the host is ``getitem`` with an integer
@@ -67,22 +68,40 @@ class CupyBackend(LayerOps, Backend):
         self.device_name = cupy.cuda.runtime.getDeviceProperties(device.id)["name"].decode()
         self._max_blocks = int(device.attributes["MultiProcessorCount"]) * 32
         self._kernels = KernelLoader()
-        self._dev = L.Device(self._kernels, self._max_blocks)
+        blas, blas_error = _load_blas()
+        self._dev = L.Device(self._kernels, self._max_blocks, blas, blas_error)
         #: Raise bad cross-entropy labels before the launch (one host sync per call) instead
         #: of at the next synchronisation. Set with gpunn.cuda.set_eager_checks.
         self.eager_checks = False
-        from gpunn import cuda as _cuda_settings
+        from gpunn.cuda import settings as _cuda_settings
 
         _cuda_settings._apply(self)
 
     # ------------------------------------------------------------------ arrays and devices
+    @property
+    def capturing(self):
+        """The name of the step being captured into a CUDA graph (set by
+        :func:`gpunn.cuda.graphed` for the capture), or None. While it is set, every path
+        that would wait for the device or move data between host and device raises
+        :class:`~gpunn.errors.CaptureError` naming the op instead."""
+        return self._dev.capturing
+
+    @capturing.setter
+    def capturing(self, name) -> None:
+        self._dev.capturing = name
+
     def asarray(self, data, dtype=None):
         """A device array; host data is copied to the device (asynchronously, staged
         through pinned memory)."""
+        if not isinstance(data, cupy.ndarray):
+            self._dev.refuse_capture("asarray", "it copies host data to the device")
         return cupy.asarray(data, dtype=dtype)
 
     def to_numpy(self, X) -> np.ndarray:
         """A host copy of device array ``X`` (waits for the work that produces it)."""
+        self._dev.refuse_capture(
+            "to_numpy", "it reads a device value on the host (.numpy(), .item(), float(t))"
+        )
         out = cupy.asnumpy(X)
         self._dev.workspace.raise_pending()
         return out
@@ -92,6 +111,7 @@ class CupyBackend(LayerOps, Backend):
 
     def synchronize(self) -> None:
         """Wait for the current stream, then report any error a kernel flagged."""
+        self._dev.refuse_capture("synchronize", "it waits for the device")
         cupy.cuda.get_current_stream().synchronize()
         self._dev.workspace.raise_pending()
 
@@ -100,12 +120,14 @@ class CupyBackend(LayerOps, Backend):
         synchronisation as IndexError. With ``eager_checks`` they are checked here (a sync)."""
         self._dev.workspace.raise_pending()
         if self.eager_checks:
+            self._dev.refuse_capture(op, "eager label checks read the labels on the host")
             super().check_labels(op, labels, num_classes)
 
     def check_indices(self, op: str, indices, size: int) -> None:
         """The embedding kernel checks its indices itself, as cross-entropy its labels."""
         self._dev.workspace.raise_pending()
         if self.eager_checks:
+            self._dev.refuse_capture(op, "eager index checks read the indices on the host")
             super().check_indices(op, indices, size)
 
     # ------------------------------------------------------------------ elementwise
@@ -228,6 +250,9 @@ class CupyBackend(LayerOps, Backend):
 
     def getitem_forward(self, X, index):
         """X[index]; integer or boolean index arrays are checked on the host (a copy)."""
+        items = index if isinstance(index, tuple) else (index,)
+        if any(isinstance(i, (np.ndarray, cupy.ndarray, list)) for i in items):
+            self._dev.refuse_capture("getitem", "an index array is checked on the host")
         index = L.getitem_index(index, X.shape)
         return X[index], (X.shape, index)
 
@@ -279,6 +304,35 @@ class CupyBackend(LayerOps, Backend):
     def binary_cross_entropy_with_logits_backward(self, dY, saved, needs):
         stem = "binary_cross_entropy_with_logits_backward"
         return L.pair_loss_backward(self._dev, stem, dY, *saved, needs)
+
+
+def _load_blas():
+    """(gpunn's cuBLAS binding, "") or (None, why it is not used): it did not load, or its
+    products of small integer-valued matrices (plain and transposed, float32 and float64)
+    differ from CuPy's. ``GPUNN_CUBLAS=cupy`` turns it off. Without it, products go
+    through CuPy's cuBLAS and no step with a product can be captured."""
+    import os
+
+    from gpunn.cuda import cublas
+    from gpunn.errors import CublasError
+
+    if os.environ.get("GPUNN_CUBLAS", "").lower() == "cupy":
+        return None, "GPUNN_CUBLAS=cupy turned gpunn's cuBLAS binding off"
+    try:
+        blas = cublas.for_cupy()
+        stream = cupy.cuda.get_current_stream().ptr
+        for dtype in (np.float32, np.float64):
+            A = cupy.arange(12, dtype=dtype).reshape(3, 4) - 5
+            B = cupy.arange(20, dtype=dtype).reshape(5, 4) % 7
+            for a, b in ((A, B.T), (B, A.T), (A.T, A)):
+                C = cupy.empty((a.shape[0], b.shape[1]), dtype)
+                blas.gemm(a, b, C, stream)
+                if not bool((C == cupy.dot(a, b)).all()):
+                    raise CublasError(f"its product {a.shape} @ {b.shape} ({dtype.__name__}) "
+                                      "differs from CuPy's")  # fmt: skip
+        return blas, ""
+    except CublasError as e:
+        return None, f"gpunn's cuBLAS binding is not used: {e}"
 
 
 def _oom_guard(name, fn):

@@ -2,9 +2,10 @@
 pooling, dropout, recurrent cells and whole-sequence layers, optimizer updates and gradient
 clipping, mixed precision, normalisation, embedding, leaky_relu and gelu.
 
-Each is a few cuBLAS products (through ``launch.matmul``, which autocast lowers) around
-gpunn's kernels, launched by ``gpunn.kernels.cuda.launch``. ``cupy_backend.py`` holds the
-backend class itself (arrays, elementwise ops, reductions, softmax and losses).
+Each is a few cuBLAS products (through ``launch.matmul``: gpunn's cuBLAS binding, which a
+CUDA graph can capture; autocast lowers them) around gpunn's kernels, launched by
+``gpunn.kernels.cuda.launch``. ``cupy_backend.py`` holds the backend class itself (arrays,
+elementwise ops, reductions, softmax and losses).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ except ImportError:  # pragma: no cover - depends on the environment; cupy_backe
 _c = L.contiguous
 
 
-_sequence_grads = functools.partial(sequence_grads, L.sequence_weight_grads)
+def _sequence_grads(dev, *args):
+    return sequence_grads(functools.partial(L.sequence_weight_grads, dev), *args)
 
 
 class LayerOps:
@@ -36,7 +38,7 @@ class LayerOps:
     # ------------------------------------------------------------------ linear
     def linear_forward(self, X, W, b, activation=None):
         """Z = X @ W.T by cuBLAS, then bias and activation in one in-place pass."""
-        Z = L.matmul(X, W.T)
+        Z = L.matmul(self._dev, X, W.T)
         act = ACTIVATION_CODES[activation]
         L.linear_forward(self._dev, Z, b, act)
         return Z, (X, W, Z, act, b is not None)
@@ -45,8 +47,8 @@ class LayerOps:
         """dZ = act'(dY) and db = column sums of dZ in one kernel; dX, dW by cuBLAS."""
         X, W, Y, act, has_bias = saved
         dZ, db = L.linear_backward(self._dev, dY, Y, act, has_bias and needs[2])
-        dX = L.matmul(dZ, W) if needs[0] else None
-        dW = L.matmul(dZ.T, X) if needs[1] else None
+        dX = L.matmul(self._dev, dZ, W) if needs[0] else None
+        dW = L.matmul(self._dev, dZ.T, X) if needs[1] else None
         return dX, dW, db
 
     # ------------------------------------------------------------------ convolution and pooling
@@ -63,7 +65,7 @@ class LayerOps:
         col = None
         for n0, n1 in chunks:
             col = L.conv2d_im2col(self._dev, X, geometry, n0, n1)
-            L.conv2d_output(self._dev, L.matmul(W2, col), b, Y, n0, n1)
+            L.conv2d_output(self._dev, L.matmul(self._dev, W2, col), b, Y, n0, n1)
         kept = col if len(chunks) == 1 else None
         return Y, (X, W, geometry, chunks, kept, b is not None)
 
@@ -78,12 +80,13 @@ class LayerOps:
         for n0, n1 in chunks:
             dYt = L.conv2d_grad_output(self._dev, dY, n0, n1)
             if dX is not None:
-                L.conv2d_col2im(self._dev, L.matmul(W2.T, dYt), dX, geometry, n0, n1)
+                L.conv2d_col2im(self._dev, L.matmul(self._dev, W2.T, dYt), dX, geometry, n0, n1)
             if dW is not None:
                 col = kept if kept is not None else L.conv2d_im2col(self._dev, X, geometry, n0, n1)
-                dW += L.matmul(dYt, col.T)
+                dW += L.matmul(self._dev, dYt, col.T)
             if db is not None:
-                db += cupy.dot(dYt, self._dev.workspace.ones(dYt.shape[1], W.dtype))
+                ones = self._dev.workspace.ones(dYt.shape[1], W.dtype).reshape(-1, 1)
+                db += L.matmul(self._dev, dYt, ones).reshape(k)
         return dX, None if dW is None else dW.reshape(W.shape), db
 
     def max_pool2d_forward(self, X, kernel_size, stride, padding=(0, 0)):
@@ -102,6 +105,11 @@ class LayerOps:
     def dropout_forward(self, X, p, seed):
         """Inverted dropout; the mask is splitmix64(seed, flat index), as the reference draws
         it, recomputed in the backward instead of stored."""
+        self._dev.refuse_capture(
+            "dropout",
+            "its seed is drawn on the host at every call, so a replay would repeat "
+            "the captured mask",
+        )
         return L.dropout_forward(self._dev, _c(X), p, seed)
 
     def dropout_backward(self, dY, saved, needs):
@@ -110,29 +118,29 @@ class LayerOps:
     # ------------------------------------------------------------------ recurrent cells
     def rnn_cell_forward(self, XW, H, W_hh):
         """h' = tanh(XW + H @ W_hh.T): one cuBLAS GEMM and one fused kernel."""
-        HW = cupy.dot(H, W_hh.T)
+        HW = L.matmul(self._dev, H, W_hh.T)
         Hn = L.map2(self._dev, "rnn_cell_forward", XW, HW)
         return Hn, (H, W_hh, Hn)
 
     def rnn_cell_backward(self, dY, saved, needs):
         H, W_hh, Hn = saved
         dZ = L.map2(self._dev, "rnn_cell_backward", dY, Hn)
-        dH = cupy.dot(dZ, W_hh) if needs[1] else None
-        dW = cupy.dot(dZ.T, H) if needs[2] else None
+        dH = L.matmul(self._dev, dZ, W_hh) if needs[1] else None
+        dW = L.matmul(self._dev, dZ.T, H) if needs[2] else None
         return (dZ if needs[0] else None), dH, dW
 
     def lstm_cell_forward(self, XW, H, C, W_hh):
         """One LSTM step: the recurrent GEMM by cuBLAS, then ONE kernel for all four gates
         and the state update."""
         C = _c(C)  # saved: the backward kernel reads it flat
-        Hn, Cn, S = L.lstm_cell_forward(self._dev, _c(XW), cupy.dot(H, W_hh.T), C)
+        Hn, Cn, S = L.lstm_cell_forward(self._dev, _c(XW), L.matmul(self._dev, H, W_hh.T), C)
         return (Hn, Cn), (H, C, W_hh, S)
 
     def lstm_cell_backward(self, dY, saved, needs):
         H, C, W_hh, S = saved
         dG, dCp = L.lstm_cell_backward(self._dev, _c(dY[0]), _c(dY[1]), C, S, needs[2])
-        dH = cupy.dot(dG, W_hh) if needs[1] else None
-        dW = cupy.dot(dG.T, H) if needs[3] else None
+        dH = L.matmul(self._dev, dG, W_hh) if needs[1] else None
+        dW = L.matmul(self._dev, dG.T, H) if needs[3] else None
         return (dG if needs[0] else None), dH, dCp, dW
 
     # ------------------------------------------------------------------ whole-sequence recurrent
@@ -149,7 +157,7 @@ class LayerOps:
     def rnn_backward(self, dY, saved, needs):
         X2, W_ih, W_hh, Hall, act, has_b_ih, has_b_hh = saved
         dZ, dH0 = L.rnn_backward(self._dev, dY[0], dY[1], W_hh, Hall, act, needs[1])
-        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh)
+        return _sequence_grads(self._dev, dZ, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh)
 
     def lstm_forward(self, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
         X2, Hall, Call, Z = L.lstm_forward(self._dev, X, H0, C0, W_ih, W_hh, b_ih, b_hh)
@@ -160,7 +168,7 @@ class LayerOps:
     def lstm_backward(self, dY, saved, needs):
         X2, W_ih, W_hh, Hall, Call, Z, has_b_ih, has_b_hh = saved
         dZ, dH0, dC0 = L.lstm_backward(self._dev, *dY, W_hh, Call, Z, needs[1])
-        return _sequence_grads(dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
+        return _sequence_grads(self._dev, dZ, X2, W_ih, Hall, needs, (dH0, dC0), has_b_ih, has_b_hh)
 
     def gru_forward(self, X, H0, W_ih, W_hh, b_ih, b_hh):
         X2, Hall, Z, HN = L.gru_forward(self._dev, X, H0, W_ih, W_hh, b_ih, b_hh)
@@ -171,7 +179,9 @@ class LayerOps:
     def gru_backward(self, dY, saved, needs):
         X2, W_ih, W_hh, Hall, Z, HN, has_b_ih, has_b_hh = saved
         dGi, dGh, dH0 = L.gru_backward(self._dev, *dY, W_hh, Hall, Z, HN, needs[1])
-        return _sequence_grads(dGi, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh, dGh)
+        return _sequence_grads(
+            self._dev, dGi, X2, W_ih, Hall, needs, (dH0,), has_b_ih, has_b_hh, dGh
+        )
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
@@ -184,6 +194,11 @@ class LayerOps:
         self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
     ):
         """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW."""
+        self._dev.refuse_capture(
+            "adam_update",
+            "its bias corrections come from the step count, held on the host, "
+            "so a replay would repeat the captured step's; use SGD in a captured step",
+        )
         bias1 = 1 - beta1**step
         bias2_sqrt = (1 - beta2**step) ** 0.5
         scalars = (lr / bias1, beta1, 1 - beta1, beta2, 1 - beta2, bias2_sqrt, eps, weight_decay)
@@ -195,6 +210,10 @@ class LayerOps:
 
     def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):
         """Two launches over every gradient; the norm and the scale factor stay on the device."""
+        if error_if_nonfinite:
+            self._dev.refuse_capture(
+                "clip_grad_norm_", "error_if_nonfinite=True reads the norm on the host"
+            )
         return L.clip_grad_norm(self._dev, grads, max_norm, norm_type, error_if_nonfinite)
 
     def clip_grad_value_update(self, grads, clip_value):
@@ -209,15 +228,15 @@ class LayerOps:
         return L.autocast_scope(dtype)
 
     def matmul_forward(self, A, B):
-        return L.matmul(A, B), (A, B)
+        return L.matmul(self._dev, A, B), (A, B)
 
     def matmul_backward(self, dY, saved, needs):
         A, B = saved
         dA = dB = None
         if needs[0]:
-            dA = self.unbroadcast(L.matmul(dY, B.swapaxes(-1, -2)), A.shape)
+            dA = self.unbroadcast(L.matmul(self._dev, dY, B.swapaxes(-1, -2)), A.shape)
         if needs[1]:
-            dB = self.unbroadcast(L.matmul(A.swapaxes(-1, -2), dY), B.shape)
+            dB = self.unbroadcast(L.matmul(self._dev, A.swapaxes(-1, -2), dY), B.shape)
         return dA, dB
 
     # ------------------------------------------------------------------ normalization, embedding
@@ -253,6 +272,10 @@ class LayerOps:
     ):
         """Batch statistics (one block per channel), running statistics updated in place,
         then one normalising pass; outside training the running statistics normalise."""
+        if training and momentum is None and running_mean is not None:
+            self._dev.refuse_capture(
+                "batch_norm", "momentum=None reads the batch counter on the host"
+            )
         X = _c(X)
         if training:
             Y, mean, var, invstd = L.batch_norm_forward(self._dev, X, weight, bias, None, None, eps)
@@ -297,5 +320,9 @@ class LayerOps:
 
     def embedding_backward(self, dY, saved, needs):
         idx, shape, padding_idx = saved
+        if needs[1]:
+            self._dev.refuse_capture(
+                "embedding", "its backward sorts with CuPy's argsort, not checked under capture"
+            )
         dW = L.embedding_backward(self._dev, dY, idx, shape, padding_idx) if needs[1] else None
         return None, dW

@@ -167,8 +167,8 @@ CUPY = {
     "embedding_backward": "kernel: cupy.argsort of (index, position) keys and "
     "cupy.searchsorted, then one reduction per row",
     # matrix products
-    "matmul_forward": "blas: cuBLAS GEMM (cupy.matmul, batched when broadcasting); "
-    "cublasGemmEx in float16/bfloat16 under autocast",
+    "matmul_forward": "blas: cuBLAS GEMM through gpunn's binding (cupy.matmul when "
+    "batched); cublasGemmEx in float16/bfloat16 under autocast",
     "matmul_backward": "blas: cuBLAS GEMMs (as the forward); cupy sum to un-broadcast",
     "linear_forward": "kernel: cuBLAS GEMM, then the bias+activation kernel",
     "linear_backward": "kernel: activation-grad+bias-sum kernel, then cuBLAS GEMMs",

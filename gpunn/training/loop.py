@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpunn
+import gpunn.cuda
 from gpunn import amp, nn, optim
 from gpunn import data as gdata
 from gpunn import distributed as dist
 from gpunn.data.synthetic import ADDING_TOLERANCE
-from gpunn.errors import GpunnError
+from gpunn.errors import CaptureError, GpunnError
 from gpunn.optim import lr_scheduler
-from gpunn.training.specs import SPECS
+from gpunn.training.specs import SPECS, TrainError
 
 EVAL_BATCH = 512
 
@@ -159,6 +160,60 @@ class Trainer:
         )
         self.scheduler = build_scheduler(s, self.optimizer, len(self.loader))
         self.scaler = amp.GradScaler(enabled=s.get("amp") == "float16")
+        self.graphed, self.use_graph = None, self._graph_choice()
+
+    # -------------------------------------------------------------- captured steps
+    def _graph_choice(self) -> bool:
+        """Whether training steps run as a CUDA graph: ``--cuda-graph`` asks for it (an
+        error when the step cannot be captured), ``--no-cuda-graph`` refuses it, and by
+        default it is on for the cupy backend when nothing in the step is known to block
+        a capture (:func:`gpunn.cuda.step_blockers`)."""
+        s, want = self.settings, self.settings.get("cuda_graph")
+        if want is False or s["backend"] != "cupy" or not self.rule.uses_optimizer:
+            return False
+        why = gpunn.cuda.step_blockers(
+            self.model, self.optimizer, scheduler=s["scheduler"], amp=s.get("amp")
+        )
+        if self.net is not None:
+            why.append("data-parallel training averages gradients through MPI on the host")
+        if why and want:
+            raise TrainError("--cuda-graph: the step cannot be captured: " + "; ".join(why))
+        if why:
+            self.say(f"note: training steps run eagerly, not as a CUDA graph ({why[0]})")
+        return not why
+
+    def _train_step(self, x, y):
+        """The gradient step as a function of the batch, for capture: forward, loss,
+        zero_grad, backward, the update (clipping, optimizer); returns the loss."""
+        with self.autocast():
+            loss = self.objective.loss(self.forward(x), y)
+        self.optimizer.zero_grad()
+        self.scaler.scale(loss).backward()
+        self.apply_update()
+        return loss
+
+    def graphed_step(self, x, y):
+        """The captured training step for a batch like (x, y), captured at the first call
+        (the warm-up's changes undone, so the first replay is the first step), or None:
+        graphs off, a batch of another shape (the last, smaller one runs eagerly), or, by
+        default, a step that turned out not to be capturable (said once, then eager)."""
+        if not self.use_graph:
+            return None
+        if self.graphed is None:
+            try:
+                self.graphed = gpunn.cuda.graphed(
+                    self._train_step, x, y, state=(self.model, self.optimizer)
+                )
+            except CaptureError as e:
+                if self.settings.get("cuda_graph"):
+                    raise TrainError(f"--cuda-graph: {e}") from None
+                self.say(f"note: training steps run eagerly, not as a CUDA graph: {e}")
+                self.use_graph = False
+                return None
+        static = self.graphed.static_inputs
+        if (x.shape, y.shape) != (static[0].shape, static[1].shape):
+            return None
+        return self.graphed
 
     def autocast(self):
         """The ``--amp`` precision for the forward pass (float32 on the CPU backends)."""

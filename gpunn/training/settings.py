@@ -20,6 +20,7 @@ DEFAULTS = {name: dict(spec.defaults) for name, spec in SPECS.items()}
 DEFAULT_MOMENTUM = 0.9  # for sgd, unless the model's defaults say otherwise
 SETTINGS = ("model", "data", "backend", "epochs", "batch_size", "lr", "optimizer", "momentum")
 SETTINGS += ("hidden", "seed", "threads", "weight_decay", "scheduler", "clip", "amp")
+SETTINGS += ("cuda_graph",)
 #: --scheduler choices (gpunn.optim.lr_scheduler, stepped after every update); runs saved
 #: before "none" was the name say "constant"
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
@@ -121,7 +122,28 @@ def resolve_settings(options: dict, saved: dict | None = None) -> dict:
             "--clip and --scheduler do not apply"
         )
     s["clip"], s["amp"] = s.get("clip"), s.get("amp")
+    if s.get("cuda_graph") not in (None, True, False):
+        raise TrainError(f"cuda_graph must be True, False or None (auto), got {s['cuda_graph']!r}")
+    s["cuda_graph"] = s.get("cuda_graph")
     return s
+
+
+def check_cuda_graph(settings: dict, explicit: bool) -> None:
+    """``--cuda-graph`` needs the cupy backend: an explicit request elsewhere raises
+    TrainError; one saved by a resumed run that now trains elsewhere falls back to auto."""
+    if settings.get("cuda_graph") and settings["backend"] != "cupy":
+        if explicit:
+            raise TrainError(
+                f"--cuda-graph needs the cupy backend: a CUDA graph replays GPU work, and this "
+                f"run trains on {settings['backend']!r} (drop --cuda-graph, or pass "
+                "--backend cupy on a machine with a GPU)"
+            )
+        settings["cuda_graph"] = None
+    if settings.get("cuda_graph") and not SPECS[settings["model"]].update.uses_optimizer:
+        raise TrainError(
+            f"--cuda-graph: {settings['model']} learns by the perceptron rule, sample by "
+            "sample on the host; only gradient steps are captured"
+        )
 
 
 def choose_backend(name: str | None, explicit: bool) -> str:

@@ -76,6 +76,9 @@ class GradientRule:
     loss_label = "loss"
 
     def step(self, trainer, x, y) -> float:
+        graphed = trainer.graphed_step(x, y)
+        if graphed is not None:  # the whole step as one CUDA graph (gpunn.cuda.graphed)
+            return trainer.guarded_update(lambda: graphed(x, y)).item()
         with trainer.autocast():
             loss = trainer.objective.loss(trainer.forward(x), y)
         value = loss.item()

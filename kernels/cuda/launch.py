@@ -41,12 +41,39 @@ i32, i64 = np.int32, np.int64
 
 class Device:
     """What the launchers need of one backend: ``kernels`` (a KernelLoader), ``max_blocks``
-    (the grid cap: 32 blocks per multiprocessor) and ``workspace``."""
+    (the grid cap: 32 blocks per multiprocessor), ``workspace``, and for the matrix
+    products ``blas`` (gpunn's cuBLAS binding, :class:`gpunn.cuda.cublas.Cublas`, or None
+    where it did not load: ``blas_error`` says why), ``tf32`` (float32 products may use
+    TF32) and ``capturing`` (the name of the step being captured into a CUDA graph, or
+    None: set by :func:`gpunn.cuda.graphed`)."""
 
-    def __init__(self, kernels, max_blocks: int):
+    def __init__(self, kernels, max_blocks: int, blas=None, blas_error: str = ""):
         self.kernels = kernels
         self.max_blocks = max_blocks
         self.workspace = Workspace(max_blocks)
+        self.blas = blas
+        self.blas_error = blas_error
+        self.tf32 = False
+        self._capturing = None
+
+    @property
+    def capturing(self):
+        return self._capturing
+
+    @capturing.setter
+    def capturing(self, name) -> None:
+        self._capturing = name
+        self.workspace.capturing = name is not None
+
+    def refuse_capture(self, op: str, why: str) -> None:
+        """Raise CaptureError naming ``op`` when a step is being captured: ``why`` says what
+        in it cannot be part of a CUDA graph."""
+        if self.capturing is not None:
+            from gpunn.errors import CaptureError
+
+            raise CaptureError(
+                f"{op} cannot be captured into a CUDA graph (step {self.capturing!r}): {why}"
+            )
 
 
 def contiguous(X):
@@ -583,15 +610,15 @@ def lstm_cell_backward(dev: Device, dHn, dCn, C, S, need_dc: bool):
 # backward; then dX, dW_ih and dW_hh as one GEMM each over all T*B rows and the bias
 # gradient as one column sum. States live in (T+1, B, H) buffers whose row 0 is the initial
 # state, so h_{t-1} of every step is one contiguous (T*B, H) block. GEMMs go through
-# cupy.matmul into preallocated outputs (one cuBLAS call each).
+# matmul into preallocated outputs (one cuBLAS call each).
 
 
-def _sequence_input(X, W_ih, W_hh, b_ih, b_hh):
+def _sequence_input(dev: Device, X, W_ih, W_hh, b_ih, b_hh):
     """(X as (T*B, I), the gate buffer (T, B, G*H) holding every step's input projection
     (one GEMM), W_hh.T contiguous, the kernels' bias arguments (b_ih, b_hh, has_bias))."""
     T, B, n_in = X.shape
     X2 = contiguous(X).reshape(T * B, n_in)
-    Z = cupy.matmul(X2, contiguous(W_ih).T).reshape(T, B, W_ih.shape[0])
+    Z = matmul(dev, X2, contiguous(W_ih).T).reshape(T, B, W_ih.shape[0])
     W_hhT = cupy.ascontiguousarray(W_hh.T)
     if b_ih is None and b_hh is None:
         return X2, Z, W_hhT, (Z, Z, i32(0))  # the bias pointers are not read
@@ -605,12 +632,12 @@ def rnn_forward(dev: Device, X, H0, W_ih, W_hh, b_ih, b_hh, act: int):
     """(X2, Hall): X as (T*B, I) and the states (T+1, B, H), Hall[0] = H0, Hall[t+1] = h_t."""
     T, B, _ = X.shape
     hidden = W_hh.shape[1]
-    X2, XW, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    X2, XW, W_hhT, (b_i, b_h, has_b) = _sequence_input(dev, X, W_ih, W_hh, b_ih, b_hh)
     Hall = cupy.empty((T + 1, B, hidden), X.dtype)
     Hall[0] = H0
     HW = cupy.empty((B, hidden), X.dtype)
     for t in range(T):
-        cupy.matmul(Hall[t], W_hhT, out=HW)
+        matmul(dev, Hall[t], W_hhT, out=HW)
         if HW.size:
             args = (XW[t], HW, b_i, b_h, Hall[t + 1], i64(B), i64(hidden), has_b, i32(act))
             launch(dev, "rnn_forward_step", X.dtype, HW.size, args)
@@ -630,7 +657,7 @@ def rnn_backward(dev: Device, dY, dh_n, W_hh, Hall, act: int, need_dh0: bool):
             args = (dY[t], dH, Hall[t + 1], dZ[t], i64(dH.size), i32(act))
             launch(dev, "rnn_backward_step", Hall.dtype, dH.size, args)
         if t or need_dh0:
-            cupy.matmul(dZ[t], W_hh, out=dH)
+            matmul(dev, dZ[t], W_hh, out=dH)
     return dZ, dH
 
 
@@ -639,14 +666,14 @@ def lstm_forward(dev: Device, X, H0, C0, W_ih, W_hh, b_ih, b_hh):
     Z (T, B, 4H) the activated gates of every step, for the backward."""
     T, B, _ = X.shape
     hidden = W_hh.shape[1]
-    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(dev, X, W_ih, W_hh, b_ih, b_hh)
     Hall = cupy.empty((T + 1, B, hidden), X.dtype)
     Call = cupy.empty((T + 1, B, hidden), X.dtype)
     Hall[0] = H0
     Call[0] = C0
     HW = cupy.empty((B, 4 * hidden), X.dtype)
     for t in range(T):
-        cupy.matmul(Hall[t], W_hhT, out=HW)
+        matmul(dev, Hall[t], W_hhT, out=HW)
         if HW.size:
             args = (Z[t], HW, b_i, b_h, Call[t], Call[t + 1], Hall[t + 1])
             args += (i64(B), i64(hidden), has_b)
@@ -668,7 +695,7 @@ def lstm_backward(dev: Device, dY, dh_n, dc_n, W_hh, Call, Z, need_dh0: bool):
             args = (dY[t], dH, dC, Z[t], Call[t], Call[t + 1], dZ[t], i64(B), i64(hidden))
             launch(dev, "lstm_backward_step", Z.dtype, dH.size, args)
         if t or need_dh0:
-            cupy.matmul(dZ[t], W_hh, out=dH)
+            matmul(dev, dZ[t], W_hh, out=dH)
     return dZ, dH, dC
 
 
@@ -678,13 +705,13 @@ def gru_forward(dev: Device, X, H0, W_ih, W_hh, b_ih, b_hh):
     the backward."""
     T, B, _ = X.shape
     hidden = W_hh.shape[1]
-    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(X, W_ih, W_hh, b_ih, b_hh)
+    X2, Z, W_hhT, (b_i, b_h, has_b) = _sequence_input(dev, X, W_ih, W_hh, b_ih, b_hh)
     Hall = cupy.empty((T + 1, B, hidden), X.dtype)
     Hall[0] = H0
     HN = cupy.empty((T, B, hidden), X.dtype)
     HW = cupy.empty((B, 3 * hidden), X.dtype)
     for t in range(T):
-        cupy.matmul(Hall[t], W_hhT, out=HW)
+        matmul(dev, Hall[t], W_hhT, out=HW)
         if HW.size:
             args = (Z[t], HW, b_i, b_h, Hall[t], Hall[t + 1], HN[t])
             args += (i64(B), i64(hidden), has_b)
@@ -708,12 +735,12 @@ def gru_backward(dev: Device, dY, dh_n, W_hh, Hall, Z, HN, need_dh0: bool):
             args = (dY[t], dH, dHZ, Z[t], Hall[t], HN[t], dGi[t], dGh[t], i64(B), i64(hidden))
             launch(dev, "gru_backward_step", Z.dtype, dH.size, args)
         if t or need_dh0:
-            cupy.matmul(dGh[t], W_hh, out=dH)
+            matmul(dev, dGh[t], W_hh, out=dH)
     return dGi, dGh, (dH + dHZ if need_dh0 else None)
 
 
 def sequence_weight_grads(
-    dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b_ih, need_b_hh, dZ_hh=None
+    dev: Device, dZ, X2, W_ih, Hall, need_dx, need_w_ih, need_w_hh, need_b_ih, need_b_hh, dZ_hh=None
 ):
     """(dX, dW_ih, dW_hh, db_ih, db_hh) from every step's pre-activation gradient dZ
     (T, B, G*H), and dZ_hh where the recurrent side's differs (the GRU's): one GEMM each
@@ -721,10 +748,10 @@ def sequence_weight_grads(
     T, B, rows = dZ.shape
     dZ2 = dZ.reshape(T * B, rows)
     dZh2 = dZ2 if dZ_hh is None else dZ_hh.reshape(T * B, rows)
-    dX = cupy.matmul(dZ2, contiguous(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
-    dW_ih = cupy.matmul(dZ2.T, X2) if need_w_ih else None
+    dX = matmul(dev, dZ2, contiguous(W_ih)).reshape(T, B, X2.shape[1]) if need_dx else None
+    dW_ih = matmul(dev, dZ2.T, X2) if need_w_ih else None
     H_prev = Hall[:T].reshape(T * B, Hall.shape[2])
-    dW_hh = cupy.matmul(dZh2.T, H_prev) if need_w_hh else None
+    dW_hh = matmul(dev, dZh2.T, H_prev) if need_w_hh else None
     db_ih = dZ2.sum(axis=0) if need_b_ih else None
     db_hh = None
     if need_b_hh:
@@ -803,18 +830,38 @@ def autocast_scope(dtype):
         _LOWP.reset(token)
 
 
-def matmul(A, B):
-    """A @ B by cuBLAS (cupy.dot for 2-D operands, cupy.matmul when batched). Under
+def matmul(dev: Device, A, B, out=None):
+    """A @ B. float32/float64 2-D operands: one GEMM through gpunn's cuBLAS binding
+    (``dev.blas``) on the current stream, which a CUDA graph can capture (operands whose
+    strides cuBLAS cannot take are copied first); ``out`` (m, n) with contiguous rows
+    receives it when given. Batched operands, other dtypes, or no binding: cupy.dot /
+    cupy.matmul, which CuPy refuses while a stream is capturing. Under
     :func:`autocast_scope`, for float32 operands: both rounded to float16 or bfloat16 and
-    multiplied with float32 accumulation into a float32 result, by one cublasGemmEx for 2-D
-    operands; batched operands multiply their rounded values in float32 (the same numbers
-    without the speed-up)."""
+    multiplied with float32 accumulation into a float32 result, by one cublasGemmEx for
+    2-D operands; batched operands multiply their rounded values in float32 (the same
+    numbers without the speed-up)."""
+    from gpunn.kernels.cuda.loader import DTYPES
+
     dtype = _LOWP.get()
-    if dtype is None or A.dtype != np.float32 or B.dtype != np.float32:
-        return cupy.dot(A, B) if A.ndim == 2 and B.ndim == 2 else cupy.matmul(A, B)
-    if A.ndim == 2 and B.ndim == 2:
-        return _lowp_gemm(A, B, dtype)
-    return cupy.matmul(lowp.round_to(cupy, A, dtype), lowp.round_to(cupy, B, dtype))
+    if dtype is not None and A.dtype == np.float32 and B.dtype == np.float32:
+        dev.refuse_capture("matmul", "autocast's products call cuBLAS through CuPy")
+        if A.ndim == 2 and B.ndim == 2:
+            return _lowp_gemm(A, B, dtype)
+        return cupy.matmul(lowp.round_to(cupy, A, dtype), lowp.round_to(cupy, B, dtype))
+    if dev.blas is not None and A.ndim == 2 and B.ndim == 2 and A.dtype == B.dtype in DTYPES:
+        from gpunn.cuda.cublas import operand
+
+        A = A if operand(A) is not None else cupy.ascontiguousarray(A)
+        B = B if operand(B) is not None else cupy.ascontiguousarray(B)
+        if out is None:
+            out = cupy.empty((A.shape[0], B.shape[1]), A.dtype)
+        dev.blas.gemm(A, B, out, cupy.cuda.get_current_stream().ptr, dev.tf32)
+        return out
+    why = "batched or non-float products" if dev.blas is not None else dev.blas_error
+    dev.refuse_capture("matmul", f"the product goes through CuPy's cuBLAS ({why})")
+    if out is not None:
+        return cupy.matmul(A, B, out=out)
+    return cupy.dot(A, B) if A.ndim == 2 and B.ndim == 2 else cupy.matmul(A, B)
 
 
 def _lowp_gemm(A, B, dtype):

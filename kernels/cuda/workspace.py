@@ -44,6 +44,9 @@ class Workspace:
         self._scratch: dict = {}
         self._tables: dict = {}
         self._ones: dict = {}
+        #: True while a step is captured into a CUDA graph (set through launch.Device).
+        self.capturing = False
+        self._graph_tables: list = []  # (table, pinned source) of tables made in a capture
 
     def raise_pending(self) -> None:
         """Raise (and clear) a bad label the cross-entropy kernel has flagged (code 1), or a
@@ -88,11 +91,27 @@ class Workspace:
         )
         table = self._tables.get(key)
         if table is None:
-            words = [w for col in key[0] for w in col] + list(sizes)
-            table = cupy.asarray(np.array(words, dtype=np.uint64))
+            words = np.array([w for col in key[0] for w in col] + list(sizes), dtype=np.uint64)
+            table = self._captured_table(words) if self.capturing else cupy.asarray(words)
             if len(self._tables) >= MAX_TABLES:
                 self._tables.clear()
             self._tables[key] = table
+        return table
+
+    def _captured_table(self, words):
+        """A table made while a stream captures (CuPy refuses its own host-to-device copies
+        then): the words go to pinned memory, and an asynchronous copy, which becomes a
+        node of the graph, brings them to the device. Both buffers are kept for as long as
+        this workspace lives, since every replay of the graph copies again."""
+        import cupy
+
+        host = cupy.cuda.alloc_pinned_memory(words.nbytes)
+        np.frombuffer(host, np.uint64, words.size)[:] = words
+        table = cupy.empty(words.size, np.uint64)
+        rt = cupy.cuda.runtime
+        stream = cupy.cuda.get_current_stream().ptr
+        rt.memcpyAsync(ptr(table), host.ptr, words.nbytes, rt.memcpyHostToDevice, stream)
+        self._graph_tables.append((table, host))
         return table
 
     def ones(self, size: int, dtype):

@@ -45,8 +45,12 @@ def _started_backend():
 
 
 def _apply_tf32() -> None:
-    if _started_backend() is None:
+    """Tell the started backend's cuBLAS binding and CuPy's own products (used where the
+    binding does not load)."""
+    be = _started_backend()
+    if be is None:
         return  # applied by _apply when the backend starts
+    be._dev.tf32 = _settings["tf32"]
     from cupy._core import _routines_linalg as linalg
 
     mode = linalg.COMPUTE_TYPE_TF32 if _settings["tf32"] else linalg.COMPUTE_TYPE_FP32
@@ -58,8 +62,6 @@ def _apply(backend) -> None:
     from cupy._core import _routines_linalg as linalg
 
     backend.eager_checks = _settings["eager_checks"]
+    backend._dev.tf32 = _settings["tf32"]
     mode = linalg.COMPUTE_TYPE_TF32 if _settings["tf32"] else linalg.COMPUTE_TYPE_FP32
     linalg.set_compute_type(np.float32, mode)
-
-
-__all__ = ["set_eager_checks", "set_tf32", "tf32_enabled"]

@@ -1,0 +1,352 @@
+"""Captured steps: a whole training step replayed as one CUDA graph on the cupy backend.
+
+:func:`graphed` warms a step up on a side stream, captures one call of it into a CUDA graph
+and returns a :class:`GraphedStep`, which copies new inputs into the captured step's input
+buffers and launches the graph: one launch instead of a few hundred, so the host no longer
+bounds a small model's step. Written and checked without a GPU (the capture plan, the
+refusals, the input checks, the cuBLAS binding's arguments); not yet run on a GPU.
+
+What a capture needs, and how gpunn provides it:
+
+* Every array the graph reads or writes keeps its address from replay to replay.
+  Parameters, optimizer state and batch-norm statistics are updated in place by their ops;
+  the gradients are the arrays the captured backward allocated (the step must call
+  ``zero_grad()`` first: accumulating into gradients of an earlier call is refused), which
+  stay the parameters' ``.grad`` after the capture. Memory allocated during the warm-up and
+  the capture comes from a memory pool of the GraphedStep's own, which nothing else
+  allocates from, so the graph's temporaries are never handed to other arrays.
+* No host work inside the step: every path of the cupy backend that waits for the device or
+  moves data between host and device (``.item()``, ``.numpy()``, ``synchronize()``, eager
+  label checks, index arrays, batch norm's ``momentum=None``, ``error_if_nonfinite``) and
+  every op whose result a replay could not reproduce (dropout's host-drawn seed, Adam's
+  step count on the host, CuPy's cuBLAS calls, CuPy's argsort) raises
+  :class:`~gpunn.errors.CaptureError` naming the op while the step is captured
+  (:func:`capture_plan` lists them).
+* Matrix products through gpunn's own cuBLAS binding (:mod:`gpunn.cuda.cublas`): CuPy
+  refuses its own cuBLAS calls during capture.
+
+Only the cupy backend captures; importing this module needs neither CuPy nor a GPU.
+"""
+
+from __future__ import annotations
+
+from gpunn.errors import CaptureError
+
+#: op stem -> why a captured step cannot contain it (None: capturable). The stems are the
+#: backend contract's (``Backend.ops()`` without the _forward/_backward/_update suffix).
+CAPTURE_PLAN = {
+    "add": None,
+    "sub": None,
+    "mul": None,
+    "div": None,
+    "pow": None,
+    "neg": None,
+    "exp": None,
+    "log": None,
+    "cast": None,
+    "sigmoid": None,
+    "tanh": None,
+    "relu": None,
+    "step": None,
+    "leaky_relu": None,
+    "gelu": None,
+    "batch_norm": None,  # momentum=None alone reads the counter on the host: refused then
+    "layer_norm": None,
+    "embedding": "its backward sorts the indices with CuPy's argsort (CUB), whose capture "
+    "gpunn has not checked",
+    "matmul": None,  # 2-D operands; batched ones go through CuPy's cuBLAS: refused
+    "linear": None,
+    "sum": None,
+    "mean": None,
+    "reshape": None,
+    "transpose": None,
+    "stack": None,
+    "unstack": None,
+    "getitem": None,  # integer or boolean index arrays are checked on the host: refused
+    "softmax": None,
+    "log_softmax": None,
+    "mse_loss": None,
+    "binary_cross_entropy": None,
+    "binary_cross_entropy_with_logits": None,
+    "cross_entropy": None,  # a bad label is reported after the replay (the device flag)
+    "conv2d": None,
+    "max_pool2d": None,
+    "avg_pool2d": None,
+    "dropout": "its seed is drawn on the host at every call, so every replay would repeat "
+    "the captured mask",
+    "rnn_cell": None,
+    "lstm_cell": None,
+    "rnn": None,
+    "lstm": None,
+    "gru": None,
+    "sgd": None,
+    "adam": "its bias corrections come from the step count, held on the host, so every "
+    "replay would repeat the captured step's",
+    "clip_grad_norm": None,  # error_if_nonfinite=True reads the norm on the host: refused
+    "clip_grad_value": None,
+}
+
+
+def capture_plan(ops=None) -> dict:
+    """{op stem: None when a captured step on the cupy backend may contain it, else why
+    not}, for ``ops`` (stems, or a module: the ops of its layers that are known to matter,
+    see :func:`module_ops`), or for every op of the contract."""
+    if ops is None:
+        return dict(CAPTURE_PLAN)
+    if not isinstance(ops, (list, tuple, set, frozenset)):
+        ops = module_ops(ops)
+    unknown = [op for op in ops if op not in CAPTURE_PLAN]
+    if unknown:
+        raise ValueError(f"capture_plan: unknown op stems {sorted(unknown)}")
+    return {op: CAPTURE_PLAN[op] for op in ops}
+
+
+def blockers(ops) -> dict:
+    """{op: why} for the ops of ``ops`` (as :func:`capture_plan` takes them) that a
+    captured step cannot contain; empty when all can be captured."""
+    return {op: why for op, why in capture_plan(ops).items() if why is not None}
+
+
+#: layer class name -> the op stems it runs (the layers whose ops are not all capturable
+#: or that call more than one op; other layers run one op each, always capturable).
+_LAYER_OPS = {
+    "Dropout": ("dropout",),
+    "Embedding": ("embedding",),
+    "Linear": ("linear",),
+    "Conv2d": ("conv2d",),
+    "BatchNorm1d": ("batch_norm",),
+    "BatchNorm2d": ("batch_norm",),
+    "LayerNorm": ("layer_norm",),
+    "RNN": ("rnn",),
+    "LSTM": ("lstm",),
+    "GRU": ("gru",),
+    "MaxPool2d": ("max_pool2d",),
+    "AvgPool2d": ("avg_pool2d",),
+}
+
+
+def module_ops(module) -> list:
+    """The op stems of ``module``'s layers that :data:`_LAYER_OPS` knows (a layer's own
+    ``forward`` may call more; the capture itself refuses any op it cannot take)."""
+    ops = []
+    for m in module.modules() if hasattr(module, "modules") else [module]:
+        if type(m).__name__ == "Dropout" and getattr(m, "p", None) == 0:
+            continue  # dropout with p == 0 runs no op
+        for op in _LAYER_OPS.get(type(m).__name__, ()):
+            if op not in ops:
+                ops.append(op)
+    return ops
+
+
+def step_blockers(model=None, optimizer=None, **settings) -> list[str]:
+    """Why a training step of ``model`` with ``optimizer`` cannot be captured, as
+    sentences (empty: it can): the model's layers (:func:`blockers`), Adam/AdamW, and the
+    settings ``scheduler`` (a schedule other than ``"none"`` changes the learning rate at
+    every step, which the captured update holds fixed) and ``amp`` (autocast's products
+    call cuBLAS through CuPy)."""
+    out = []
+    if model is not None:
+        out += [f"{op}: {why}" for op, why in blockers(module_ops(model)).items()]
+    if optimizer is not None and type(optimizer).__name__ in ("Adam", "AdamW"):
+        out.append(f"{type(optimizer).__name__}: {CAPTURE_PLAN['adam']}")
+    if settings.get("scheduler") not in (None, "none"):
+        out.append("the learning-rate schedule changes lr at every step; a replay keeps the lr")
+    if settings.get("amp"):
+        out.append("autocast's products call cuBLAS through CuPy")
+    return out
+
+
+class GraphedStep:
+    """A captured step: ``graphed_step(*inputs)`` copies ``inputs`` into the captured
+    step's input buffers and replays the graph on the current stream; it returns the
+    captured step's outputs, which every replay overwrites (copy or read them before the
+    next call). Inputs must have the example inputs' shapes, dtypes and backend. After a
+    replay, the ``.grad`` of every parameter of the modules passed as ``state`` is the
+    gradient the graph wrote.
+
+    A bad label that cross-entropy's kernel flags during a replay is raised, as in eager
+    mode, at the next synchronisation (``loss.item()``, ``.numpy()``); each call also
+    raises one already flagged by an earlier replay that has finished (a host read of
+    mapped memory, no wait). Hyper-parameters of the optimizers passed as ``state`` to
+    :func:`graphed` are checked before each replay: the graph holds the values of the
+    capture, so a changed ``lr`` raises :class:`~gpunn.errors.CaptureError`.
+    """
+
+    def __init__(self, name, static_inputs, outputs, graph, keep=(), optimizers=(), grads=()):
+        self.name = name
+        self.static_inputs = list(static_inputs)
+        self.outputs = outputs
+        self.graph = graph
+        self._keep = list(keep)  # the pool, the side stream: alive as long as the graph
+        self._optimizers = [(opt, _hyper(opt)) for opt in optimizers]
+        self._grads = list(grads)  # (parameter, the gradient the graph writes)
+        self.replays = 0
+
+    def check_inputs(self, inputs) -> None:
+        """Raise CaptureError unless ``inputs`` match the captured ones in number, backend,
+        shape and dtype."""
+        if len(inputs) != len(self.static_inputs):
+            raise CaptureError(
+                f"{self.name}: the captured step takes {len(self.static_inputs)} inputs, got "
+                f"{len(inputs)}"
+            )
+        for i, (x, s) in enumerate(zip(inputs, self.static_inputs)):
+            backend = getattr(x, "backend", type(x).__name__)
+            if backend != s.backend or x.shape != s.shape or x.dtype != s.dtype:
+                raise CaptureError(
+                    f"{self.name}: input {i} is {tuple(getattr(x, 'shape', ()))} "
+                    f"{getattr(x, 'dtype', '?')} on {backend!r}; the step was captured with "
+                    f"{s.shape} {s.dtype} on {s.backend!r} (capture again for new shapes, or "
+                    "run the step eagerly)"
+                )
+
+    def check_hyper(self) -> None:
+        """Raise CaptureError when an optimizer's hyper-parameters changed since the capture."""
+        for opt, captured in self._optimizers:
+            now = _hyper(opt)
+            if now != captured:
+                changed = [
+                    f"{name} of group {g}: {a[name]!r} -> {b[name]!r}"
+                    for g, (a, b) in enumerate(zip(captured, now))
+                    for name in a
+                    if a[name] != b.get(name)
+                ]
+                raise CaptureError(
+                    f"{self.name}: {type(opt).__name__}'s hyper-parameters changed since the "
+                    f"capture ({'; '.join(changed) or 'parameter groups'}); the graph holds "
+                    "the captured values: capture again, or run the step eagerly"
+                )
+
+    def __call__(self, *inputs):
+        import cupy
+
+        self.check_inputs(inputs)
+        self.check_hyper()
+        be = self.static_inputs[0].backend_object if self.static_inputs else None
+        if be is not None:
+            be._dev.workspace.raise_pending()
+        for x, s in zip(inputs, self.static_inputs):
+            if x.data is not s.data:
+                cupy.copyto(s.data, x.data)
+        self.graph.launch(cupy.cuda.get_current_stream())
+        for p, g in self._grads:  # an eager step in between may have replaced them
+            p.grad = g
+        self.replays += 1
+        return self.outputs
+
+
+def _hyper(opt) -> list:
+    """The hyper-parameters of every group of ``opt`` (what a captured update holds)."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+
+
+def graphed(step, *example_inputs, warmup: int = 3, state=()):
+    """Capture ``step(*example_inputs)`` into a CUDA graph; return a :class:`GraphedStep`.
+
+    ``step``: a function of tensors on the cupy backend (e.g. zero_grad, forward, loss,
+    backward, optimizer step; return the loss); ``example_inputs``: tensors of the shapes
+    and dtypes every later call will have. The step runs ``warmup`` times on a side stream
+    (compiling kernels, creating optimizer state, growing the memory pool), then once under
+    capture; ``state``: modules and optimizers whose state those calls change: their
+    parameters, buffers and optimizer state are saved first and written back (in place)
+    after the capture, and the captured gradients zeroed, so the first replay is the first
+    step; the optimizers' hyper-parameters are then checked before every replay. Without
+    it, the warm-up calls are real steps, as in PyTorch.
+
+    Raises :class:`~gpunn.errors.CaptureError` naming the op when the step does host work
+    or runs an op a graph cannot hold (see :func:`capture_plan`), and when the inputs are
+    not cupy tensors. Written for CuPy 13/14 and checked without a GPU; not yet run on a
+    GPU.
+    """
+    from gpunn.tensor import Tensor
+
+    name = getattr(step, "__qualname__", None) or repr(step)
+    if not example_inputs:
+        raise CaptureError(f"graphed({name}): give the step's example inputs")
+    for i, x in enumerate(example_inputs):
+        if not isinstance(x, Tensor) or x.backend != "cupy":
+            where = repr(x.backend) if isinstance(x, Tensor) else type(x).__name__
+            raise CaptureError(
+                f"graphed({name}): input {i} is {where}; a CUDA graph captures work of the "
+                "cupy backend only: pass tensors on 'cupy'"
+            )
+    if warmup < 1:
+        raise CaptureError(f"graphed({name}): warmup must be >= 1 (kernels compile and "
+                           f"optimizer state is created in it), got {warmup}")  # fmt: skip
+    import cupy
+
+    be = example_inputs[0].backend_object
+    current = cupy.cuda.get_current_stream()
+    side = cupy.cuda.Stream(non_blocking=True)
+    pool = cupy.cuda.MemoryPool()
+    static = [Tensor._wrap(be.copy(x.data), be, False) for x in example_inputs]
+    saved = _Snapshot(state)
+    side.wait_event(current.record())
+    try:
+        with cupy.cuda.using_allocator(pool.malloc), side:
+            for _ in range(warmup):
+                step(*static)
+            be.capturing = name
+            side.begin_capture()
+            try:
+                outputs = step(*static)
+            except BaseException:
+                be.capturing = None
+                try:
+                    side.end_capture()
+                except Exception:  # the capture was invalidated: nothing to keep
+                    pass
+                raise
+            be.capturing = None
+            graph = side.end_capture()
+    finally:
+        current.wait_event(side.record())
+        saved.restore()  # also when the capture failed: the warm-up changed the state
+    optimizers = [s for s in state if hasattr(s, "param_groups")]
+    grads = [(p, p.grad) for m in saved.modules for p in m.parameters() if p.grad is not None]
+    return GraphedStep(name, static, outputs, graph, (pool, side, saved), optimizers, grads)
+
+
+class _Snapshot:
+    """Device copies of the state of modules and optimizers, written back in place."""
+
+    def __init__(self, objects):
+        self.tensors = []  # (tensor, copy of its data)
+        self.modules, self.optimizers = [], []
+        for obj in objects:
+            if hasattr(obj, "named_parameters"):
+                self.modules.append(obj)
+                for _, t in (*obj.named_parameters(), *obj.named_buffers()):
+                    self._save(t)
+            elif hasattr(obj, "param_groups"):
+                self.optimizers.append((obj, [dict(st) for st in obj.state]))
+                for st in obj.state:
+                    for value in st.values():
+                        if hasattr(value, "data") and hasattr(value, "backend"):
+                            self._save(value)
+            else:
+                raise CaptureError(
+                    f"graphed: state holds a {type(obj).__name__}; give modules and optimizers"
+                )
+
+    def _save(self, t) -> None:
+        self.tensors.append((t, t.backend_object.copy(t.data)))
+
+    def restore(self) -> None:
+        for t, copy in self.tensors:
+            t.data[...] = copy
+        for m in self.modules:  # the captured gradients' buffers, not computed yet
+            for _, p in m.named_parameters():
+                if p.grad is not None:
+                    p.grad.data.fill(0)
+        for opt, states in self.optimizers:
+            for i, before in enumerate(states):
+                now = opt.state[i]
+                for key, value in list(now.items()):
+                    if key in before and not hasattr(value, "backend"):
+                        now[key] = before[key]  # a host value (a step count)
+                    elif key not in before:
+                        if hasattr(value, "backend"):
+                            value.data.fill(0)  # created by the warm-up: fresh is zeros
+                        else:
+                            del now[key]
