@@ -61,9 +61,11 @@ def test_update_matches_reference(case, dtype):
 @pytest.mark.parametrize("block_bytes", [1, 1 << 12, 1 << 30])
 @pytest.mark.parametrize("par_min", [0, float("inf")])
 def test_convolution_blocks_and_tasks(monkeypatch, block_bytes, par_min):
-    """Blocks of one output row, blocks spanning several images, one block for the
-    whole batch; serial, and parallel with two tasks (more tasks than images included)."""
+    """Blocks of one output row (one tile row for Winograd), blocks spanning several
+    images, one block for the whole batch; serial, and parallel with two tasks (more tasks
+    than images included)."""
     monkeypatch.setattr(launch, "CONV_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(launch, "WINOGRAD_BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(cpu_threads, "par_min", par_min)
     monkeypatch.setattr(cpu_threads, "num_threads", 2)
     for case in (c for c in OP_CASES if c.op == "conv2d"):
@@ -73,40 +75,36 @@ def test_convolution_blocks_and_tasks(monkeypatch, block_bytes, par_min):
 
 def test_winograd_runs_the_3x3_cases_forward_and_backward(monkeypatch):
     """The op table's 3x3 stride-1 cases with 8+ channels go through Winograd F(2x2, 3x3),
-    the forward, the input gradient and the weight gradient alike (so the comparisons
-    above check that path); fewer channels or another kernel size do not."""
-    calls, weight_grads = [], []
-    real, real_weight_grad = launch.conv2d_winograd, launch.conv2d_winograd_weight_grad
+    forward and backward (so the comparisons above check that path), asked for exactly
+    the gradients the case wants; fewer channels or another kernel size do not."""
+    forwards, backwards = [], []
+    real_forward, real_backward = launch.conv2d_winograd, launch.conv2d_winograd_backward
 
-    def spy(X, W, b, padding):
-        calls.append((X.shape, W.shape, padding))
-        return real(X, W, b, padding)
+    def spy_forward(X, W, b, padding):
+        forwards.append(W.shape)
+        return real_forward(X, W, b, padding)
 
-    def spy_weight_grad(dY, X, padding, want_db):
-        weight_grads.append(want_db)
-        return real_weight_grad(dY, X, padding, want_db)
+    def spy_backward(dY, X, W, padding, needs):
+        backwards.append(tuple(needs))
+        return real_backward(dY, X, W, padding, needs)
 
-    monkeypatch.setattr(launch, "conv2d_winograd", spy)
-    monkeypatch.setattr(launch, "conv2d_winograd_weight_grad", spy_weight_grad)
-    cases = [c for c in OP_CASES if c.op == "conv2d"]
+    monkeypatch.setattr(launch, "conv2d_winograd", spy_forward)
+    monkeypatch.setattr(launch, "conv2d_winograd_backward", spy_backward)
     winograd_cases = 0
-    for case in cases:
-        calls.clear()
-        weight_grads.clear()
+    for case in (c for c in OP_CASES if c.op == "conv2d"):
+        forwards.clear()
+        backwards.clear()
         compare_op("numba", case, "float32", "C", seed=16)
-        x, w = case.make(np.random.default_rng(0), np.float32)[:2]
+        x, w, b = case.make(np.random.default_rng(0), np.float32)[:3]
         fits = w.shape[2:] == (3, 3) and case.params["stride"] == (1, 1)
         fits = fits and min(x.shape[1], w.shape[0]) >= launch.WINOGRAD_MIN_CHANNELS
         if fits:
             winograd_cases += 1
-            needs = case.needs or (True, True, True)
-            transposed = [(w.shape[1], w.shape[0], 3, 3)] if needs[0] else []
-            assert [c[1] for c in calls] == [w.shape, *transposed], case.name
-            has_bias = case.make(np.random.default_rng(0), np.float32)[2] is not None
-            expected = [has_bias and (len(needs) < 3 or needs[2])] if needs[1] else []
-            assert weight_grads == expected, case.name
+            needs = tuple(case.needs or (True, True, True))
+            assert forwards == [w.shape], case.name
+            assert backwards == [(needs[0], needs[1], b is not None and needs[2])], case.name
         else:
-            assert not calls and not weight_grads, case.name
+            assert not forwards and not backwards, case.name
     assert winograd_cases >= 3
 
 

@@ -279,7 +279,7 @@ def _conv_cases():
         (3, 4, 7, 10, 2, 2, 3, (1, 2), (0, 1)),
         (2, 5, 6, 6, 3, 1, 1, (1, 1), (0, 0)),
         # 3x3 stride 1 with 8+ channels: the Numba backend's Winograd path (odd sizes leave
-        # part of the last tile outside the output; padding 2 makes dX's padding 0)
+        # part of the last tile outside the output; padding 2 puts whole tiles in it)
         (2, 8, 7, 9, 8, 3, 3, (1, 1), (1, 1)),
         (1, 9, 6, 5, 10, 3, 3, (1, 1), (0, 2)),
         (1, 8, 2, 3, 9, 3, 3, (1, 1), (2, 0)),

@@ -367,9 +367,11 @@ def conv2d_winograd(xp, u, b, trows, y, scratch):
             conv2d_winograd_output(m, b, ty0, ty1, tw, buf, y[n])
 
 
-# The weight gradient. Y is linear in U = G g G^T, so per tile dL/dU = (A dY_t A^T) * V_t
-# (elementwise, V_t = B^T d_t B as in the forward), summed over tiles: 16 products (K, T)
-# @ (T, C) per block; then dL/dg = G^T (dL/dU) G.
+# The gradients. Y is linear in U = G g G^T and in V_t = B^T d_t B, and Z_t = A dY_t A^T
+# (the transformed output gradient) serves both: dL/dU = sum over tiles of Z_t * V_t
+# (16 products (K, T) @ (T, C) per block, then dL/dg = G^T (dL/dU) G), and dL/dV_t =
+# U^T Z_t (16 products (C, K) @ (K, T)), which the adjoint of the input transform, B .
+# B^T, adds into the input gradient tile by tile.
 
 
 @kernel(fastmath=True)
@@ -377,94 +379,183 @@ def conv2d_winograd_grad_output(dyp, ty0, ty1, tw, split, z, db):
     """z (16, K, T): A dY_t A^T of the 2x2 gradient tiles of tile rows ty0 <= ty < ty1 of
     one image's dyp (K, >= 2 ty1, >= 2 tw), zero past the output, laid out as
     conv2d_winograd_input's v; db (K,) += the sum of those tiles' gradients (empty: not
-    wanted). split (4, >= tw): scratch for the even and odd columns of a tile row's two
-    gradient rows, so that every loop below is unit-stride."""
+    wanted). split (4, >= T): scratch for the tiles' four entries, gathered first so that
+    the transform runs as unit-stride loops over all the block's tiles."""
     k_ = dyp.shape[0]
+    tb = (ty1 - ty0) * tw
     want_db = db.size > 0
     a, b, c, d = split[0], split[1], split[2], split[3]
     for k in range(k_):
-        s = dyp.dtype.type(0)
         for ty in range(ty0, ty1):
             r0 = dyp[k, 2 * ty]
             r1 = dyp[k, 2 * ty + 1]
-            for tx in range(tw):
-                a[tx] = r0[2 * tx]
-                b[tx] = r0[2 * tx + 1]
-                c[tx] = r1[2 * tx]
-                d[tx] = r1[2 * tx + 1]
             base = (ty - ty0) * tw
-            # rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row (p, q)
-            # times A^T is (p, p + q, p - q, -q)
-            for i in range(4):
-                z0 = z[4 * i, k, base : base + tw]
-                z1 = z[4 * i + 1, k, base : base + tw]
-                z2 = z[4 * i + 2, k, base : base + tw]
-                z3 = z[4 * i + 3, k, base : base + tw]
-                for tx in range(tw):
-                    if i == 0:
-                        p, q = a[tx], b[tx]
-                    elif i == 1:
-                        p, q = a[tx] + c[tx], b[tx] + d[tx]
-                    elif i == 2:
-                        p, q = a[tx] - c[tx], b[tx] - d[tx]
-                    else:
-                        p, q = -c[tx], -d[tx]
-                    z0[tx] = p
-                    z1[tx] = p + q
-                    z2[tx] = p - q
-                    z3[tx] = -q
-            if want_db:
-                for tx in range(tw):
-                    s += (a[tx] + b[tx]) + (c[tx] + d[tx])
+            for tx in range(tw):
+                a[base + tx] = r0[2 * tx]
+                b[base + tx] = r0[2 * tx + 1]
+                c[base + tx] = r1[2 * tx]
+                d[base + tx] = r1[2 * tx + 1]
+        # rows of A dY: (a, b), (a + c, b + d), (a - c, b - d), (-c, -d); each row (p, q)
+        # times A^T is (p, p + q, p - q, -q)
+        for i in range(4):
+            z0, z1, z2, z3 = z[4 * i, k], z[4 * i + 1, k], z[4 * i + 2, k], z[4 * i + 3, k]
+            for t in range(tb):
+                if i == 0:
+                    p, q = a[t], b[t]
+                elif i == 1:
+                    p, q = a[t] + c[t], b[t] + d[t]
+                elif i == 2:
+                    p, q = a[t] - c[t], b[t] - d[t]
+                else:
+                    p, q = -c[t], -d[t]
+                z0[t] = p
+                z1[t] = p + q
+                z2[t] = p - q
+                z3[t] = -q
         if want_db:
+            s = dyp.dtype.type(0)
+            for t in range(tb):
+                s += (a[t] + b[t]) + (c[t] + d[t])
             db[k] += s
 
 
+@kernel(fastmath=True)
+def conv2d_winograd_input_backward(g, ty0, ty1, tw, buf, dxp):
+    """The adjoint of conv2d_winograd_input: dxp (C, >= 2 ty1 + 2, >= 2 tw + 2) += B g_t B^T
+    for every tile t of tile rows ty0 <= ty < ty1, g (16, C, T) laid out as that kernel's
+    v (neighbouring tiles overlap by two rows or columns: their parts add up). buf (6,
+    >= max(T, tw + 1)) scratch: one row of every tile's 4x4 result, then a row's even and
+    odd columns, so that every loop is unit-stride.
+
+        B = [ 1  0  0  0]
+            [ 0  1 -1  1]
+            [-1  1  1  0]
+            [ 0  0  0 -1]
+    """
+    c_ = dxp.shape[0]
+    tb = (ty1 - ty0) * tw
+    q0, q1, q2, q3, even, odd = buf[0], buf[1], buf[2], buf[3], buf[4], buf[5]
+    for c in range(c_):
+        for r in range(4):
+            # row r of B g over all the block's tiles: g's rows 0 | 1 - 2 + 3 | 1 + 2 - 0 |
+            # -3 (row i of a tile's g is entries 4 i .. 4 i + 3)
+            if r == 0:
+                conv2d_winograd_rows(g, c, tb, 0, 0, 0, 1, 0, 0, q0, q1, q2, q3)
+            elif r == 1:
+                conv2d_winograd_rows(g, c, tb, 4, 8, 12, 1, -1, 1, q0, q1, q2, q3)
+            elif r == 2:
+                conv2d_winograd_rows(g, c, tb, 4, 8, 0, 1, 1, -1, q0, q1, q2, q3)
+            else:
+                conv2d_winograd_rows(g, c, tb, 12, 12, 12, -1, 0, 0, q0, q1, q2, q3)
+            for ty in range(ty0, ty1):
+                # column 2 q of row 2 ty + r takes entry 0 of tile q and entry 2 of tile
+                # q - 1; column 2 q + 1 entries 1 and 3
+                t = (ty - ty0) * tw
+                even[0] = q0[t]
+                odd[0] = q1[t]
+                for q in range(1, tw):
+                    even[q] = q0[t + q] + q2[t + q - 1]
+                    odd[q] = q1[t + q] + q3[t + q - 1]
+                even[tw] = q2[t + tw - 1]
+                odd[tw] = q3[t + tw - 1]
+                row = dxp[c, 2 * ty + r]
+                for q in range(tw + 1):
+                    row[2 * q] += even[q]
+                    row[2 * q + 1] += odd[q]
+
+
+@kernel(fastmath=True)
+def conv2d_winograd_rows(g, c, tb, ea, eb, ec, sa, sb, sc, q0, q1, q2, q3):
+    """For the tiles t < tb of channel c of g (16, C, T): the row a = sa g[ea + j] + sb
+    g[eb + j] + sc g[ec + j] (j = 0..3) of B g, times B^T: q0 = a0, q1 = a1 - a2 + a3,
+    q2 = a1 + a2 - a0, q3 = -a3 (part of conv2d_winograd_input_backward)."""
+    one = g.dtype.type(sa)
+    two = g.dtype.type(sb)
+    three = g.dtype.type(sc)
+    x0, x1, x2, x3 = g[ea, c], g[ea + 1, c], g[ea + 2, c], g[ea + 3, c]
+    y0, y1, y2, y3 = g[eb, c], g[eb + 1, c], g[eb + 2, c], g[eb + 3, c]
+    z0, z1, z2, z3 = g[ec, c], g[ec + 1, c], g[ec + 2, c], g[ec + 3, c]
+    for t in range(tb):
+        a0 = one * x0[t] + two * y0[t] + three * z0[t]
+        a1 = one * x1[t] + two * y1[t] + three * z1[t]
+        a2 = one * x2[t] + two * y2[t] + three * z2[t]
+        a3 = one * x3[t] + two * y3[t] + three * z3[t]
+        q0[t] = a0
+        q1[t] = a1 - a2 + a3
+        q2[t] = a1 + a2 - a0
+        q3[t] = -a3
+
+
 @kernel(parallel=True)
-def conv2d_winograd_backward(xp, dyp, du_part, db_part, trows, scratch):
-    """Per task, the sums over its blocks of dL/dU (du_part (T, 16, K, C), overwritten)
-    and of the bias gradient (db_part (T, K), overwritten; empty: not wanted), from the
-    padded input xp (N, C, >= 2 th + 2, >= 2 tw + 2) and the output gradient dyp (N, K,
-    >= 2 th, >= 2 tw), zero past the output. Blocks as in conv2d_winograd; scratch (T,
-    16 (C + K) tb + 2 (2 trows + 2)(tw + 1) + K C)."""
+def conv2d_winograd_backward(xp, dyp, ut, ph, pw, trows, du_part, db_part, dx, planes, scratch):
+    """The gradients of conv2d_winograd from one pass over the tiles, each task taking a
+    range of whole images (no two tasks add into the same dx):
+
+    * du_part (T, 16, K, C): each task's sum of dL/dU = (A dY_t A^T) * V_t over its tiles
+      (V_t = B^T d_t B of the padded input xp (N, C, >= 2 th + 2, >= 2 tw + 2));
+    * db_part (T, K): each task's sum of the output gradient dyp (N, K, >= 2 th, >= 2 tw),
+      zero past the output;
+    * dx (N, C, H, W), overwritten: per tile B [U^T (A dY_t A^T)] B^T added into a padded
+      plane (planes (T, C, Hp, Wp), a task's), cropped at (ph, pw); ut (16, C, K) = U
+      transposed per entry.
+
+    du_part, db_part or dx empty: not wanted. Blocks of ``trows`` tile rows as in
+    conv2d_winograd; scratch (T, 16 (C + K) tb + 2 (2 trows + 2)(tw + 1) + K C + 6 (tb +
+    tw + 1))."""
     n_, c_ = xp.shape[0], xp.shape[1]
-    k_ = du_part.shape[2]
-    th = (dyp.shape[2]) // 2
-    tw = (dyp.shape[3]) // 2
+    k_ = dyp.shape[1]
+    th = dyp.shape[2] // 2
+    tw = dyp.shape[3] // 2
     nt = scratch.shape[0]
-    per = (th + trows - 1) // trows
-    nb = n_ * per
     zero = xp.dtype.type(0)
-    want_db = db_part.size > 0
+    want_dw, want_db, want_dx = du_part.size > 0, db_part.size > 0, dx.size > 0
     for task in prange(nt):
-        acc = du_part[task]
-        for e in range(16):
-            for k in range(k_):
-                for c in range(c_):
-                    acc[e, k, c] = zero
+        if want_dw:
+            acc = du_part[task].reshape(du_part[task].size)
+            for i in range(acc.size):
+                acc[i] = zero
         db = db_part[task] if want_db else db_part.reshape(0)
         for k in range(db.size):
             db[k] = zero
-        for blk in range(task * nb // nt, (task + 1) * nb // nt):
-            n = blk // per
-            ty0 = (blk % per) * trows
-            ty1 = min(th, ty0 + trows)
-            tb = (ty1 - ty0) * tw
-            at = 16 * c_ * tb
-            v = scratch[task, :at].reshape(16, c_, tb)
-            z = scratch[task, at : at + 16 * k_ * tb].reshape(16, k_, tb)
-            at += 16 * k_ * tb
-            ne = 2 * (2 * (ty1 - ty0) + 2) * (tw + 1)
-            eo = scratch[task, at : at + ne].reshape(2, 2 * (ty1 - ty0) + 2, tw + 1)
-            prod = scratch[task, at + ne : at + ne + k_ * c_].reshape(k_, c_)
-            conv2d_winograd_input(xp[n], ty0, ty1, tw, eo, v)
-            conv2d_winograd_grad_output(dyp[n], ty0, ty1, tw, eo[0, :4], z, db)
-            for e in range(16):
-                np.dot(z[e], v[e].T, prod)
-                a = acc[e]
-                for k in range(k_):
-                    for c in range(c_):
-                        a[k, c] += prod[k, c]
+        for n in range(task * n_ // nt, (task + 1) * n_ // nt):
+            if want_dx:
+                plane = planes[task].reshape(planes[task].size)
+                for i in range(plane.size):
+                    plane[i] = zero
+            for ty0 in range(0, th, trows):
+                ty1 = min(th, ty0 + trows)
+                tb = (ty1 - ty0) * tw
+                at = 16 * c_ * tb
+                v = scratch[task, :at].reshape(16, c_, tb)
+                z = scratch[task, at : at + 16 * k_ * tb].reshape(16, k_, tb)
+                at += 16 * k_ * tb
+                ne = 2 * (2 * (ty1 - ty0) + 2) * (tw + 1)
+                eo = scratch[task, at : at + ne].reshape(2, 2 * (ty1 - ty0) + 2, tw + 1)
+                prod = scratch[task, at + ne : at + ne + k_ * c_].reshape(k_, c_)
+                split = scratch[task, at : at + 4 * tb].reshape(4, tb)
+                conv2d_winograd_grad_output(dyp[n], ty0, ty1, tw, split, z, db)
+                if want_dw:
+                    conv2d_winograd_input(xp[n], ty0, ty1, tw, eo, v)
+                    for e in range(16):
+                        np.dot(z[e], v[e].T, prod)
+                        a = du_part[task, e]
+                        for k in range(k_):
+                            for c in range(c_):
+                                a[k, c] += prod[k, c]
+                if want_dx:  # v and eo are free again: U^T (A dY A^T), then B . B^T
+                    for e in range(16):
+                        np.dot(ut[e], z[e], v[e])
+                    width = max(tb, tw + 1)
+                    buf = scratch[task, at : at + 6 * width].reshape(6, width)
+                    conv2d_winograd_input_backward(v, ty0, ty1, tw, buf, planes[task])
+            if want_dx:
+                h, w = dx.shape[2], dx.shape[3]
+                for c in range(c_):
+                    for yy in range(h):
+                        src = planes[task, c, yy + ph, pw : pw + w]
+                        dst = dx[n, c, yy]
+                        for q in range(w):
+                            dst[q] = src[q]
 
 
 @kernel(fastmath=True)
@@ -507,6 +598,8 @@ SIGNATURES = {
     "conv2d_winograd_output": [(A3, A1, INT, INT, INT, A2, A3)],
     "conv2d_winograd": [(A4, A3, A1, INT, A4, A2)],
     "conv2d_winograd_grad_output": [(A3, INT, INT, INT, A2, A3, A1)],
-    "conv2d_winograd_backward": [(A4, A4, A4, A2, INT, A2)],
+    "conv2d_winograd_input_backward": [(A3, INT, INT, INT, A2, A3)],
+    "conv2d_winograd_rows": [(A3, INT, INT, INT, INT, INT, INT, INT, INT, A1, A1, A1, A1)],
+    "conv2d_winograd_backward": [(A4, A4, A3, INT, INT, INT, A4, A2, A4, A4, A2)],
     "conv2d_winograd_weights_backward": [(A3, A4)],
 }
