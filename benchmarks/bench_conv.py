@@ -1,8 +1,9 @@
 """2-d convolution (cross-correlation, NCHW), forward and backward (input, weight and
 bias gradients).
 
-Sizes: LeNet-5's two convolutions at batch 64, (GPUNN_BENCH_FULL=1) a 3x3 layer of a
-small ResNet-like network, and the 3x3 layers of ResNet's 56x56 and 28x28 stages at batch
+Sizes: LeNet-5's two convolutions at batch 64 (im2col on the CPU), a small 3x3 layer
+(Winograd F(2x2, 3x3) on the CPU), (GPUNN_BENCH_FULL=1) a 3x3 layer of a small ResNet-like
+network, and the 3x3 layers of ResNet's 56x56 and 28x28 stages at batch
 32 and 128 (on the GPU; on the CPU only with GPUNN_BENCH_FULL=1).
 """
 
@@ -12,6 +13,7 @@ from .common import ALL, OpBenchmark, dtypes, size_names
 SIZES = {
     "lenet-conv1": (64, 1, 28, 28, 6, 5, 5, 1, 2),
     "lenet-conv2": (64, 6, 14, 14, 16, 5, 5, 1, 0),
+    "16x16x16x16-k16-3x3": (16, 16, 16, 16, 16, 3, 3, 1, 1),
     "32x32x32x32-k64-3x3": (32, 32, 32, 32, 64, 3, 3, 1, 1),
     # ResNet stages (gpunn.workloads conv56x64-b32 ... conv28x128-b128), GPU-sized
     "resnet-56x56-64-b32": (32, 64, 56, 56, 64, 3, 3, 1, 1),
@@ -19,7 +21,8 @@ SIZES = {
     "resnet-28x28-128-b32": (32, 128, 28, 28, 128, 3, 3, 1, 1),
     "resnet-28x28-128-b128": (128, 128, 28, 28, 128, 3, 3, 1, 1),
 }
-LARGE = ("lenet-conv1", "32x32x32x32-k64-3x3")  # default grid: lenet-conv2 (+ GPU sizes)
+# default grid: lenet-conv2 and the small 3x3 layer (+ GPU sizes)
+LARGE = ("lenet-conv1", "32x32x32x32-k64-3x3")
 GPU_SIZES = tuple(name for name in SIZES if name.startswith("resnet-"))
 
 
