@@ -55,6 +55,7 @@ KERNEL_ONLY = {
     ("cpu", "conv2d_winograd_backward"): "the gradients of conv2d_winograd (CPU only)",
     ("cpu", "conv2d_winograd_input_backward"): "part of conv2d_winograd_backward (CPU only)",
     ("cpu", "conv2d_winograd_rows"): "part of conv2d_winograd_backward (CPU only)",
+    ("cpu", "conv2d_winograd_scratch"): "cuts a task's scratch for the Winograd kernels",
     ("cpu", "conv2d_winograd_grad_output"): "part of conv2d_winograd_backward (CPU only)",
     ("cpu", "conv2d_winograd_weights_backward"): "part of conv2d_winograd_backward (CPU only)",
     ("cpu", "softmax_row_max"): "the CPU's vectorised row maximum inside the softmax "
@@ -160,7 +161,7 @@ def test_the_mirror_check_catches_a_stray_name():
                     ks.remove(k)
     cpu["conv"] += ["conv2d_forward", "conv2d_backward", "conv2d_winograd"]
     parts = ("weights", "input", "output", "backward", "grad_output", "weights_backward")
-    parts += ("input_backward", "rows")
+    parts += ("input_backward", "rows", "scratch")
     cpu["conv"] += [f"conv2d_winograd_{part}" for part in parts]
     cpu["softmax"] += ["softmax_row_max"]
     cpu["pooling"] += ["max_pool2d_pad", "max_pool2d_2x2_forward"]

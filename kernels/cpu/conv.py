@@ -331,6 +331,21 @@ def conv2d_winograd_output(m, b, ty0, ty1, tw, buf, y):
                     dst[ow - 1] = left[base + half]
 
 
+@kernel
+def conv2d_winograd_scratch(row, c_, k_, rows, tw):
+    """(v (16, C, T), m (16, K, T), eo (2, 2 rows + 2, tw + 1), rest): a task's scratch
+    row cut for a block of ``rows`` tile rows (T = rows * tw), in that order; rest is
+    what follows eo."""
+    tb = rows * tw
+    at = 16 * c_ * tb
+    v = row[:at].reshape(16, c_, tb)
+    m = row[at : at + 16 * k_ * tb].reshape(16, k_, tb)
+    at += 16 * k_ * tb
+    ne = 2 * (2 * rows + 2) * (tw + 1)
+    eo = row[at : at + ne].reshape(2, 2 * rows + 2, tw + 1)
+    return v, m, eo, row[at + ne :]
+
+
 @kernel(parallel=True)
 def conv2d_winograd(xp, u, b, trows, y, scratch):
     """y (N, K, oh, ow) = b + the 3x3 stride-1 cross-correlation of the padded input xp
@@ -354,13 +369,8 @@ def conv2d_winograd(xp, u, b, trows, y, scratch):
             ty0 = (blk % per) * trows
             ty1 = min(th, ty0 + trows)
             tb = (ty1 - ty0) * tw
-            at = 16 * c_ * tb
-            v = scratch[task, :at].reshape(16, c_, tb)
-            m = scratch[task, at : at + 16 * k_ * tb].reshape(16, k_, tb)
-            at += 16 * k_ * tb
-            ne = 2 * (2 * (ty1 - ty0) + 2) * (tw + 1)
-            eo = scratch[task, at : at + ne].reshape(2, 2 * (ty1 - ty0) + 2, tw + 1)
-            buf = scratch[task, at + ne : at + ne + 4 * tb].reshape(4, tb)
+            v, m, eo, rest = conv2d_winograd_scratch(scratch[task], c_, k_, ty1 - ty0, tw)
+            buf = rest[: 4 * tb].reshape(4, tb)
             conv2d_winograd_input(xp[n], ty0, ty1, tw, eo, v)
             for e in range(16):
                 np.dot(u[e], v[e], m[e])
@@ -525,14 +535,11 @@ def conv2d_winograd_backward(xp, dyp, ut, ph, pw, trows, du_part, db_part, dx, p
             for ty0 in range(0, th, trows):
                 ty1 = min(th, ty0 + trows)
                 tb = (ty1 - ty0) * tw
-                at = 16 * c_ * tb
-                v = scratch[task, :at].reshape(16, c_, tb)
-                z = scratch[task, at : at + 16 * k_ * tb].reshape(16, k_, tb)
-                at += 16 * k_ * tb
-                ne = 2 * (2 * (ty1 - ty0) + 2) * (tw + 1)
-                eo = scratch[task, at : at + ne].reshape(2, 2 * (ty1 - ty0) + 2, tw + 1)
-                prod = scratch[task, at + ne : at + ne + k_ * c_].reshape(k_, c_)
-                split = scratch[task, at : at + 4 * tb].reshape(4, tb)
+                v, z, eo, rest = conv2d_winograd_scratch(scratch[task], c_, k_, ty1 - ty0, tw)
+                prod = rest[: k_ * c_].reshape(k_, c_)
+                # eo's space (and what follows it) is free outside the input transform
+                after_z = scratch[task, 16 * (c_ + k_) * tb :]
+                split = after_z[: 4 * tb].reshape(4, tb)
                 conv2d_winograd_grad_output(dyp[n], ty0, ty1, tw, split, z, db)
                 if want_dw:
                     conv2d_winograd_input(xp[n], ty0, ty1, tw, eo, v)
@@ -546,7 +553,7 @@ def conv2d_winograd_backward(xp, dyp, ut, ph, pw, trows, du_part, db_part, dx, p
                     for e in range(16):
                         np.dot(ut[e], z[e], v[e])
                     width = max(tb, tw + 1)
-                    buf = scratch[task, at : at + 6 * width].reshape(6, width)
+                    buf = after_z[: 6 * width].reshape(6, width)
                     conv2d_winograd_input_backward(v, ty0, ty1, tw, buf, planes[task])
             if want_dx:
                 h, w = dx.shape[2], dx.shape[3]
@@ -596,6 +603,7 @@ SIGNATURES = {
     "conv2d_winograd_weights": [(A4, A3)],
     "conv2d_winograd_input": [(A3, INT, INT, INT, A3, A3)],
     "conv2d_winograd_output": [(A3, A1, INT, INT, INT, A2, A3)],
+    "conv2d_winograd_scratch": [(A1, INT, INT, INT, INT)],
     "conv2d_winograd": [(A4, A3, A1, INT, A4, A2)],
     "conv2d_winograd_grad_output": [(A3, INT, INT, INT, A2, A3, A1)],
     "conv2d_winograd_input_backward": [(A3, INT, INT, INT, A2, A3)],
