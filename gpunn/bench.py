@@ -355,7 +355,12 @@ def header_lines(info: dict) -> list[str]:
         f"{m['cpus_total']} in the machine)",
         f"threads  {m['threads']} (gpunn.set_num_threads"
         + (", torch.set_num_threads" if v.get("torch") else "")
-        + ", BLAS pools)",
+        + ", BLAS pools)"
+        + (
+            f"; Numba threading layer {m['numba_threading_layer']}"
+            if m.get("numba_threading_layer")
+            else ""
+        ),
         f"BLAS     {m['blas']}",
         f"GPU      {m['gpu'] or 'none used'}",
         f"sgemm    {info['sgemm_gflops_start']:.1f} GFLOP/s at the start (NumPy float32 "
@@ -556,6 +561,16 @@ def _versions(torch) -> dict:
     return out
 
 
+def _numba_threading_layer(backends) -> str | None:
+    """Numba's threading layer ("tbb", "omp" or "workqueue") when the numba backend runs:
+    under "omp" its threads spin against PyTorch's OpenMP threads in the same process."""
+    if "numba" not in backends:
+        return None
+    from gpunn.kernels.cpu import _jit
+
+    return _jit.THREADING_LAYER
+
+
 def _thread_limits(n: int):
     try:
         import threadpoolctl
@@ -635,6 +650,7 @@ def main(argv=None) -> int:
                 "cpus": gpunn.threads.available_cpus(),
                 "cpus_total": os.cpu_count(),
                 "threads": threads,
+                "numba_threading_layer": _numba_threading_layer(backends),
                 "blas": describe_blas(pools),
                 "blas_pools": pools,
                 "gpu": gpu_name(backends, torch),
