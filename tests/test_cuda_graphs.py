@@ -49,8 +49,8 @@ def test_capture_plan_covers_every_op_of_the_contract():
     assert set(plan) == _stems()
     assert plan["linear"] is None and plan["conv2d"] is None and plan["lstm"] is None
     assert plan["sgd"] is None and plan["cross_entropy"] is None
-    for op in ("dropout", "adam", "embedding"):
-        assert plan[op], op
+    assert plan["adam"] is None and plan["dropout"] is None  # replayed host values
+    assert "argsort" in plan["embedding"]
     with pytest.raises(ValueError, match="unknown op stems"):
         gpunn.cuda.capture_plan(["linear", "nope"])
 
@@ -61,14 +61,78 @@ def test_capture_plan_of_models_and_step_blockers():
     mlp = models.MLP(8, (4,), 3)
     assert gpunn.cuda.blockers(mlp) == {}
     dropped = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
-    assert set(gpunn.cuda.blockers(dropped)) == {"dropout"}
-    assert gpunn.cuda.step_blockers(mlp, gpunn.optim.SGD(mlp.parameters(), 0.1)) == []
-    why = gpunn.cuda.step_blockers(
-        dropped, gpunn.optim.Adam(dropped.parameters()), scheduler="cosine", amp="bfloat16"
+    assert gpunn.cuda.blockers(dropped) == {}  # dropout's seed is replayed
+    words = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
+    assert set(gpunn.cuda.blockers(words)) == {"embedding"}
+    assert gpunn.cuda.step_blockers(mlp, scheduler="cosine") == []  # the lr is replayed
+    why = gpunn.cuda.step_blockers(words, scheduler="onecycle", amp="bfloat16")
+    assert len(why) == 3
+    assert why[0].startswith("embedding:")
+    assert "one-cycle schedule moves the momentum" in why[1] and "autocast" in why[2]
+
+
+# ---------------------------------------------------------------------- replayed host values
+class _FakeWords:
+    """_ReplayedWords without a device: slots are offsets from address 4096."""
+
+    def __init__(self):
+        self.draws = []
+
+    add = graphs._ReplayedWords.add
+    device = types.SimpleNamespace(data=types.SimpleNamespace(ptr=4096))  # CuPy's .data.ptr
+    name = "train_step"
+
+
+def test_replayed_values_are_plain_outside_a_capture_and_keep_their_draw_inside(monkeypatch):
+    counter = iter(range(100, 200))
+    assert type(graphs.replayed(lambda: next(counter))) is int
+    words = _FakeWords()
+    monkeypatch.setattr(graphs, "_capture", words)
+    first, second = graphs.replayed(lambda: 7), graphs.replayed(lambda: next(counter))
+    assert (first, first.slot, second, second.slot) == (7, 4096, 101, 4104)
+    lr = graphs.replayed(lambda: 0.5)
+    assert type(lr) is graphs.ReplayedFloat and (lr, lr.slot) == (0.5, 4112)
+    assert [d() for d in words.draws] == [7, 102, 0.5]  # a replay draws again, in order
+    with pytest.raises(CaptureError, match="64 unsigned bits, got -1"):
+        graphs.replayed(lambda: -1)
+    monkeypatch.setattr(graphs, "MAX_REPLAYED", 3)
+    with pytest.raises(CaptureError, match="draws more than 3 host values"):
+        graphs.replayed(lambda: 1)
+
+
+def test_dropout_and_adam_draw_through_replayed(monkeypatch):
+    """While a step is captured, dropout's seed, Adam's learning rate and step count reach
+    the backend as replayed values whose draws, called again, advance the generator and
+    the step counts as an eager step does, and read the learning rate of the moment."""
+    from gpunn import random
+
+    gpunn.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 2))
+    opt = gpunn.optim.Adam(model.parameters())
+    seen = {}
+    numpy_be = backend_object("numpy")
+    monkeypatch.setattr(
+        type(numpy_be), "adam_update", lambda self, *a, **k: seen.update(step=a[4], lr=a[5])
     )
-    assert len(why) == 4
-    assert why[0].startswith("dropout:") and "Adam" in why[1]
-    assert "learning-rate schedule" in why[2] and "autocast" in why[3]
+    words = _FakeWords()
+    monkeypatch.setattr(graphs, "_capture", words)
+    state = random.get_rng_state()
+    opt.zero_grad()
+    model(gpunn.randn(3, 4)).sum().backward()
+    opt.step()
+    monkeypatch.setattr(graphs, "_capture", None)
+    assert isinstance(seen["step"], graphs.ReplayedInt) and seen["step"] == 1
+    assert isinstance(seen["lr"], graphs.ReplayedFloat) and seen["lr"] == 1e-3
+    assert len(words.draws) == 3  # the seed, the learning rate, the step count
+    random.set_rng_state(state)
+    gpunn.randn(3, 4)  # what the step drew before dropout's seed
+    drop_seed = random.next_seed()
+    random.set_rng_state(state)
+    gpunn.randn(3, 4)
+    assert words.draws[0]() == drop_seed  # the replay's seed: the eager step's
+    opt.lr = 0.25  # what a schedule does between steps
+    assert words.draws[1]() == 0.25
+    assert words.draws[2]() == 2 and all(st["step"] == 2 for st in opt.state)
 
 
 # ---------------------------------------------------------------------- refusals
@@ -109,8 +173,6 @@ def test_host_work_inside_a_captured_step_is_refused_naming_the_op(monkeypatch):
         "synchronize": be.synchronize,
         "asarray": lambda: be.asarray([1.0, 2.0]),
         "getitem": lambda: be.getitem_forward(x, np.array([0, 2])),
-        "dropout": lambda: be.dropout_forward(x, 0.5, 7),
-        "adam_update": lambda: be.adam_update([x], [x], [x], [x], 1, 1e-3, 0.9, 0.999, 1e-8, 0),
         "clip_grad_norm_": lambda: be.clip_grad_norm_update([x], 1.0, 2.0, True),
         "embedding": lambda: be.embedding_backward(x, (None, (4, 3), None), (False, True)),
         "matmul": lambda: be.matmul_forward(x, x.T),
@@ -335,13 +397,17 @@ def test_graphed_step_checks_inputs_before_replaying():
         step.check_inputs([np.zeros((4, 3)), _static((4,))[0]])
 
 
-def test_graphed_step_refuses_a_changed_learning_rate():
+def test_graphed_step_refuses_a_changed_momentum_and_takes_a_changed_learning_rate():
     model = nn.Linear(3, 2)
     opt = gpunn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     step = graphs.GraphedStep("s", _static((2, 3)), None, None, optimizers=[opt])
     step.check_hyper()
-    opt.lr = 0.05  # what a scheduler does
-    with pytest.raises(CaptureError, match=r"SGD's hyper-parameters changed.*lr of group 0: 0.1"):
+    opt.lr = 0.05  # what a schedule does: replays read it anew
+    step.check_hyper()
+    opt.param_groups[0]["momentum"] = 0.85  # what one-cycle does
+    with pytest.raises(
+        CaptureError, match=r"SGD's hyper-parameters changed.*momentum of group 0: 0.9 -> 0.85"
+    ):
         step.check_hyper()
 
 
@@ -462,8 +528,9 @@ def _problem(name, dtype):
         model, loss = models.LogisticRegression(20), nn.BCELoss()
         x = rng.standard_normal((64, 20))
         y = (x[:, :1] > 0).astype(dtype)
-    elif name == "mlp":
-        model, loss = models.MLP(32, (16, 16), 10), nn.CrossEntropyLoss()
+    elif name in ("mlp", "mlp-dropout"):
+        dropout = 0.3 if name == "mlp-dropout" else 0.0
+        model, loss = models.MLP(32, (16, 16), 10, dropout=dropout), nn.CrossEntropyLoss()
         x, y = rng.standard_normal((16, 32)), rng.integers(0, 10, 16)
     else:
         model, loss = models.LeNet5(), nn.CrossEntropyLoss()
@@ -472,11 +539,12 @@ def _problem(name, dtype):
     return model, loss, x.astype(dtype), y
 
 
-def _train(name, dtype, optimizer, captured, steps=100):
+def _train(name, dtype, optimizer, captured, steps=100, schedule=None):
     gpunn.manual_seed(0)
     with gpunn.use_backend("cupy"):
         model, loss_fn, x_host, y_host = _problem(name, dtype)
         opt = optimizer(model.parameters())
+        scheduler = schedule(opt) if schedule else None
         batches = [(x_host * (1 + 0.01 * i), y_host) for i in range(steps)]
 
         def step(x, y):
@@ -491,19 +559,45 @@ def _train(name, dtype, optimizer, captured, steps=100):
         losses = []
         for xb, yb in batches:
             losses.append(run(gpunn.tensor(xb), gpunn.tensor(yb)).item())
+            if scheduler is not None:
+                scheduler.step()
         return losses, {k: v.numpy() for k, v in model.state_dict().items()}
 
 
 SGD_MOMENTUM = lambda params: gpunn.optim.SGD(params, lr=0.01, momentum=0.9)  # noqa: E731
+ADAM = lambda params: gpunn.optim.Adam(params, lr=0.01)  # noqa: E731
+ADAMW = lambda params: gpunn.optim.AdamW(params, lr=0.01, weight_decay=0.1)  # noqa: E731
+#: (problem, optimizer, schedule) of runs whose captured steps must equal eager ones: SGD's
+#: pointer tables; Adam's replayed step count; dropout's replayed seeds; AdamW's decoupled
+#: decay; the learning rates a schedule sets between replays.
+CAPTURED_RUNS = {
+    "logreg-sgd": ("logreg", SGD_MOMENTUM, None),
+    "mlp-sgd": ("mlp", SGD_MOMENTUM, None),
+    "mlp-dropout-adam": ("mlp-dropout", ADAM, None),
+    "logreg-adamw-steplr": (
+        "logreg",
+        ADAMW,
+        lambda opt: gpunn.optim.lr_scheduler.StepLR(opt, 2, 0.5),
+    ),
+}
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("name", ["logreg", "mlp", "lenet"])
+@pytest.mark.parametrize(
+    "run",
+    [
+        *CAPTURED_RUNS.items(),
+        ("lenet-sgd", ("lenet", SGD_MOMENTUM, None)),
+        ("lenet-adam", ("lenet", ADAM, None)),
+    ],
+    ids=lambda run: run[0],
+)
 @gpu_only
 @pytest.mark.cuda
-def test_captured_steps_match_eager_steps_bit_for_bit(name, dtype):
-    eager_losses, eager_state = _train(name, dtype, SGD_MOMENTUM, captured=False)
-    graph_losses, graph_state = _train(name, dtype, SGD_MOMENTUM, captured=True)
+def test_captured_steps_match_eager_steps_bit_for_bit(run, dtype):
+    name, optimizer, schedule = run[1]
+    eager_losses, eager_state = _train(name, dtype, optimizer, False, schedule=schedule)
+    graph_losses, graph_state = _train(name, dtype, optimizer, True, schedule=schedule)
     assert graph_losses == eager_losses
     for k in eager_state:
         np.testing.assert_array_equal(graph_state[k], eager_state[k], err_msg=k)
@@ -525,29 +619,6 @@ def test_gpunn_train_with_and_without_cuda_graph_gives_the_same_run(tmp_path):
     assert runs[1][0] == runs[0][0]
     for k in runs[0][1]:
         np.testing.assert_array_equal(runs[1][1][k], runs[0][1][k], err_msg=k)
-
-
-@gpu_only
-@pytest.mark.cuda
-def test_adam_refuses_capture_and_leaves_the_model_as_it_was():
-    gpunn.manual_seed(0)
-    with gpunn.use_backend("cupy"):
-        model, loss_fn, x_host, y_host = _problem("mlp", "float32")
-        opt = gpunn.optim.Adam(model.parameters())
-        before = {k: v.numpy() for k, v in model.state_dict().items()}
-
-        def step(x, y):
-            opt.zero_grad()
-            loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
-        x, y = gpunn.tensor(x_host), gpunn.tensor(y_host)
-        with pytest.raises(CaptureError, match="adam_update cannot be captured"):
-            gpunn.cuda.graphed(step, x, y, state=(model, opt))
-        for k, v in model.state_dict().items():
-            np.testing.assert_array_equal(v.numpy(), before[k], err_msg=k)
 
 
 @gpu_only
@@ -605,10 +676,12 @@ def test_replays_of_a_captured_step_match_eager_steps_under_the_emulation(emu_ca
     capture: while a stream captures, every launch of gpunn's kernels, every GEMM of the
     binding and every captured host-to-device copy is recorded with its arguments instead
     of run, and a replay runs the records in order (what a CUDA graph does: the same
-    addresses and scalars every time). mlp and logreg, whose steps are all gpunn kernels
-    and GEMMs, with SGD and momentum, float32 and float64: 6 replays equal 6 eager steps
-    bit for bit; and ``gpunn train --cuda-graph`` (mlp on digits, the last smaller batch of
-    each epoch eager on the same state) equals the run without it. The stand-in's memory
+    addresses and scalars every time; the replayed host values copied before it).
+    CAPTURED_RUNS (mlp and logreg with SGD and momentum, mlp with dropout and Adam, logreg
+    with AdamW and a step schedule), float32 and float64: 6 replays equal 6 eager steps bit
+    for bit; and ``gpunn train --cuda-graph`` (mlp on digits with Adam and a cosine
+    schedule, the last smaller batch of each epoch eager on the same state) equals the run
+    without it. The stand-in's memory
     pool keeps what it allocated, as CuPy's does. Checks gpunn's side of a capture (stable
     addresses, the state restored, the pointer tables, the inputs copied), not CUDA's."""
     out = _emulated("capture", emu_cache)
@@ -769,15 +842,15 @@ def _capture_worker():
     lib.cublasDgemm_v2 = deferred(lib.cublasDgemm_v2)
     be._dev.blas = cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
     failures = []
-    for name in ("mlp", "logreg"):
+    for run, (name, optimizer, schedule) in CAPTURED_RUNS.items():
         for dtype in ("float32", "float64"):
-            eager_losses, eager_state = _train(name, dtype, SGD_MOMENTUM, False, steps=6)
-            graph_losses, graph_state = _train(name, dtype, SGD_MOMENTUM, True, steps=6)
+            eager_losses, eager_state = _train(name, dtype, optimizer, False, 6, schedule)
+            graph_losses, graph_state = _train(name, dtype, optimizer, True, 6, schedule)
             if graph_losses != eager_losses:
-                failures.append(f"{name} {dtype}: losses {graph_losses} != {eager_losses}")
+                failures.append(f"{run} {dtype}: losses {graph_losses} != {eager_losses}")
             for k in eager_state:
                 if not np.array_equal(graph_state[k], eager_state[k]):
-                    failures.append(f"{name} {dtype}: {k} differs")
+                    failures.append(f"{run} {dtype}: {k} differs")
     with gpunn.use_backend("cupy"):  # a refusal leaves the stream and the state as they were
         model = nn.Linear(4, 2)
         before = model.weight.numpy().copy()
@@ -800,9 +873,9 @@ def _capture_worker():
     runs = []  # gpunn train: replays, and the last smaller batch eager on the same state
     for flag in (False, True):
         result = train(
-            "mlp", "digits", backend="cupy", optimizer="sgd", epochs=2, batch_size=100,
-            hidden=[16], cuda_graph=flag, out=tempfile.mkdtemp(), progress=False,
-            stream=io.StringIO(),
+            "mlp", "digits", backend="cupy", optimizer="adam", epochs=2, batch_size=100,
+            hidden=[16], scheduler="cosine", cuda_graph=flag, out=tempfile.mkdtemp(),
+            progress=False, stream=io.StringIO(),
         )  # fmt: skip
         state = {k: v.numpy() for k, v in result.model.state_dict().items()}
         runs.append(([h["train_loss"] for h in result.history], state))

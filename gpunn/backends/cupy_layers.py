@@ -26,6 +26,12 @@ except ImportError:  # pragma: no cover - depends on the environment; cupy_backe
 _c = L.contiguous
 
 
+def _slot(value) -> np.uint64:
+    """The device word a captured step's replays write ``value`` to (gpunn.cuda.graphs.
+    replayed), as the kernels take it; 0 (read the value passed) outside a capture."""
+    return np.uint64(getattr(value, "slot", 0))
+
+
 def _sequence_grads(dev, *args):
     return sequence_grads(functools.partial(L.sequence_weight_grads, dev), *args)
 
@@ -105,12 +111,7 @@ class LayerOps:
     def dropout_forward(self, X, p, seed):
         """Inverted dropout; the mask is splitmix64(seed, flat index), as the reference draws
         it, recomputed in the backward instead of stored."""
-        self._dev.refuse_capture(
-            "dropout",
-            "its seed is drawn on the host at every call, so a replay would repeat "
-            "the captured mask",
-        )
-        return L.dropout_forward(self._dev, _c(X), p, seed)
+        return L.dropout_forward(self._dev, _c(X), p, seed, _slot(seed))
 
     def dropout_backward(self, dY, saved, needs):
         return (L.dropout_backward(self._dev, _c(dY), saved),)
@@ -185,28 +186,25 @@ class LayerOps:
 
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
-        """One fused launch over every parameter (per dtype): weight decay, momentum, step."""
+        """One fused launch over every parameter (per dtype): weight decay, momentum, step; in
+        a captured step the learning rate comes from the device word its replays refresh."""
         flags = (np.int32(momentum != 0), np.int32(weight_decay != 0), np.int32(bool(nesterov)))
-        scalars = (float(lr), float(momentum), float(weight_decay), *flags)
+        scalars = (float(lr), _slot(lr), float(momentum), float(weight_decay), *flags)
         L.fused_update(self._dev, "sgd_update", (params, grads, bufs), scalars)
 
     def adam_update(
         self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
     ):
-        """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW."""
-        self._dev.refuse_capture(
-            "adam_update",
-            "its bias corrections come from the step count, held on the host, "
-            "so a replay would repeat the captured step's; use SGD in a captured step",
-        )
-        bias1 = 1 - beta1**step
-        bias2_sqrt = (1 - beta2**step) ** 0.5
-        scalars = (lr / bias1, beta1, 1 - beta1, beta2, 1 - beta2, bias2_sqrt, eps, weight_decay)
+        """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW. The
+        bias corrections are computed on the device from ``step`` and ``lr``: in a captured
+        step, from the device words its replays refresh (``.slot``, see
+        gpunn.cuda.graphs.replayed)."""
         l2, shrink = bool(weight_decay) and not decoupled, bool(weight_decay) and decoupled
-        scalars = (*(float(s) for s in scalars), np.int32(l2), float(1 - lr * weight_decay))
-        L.fused_update(
-            self._dev, "adam_update", (params, grads, ms, vs), (*scalars, np.int32(shrink))
-        )
+        scalars = (beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay)
+        scalars = (*(float(s) for s in scalars), np.int32(l2), np.int32(shrink))
+        scalars += (np.float64(lr), _slot(lr), np.float64(beta1), np.float64(beta2))
+        scalars += (np.float64(weight_decay), np.uint64(step), _slot(step))
+        L.fused_update(self._dev, "adam_update", (params, grads, ms, vs), scalars)
 
     def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):
         """Two launches over every gradient; the norm and the scale factor stay on the device."""

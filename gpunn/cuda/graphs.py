@@ -18,10 +18,14 @@ What a capture needs, and how gpunn provides it:
 * No host work inside the step: every path of the cupy backend that waits for the device or
   moves data between host and device (``.item()``, ``.numpy()``, ``synchronize()``, eager
   label checks, index arrays, batch norm's ``momentum=None``, ``error_if_nonfinite``) and
-  every op whose result a replay could not reproduce (dropout's host-drawn seed, Adam's
-  step count on the host, CuPy's cuBLAS calls, CuPy's argsort) raises
-  :class:`~gpunn.errors.CaptureError` naming the op while the step is captured
+  every op whose result a replay could not reproduce (CuPy's cuBLAS calls, CuPy's argsort)
+  raises :class:`~gpunn.errors.CaptureError` naming the op while the step is captured
   (:func:`capture_plan` lists them).
+* Host integers a step draws anew at every call (dropout's seeds, Adam's step counts) go
+  through :func:`replayed`: while captured, the kernels read them from device words, and
+  before every replay :class:`GraphedStep` draws them again, in the order the step drew
+  them, and copies them there. So replays draw as eager steps do: the same masks, the same
+  bias corrections, the same generator and step counts afterwards.
 * Matrix products through gpunn's own cuBLAS binding (:mod:`gpunn.cuda.cublas`): CuPy
   refuses its own cuBLAS calls during capture.
 
@@ -30,7 +34,116 @@ Only the cupy backend captures; importing this module needs neither CuPy nor a G
 
 from __future__ import annotations
 
+import numpy as np
+
 from gpunn.errors import CaptureError
+
+#: Host integers one captured step may draw through :func:`replayed`.
+MAX_REPLAYED = 1024
+#: Pinned staging buffers of a step's replayed words (a replay refills one while the
+#: copies of the previous ones may still be queued).
+REPLAY_BUFFERS = 4
+
+_capture = None  # the _ReplayedWords of the step graphed() is capturing, else None
+
+
+class ReplayedInt(int):
+    """A host integer drawn inside a captured step (see :func:`replayed`): its value, and
+    in ``slot`` the device address of the word a replay refreshes, which the cupy
+    backend's kernels read instead of the value (as unsigned 64 bits)."""
+
+    slot: int
+
+    def __new__(cls, value: int, slot: int):
+        obj = super().__new__(cls, value)
+        obj.slot = slot
+        return obj
+
+
+class ReplayedFloat(float):
+    """A host float read inside a captured step (see :func:`replayed`), with ``slot`` as
+    :class:`ReplayedInt`'s (the word holds the value as a float64)."""
+
+    slot: int
+
+    def __new__(cls, value: float, slot: int):
+        obj = super().__new__(cls, value)
+        obj.slot = slot
+        return obj
+
+
+def replayed(draw):
+    """``draw()``: a value a step takes from the host anew at every call: an integer in
+    [0, 2**64) (``gpunn.random.next_seed`` for dropout, Adam's step count) or a float (an
+    optimizer's learning rate, which a schedule changes between steps). Outside a capture,
+    its value. While :func:`graphed` captures a step, a :class:`ReplayedInt` or
+    :class:`ReplayedFloat` whose ``slot`` is a device word, and ``draw`` is kept: before
+    every replay the :class:`GraphedStep` calls the draws of its step again, in the order
+    the step made them, and copies their values to those words. So a replay draws what an
+    eager step would have drawn, and leaves the host state (the generator, the step
+    counts) as an eager step would."""
+    value = draw()
+    return value if _capture is None else _capture.add(draw, value)
+
+
+def _address(array) -> int:
+    """The device address of ``array``'s first element (as the kernels' launchers take it)."""
+    from gpunn.kernels.cuda import workspace
+
+    return workspace.ptr(array)
+
+
+class _ReplayedWords:
+    """The draws of a captured step and the device words their values go to."""
+
+    def __init__(self, name: str):
+        import cupy
+
+        self.name = name
+        self.device = cupy.zeros(MAX_REPLAYED, np.uint64)
+        self.draws: list = []
+        self._host = [
+            cupy.cuda.alloc_pinned_memory(MAX_REPLAYED * 8) for _ in range(REPLAY_BUFFERS)
+        ]
+        self._copied = [None] * REPLAY_BUFFERS  # an event after each buffer's last copy
+        self._turn = 0
+
+    def add(self, draw, value):
+        """The ReplayedInt or ReplayedFloat of ``value``, whose word is the next one."""
+        if len(self.draws) == MAX_REPLAYED:
+            raise CaptureError(
+                f"{self.name}: the step draws more than {MAX_REPLAYED} host values (dropout "
+                "seeds, optimizer step counts and learning rates) that every replay must "
+                "draw again"
+            )
+        if isinstance(value, int) and not 0 <= value < 2**64:
+            raise CaptureError(f"{self.name}: a replayed host integer must fit in 64 "
+                               f"unsigned bits, got {value}")  # fmt: skip
+        slot = _address(self.device) + 8 * len(self.draws)
+        self.draws.append(draw)
+        return ReplayedFloat(value, slot) if isinstance(value, float) else ReplayedInt(value, slot)
+
+    def refresh(self, stream) -> None:
+        """Draw every value again and copy them to the device words, queued on ``stream``
+        before the graph's launch (after the previous replay, which read the last ones)."""
+        if not self.draws:
+            return
+        import cupy
+
+        turn = self._turn % REPLAY_BUFFERS
+        self._turn += 1
+        if self._copied[turn] is not None:
+            self._copied[turn].synchronize()  # this buffer's copy of 4 replays ago is done
+        host = self._host[turn]
+        words = np.frombuffer(host, np.uint64, len(self.draws))
+        for k, draw in enumerate(self.draws):
+            value = draw()
+            words[k] = np.float64(value).view(np.uint64) if isinstance(value, float) else value
+        rt = cupy.cuda.runtime
+        nbytes = words.nbytes
+        rt.memcpyAsync(_address(self.device), host.ptr, nbytes, rt.memcpyHostToDevice, stream.ptr)
+        self._copied[turn] = stream.record()
+
 
 #: op stem -> why a captured step cannot contain it (None: capturable). The stems are the
 #: backend contract's (``Backend.ops()`` without the _forward/_backward/_update suffix).
@@ -72,16 +185,14 @@ CAPTURE_PLAN = {
     "conv2d": None,
     "max_pool2d": None,
     "avg_pool2d": None,
-    "dropout": "its seed is drawn on the host at every call, so every replay would repeat "
-    "the captured mask",
+    "dropout": None,  # its seed is replayed (drawn again before every replay)
     "rnn_cell": None,
     "lstm_cell": None,
     "rnn": None,
     "lstm": None,
     "gru": None,
     "sgd": None,
-    "adam": "its bias corrections come from the step count, held on the host, so every "
-    "replay would repeat the captured step's",
+    "adam": None,  # its step count is replayed; the corrections are computed on the device
     "clip_grad_norm": None,  # error_if_nonfinite=True reads the norm on the host: refused
     "clip_grad_value": None,
 }
@@ -138,19 +249,19 @@ def module_ops(module) -> list:
     return ops
 
 
-def step_blockers(model=None, optimizer=None, **settings) -> list[str]:
-    """Why a training step of ``model`` with ``optimizer`` cannot be captured, as
-    sentences (empty: it can): the model's layers (:func:`blockers`), Adam/AdamW, and the
-    settings ``scheduler`` (a schedule other than ``"none"`` changes the learning rate at
-    every step, which the captured update holds fixed) and ``amp`` (autocast's products
-    call cuBLAS through CuPy)."""
+def step_blockers(model=None, **settings) -> list[str]:
+    """Why a training step of ``model`` cannot be captured, as sentences (empty: it can):
+    the model's layers (:func:`blockers`), and the settings ``scheduler`` (``"onecycle"``
+    also moves the momentum or beta1, which a captured update holds fixed; the schedules
+    that change the learning rate alone are replayed) and ``amp`` (autocast's products
+    call cuBLAS through CuPy). Every optimizer of gpunn (SGD, Adam, AdamW) can be
+    captured."""
     out = []
     if model is not None:
         out += [f"{op}: {why}" for op, why in blockers(module_ops(model)).items()]
-    if optimizer is not None and type(optimizer).__name__ in ("Adam", "AdamW"):
-        out.append(f"{type(optimizer).__name__}: {CAPTURE_PLAN['adam']}")
-    if settings.get("scheduler") not in (None, "none"):
-        out.append("the learning-rate schedule changes lr at every step; a replay keeps the lr")
+    if settings.get("scheduler") == "onecycle":
+        out.append("the one-cycle schedule moves the momentum (or beta1) at every step; a "
+                   "replay holds it fixed")  # fmt: skip
     if settings.get("amp"):
         out.append("autocast's products call cuBLAS through CuPy")
     return out
@@ -160,7 +271,8 @@ class GraphedStep:
     """A captured step: ``graphed_step(*inputs)`` copies ``inputs`` into the captured
     step's input buffers and replays the graph on the current stream; it returns the
     captured step's outputs, which every replay overwrites (copy or read them before the
-    next call). Inputs must have the example inputs' shapes, dtypes and backend. After a
+    next call). Before the launch it draws the step's replayed values again (dropout's
+    seeds, Adam's step counts, the learning rates: see :func:`replayed`). Inputs must have the example inputs' shapes, dtypes and backend. After a
     replay, the ``.grad`` of every parameter of the modules passed as ``state`` is the
     gradient the graph wrote.
 
@@ -169,10 +281,13 @@ class GraphedStep:
     raises one already flagged by an earlier replay that has finished (a host read of
     mapped memory, no wait). Hyper-parameters of the optimizers passed as ``state`` to
     :func:`graphed` are checked before each replay: the graph holds the values of the
-    capture, so a changed ``lr`` raises :class:`~gpunn.errors.CaptureError`.
+    capture, so a changed momentum raises :class:`~gpunn.errors.CaptureError`; the
+    learning rate is read anew at every replay, so a schedule may change it.
     """
 
-    def __init__(self, name, static_inputs, outputs, graph, keep=(), optimizers=(), grads=()):
+    def __init__(
+        self, name, static_inputs, outputs, graph, keep=(), optimizers=(), grads=(), draws=None
+    ):
         self.name = name
         self.static_inputs = list(static_inputs)
         self.outputs = outputs
@@ -180,6 +295,7 @@ class GraphedStep:
         self._keep = list(keep)  # the pool, the side stream: alive as long as the graph
         self._optimizers = [(opt, _hyper(opt)) for opt in optimizers]
         self._grads = list(grads)  # (parameter, the gradient the graph writes)
+        self._draws = draws  # the step's replayed host values (_ReplayedWords), or None
         self.replays = 0
 
     def check_inputs(self, inputs) -> None:
@@ -228,7 +344,10 @@ class GraphedStep:
         for x, s in zip(inputs, self.static_inputs):
             if x.data is not s.data:
                 cupy.copyto(s.data, x.data)
-        self.graph.launch(cupy.cuda.get_current_stream())
+        stream = cupy.cuda.get_current_stream()
+        if self._draws is not None:
+            self._draws.refresh(stream)
+        self.graph.launch(stream)
         for p, g in self._grads:  # an eager step in between may have replaced them
             p.grad = g
         self.replays += 1
@@ -236,8 +355,9 @@ class GraphedStep:
 
 
 def _hyper(opt) -> list:
-    """The hyper-parameters of every group of ``opt`` (what a captured update holds)."""
-    return [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    """The hyper-parameters of every group of ``opt`` that a captured update holds: all
+    but the learning rate, which every replay reads anew (see :func:`replayed`)."""
+    return [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]
 
 
 def graphed(step, *example_inputs, warmup: int = 3, state=()):
@@ -275,6 +395,7 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
                            f"optimizer state is created in it), got {warmup}")  # fmt: skip
     import cupy
 
+    global _capture
     be = example_inputs[0].backend_object
     current = cupy.cuda.get_current_stream()
     side = cupy.cuda.Stream(non_blocking=True)
@@ -286,33 +407,39 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
         with cupy.cuda.using_allocator(pool.malloc), side:
             for _ in range(warmup):
                 step(*static)
-            be.capturing = name
+            draws = _ReplayedWords(name)
+            be.capturing, _capture = name, draws
             side.begin_capture()
             try:
                 outputs = step(*static)
             except BaseException:
-                be.capturing = None
                 try:
                     side.end_capture()
                 except Exception:  # the capture was invalidated: nothing to keep
                     pass
                 raise
-            be.capturing = None
+            finally:
+                be.capturing, _capture = None, None
             graph = side.end_capture()
     finally:
         current.wait_event(side.record())
         saved.restore()  # also when the capture failed: the warm-up changed the state
     optimizers = [s for s in state if hasattr(s, "param_groups")]
     grads = [(p, p.grad) for m in saved.modules for p in m.parameters() if p.grad is not None]
-    return GraphedStep(name, static, outputs, graph, (pool, side, saved), optimizers, grads)
+    keep = (pool, side, saved)
+    return GraphedStep(name, static, outputs, graph, keep, optimizers, grads, draws)
 
 
 class _Snapshot:
-    """Device copies of the state of modules and optimizers, written back in place."""
+    """Device copies of the state of modules and optimizers, written back in place, and
+    the state of gpunn's generator (which dropout draws its seeds from)."""
 
     def __init__(self, objects):
+        from gpunn import random
+
         self.tensors = []  # (tensor, copy of its data)
         self.modules, self.optimizers = [], []
+        self.rng = random.get_rng_state() if objects else None
         for obj in objects:
             if hasattr(obj, "named_parameters"):
                 self.modules.append(obj)
@@ -333,6 +460,10 @@ class _Snapshot:
         self.tensors.append((t, t.backend_object.copy(t.data)))
 
     def restore(self) -> None:
+        from gpunn import random
+
+        if self.rng is not None:
+            random.set_rng_state(self.rng)
         for t, copy in self.tensors:
             t.data[...] = copy
         for m in self.modules:  # the captured gradients' buffers, not computed yet

@@ -18,6 +18,8 @@ def dropout(x, p=0.5, training=True):
     check_float("dropout", x)
     if not training or p == 0:
         return x
+    from gpunn.cuda.graphs import replayed
     from gpunn.random import next_seed
 
-    return apply("dropout", x, p=float(p), seed=next_seed())
+    # a captured step draws its seed again at every replay (see gpunn.cuda.graphs)
+    return apply("dropout", x, p=float(p), seed=replayed(next_seed))

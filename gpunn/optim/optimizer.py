@@ -3,6 +3,9 @@ accelerated backends apply it in one fused pass."""
 
 from __future__ import annotations
 
+import functools
+
+from gpunn.cuda.graphs import replayed
 from gpunn.errors import BackendError, CheckpointError
 from gpunn.tensor import Tensor, tensor, zeros
 
@@ -181,7 +184,7 @@ class SGD(Optimizer):
                 [p.data for _, p in live],
                 [p.grad.data for _, p in live],
                 bufs,
-                float(group["lr"]),
+                _replayed_lr(group),
                 momentum,
                 float(group["weight_decay"]),
                 bool(group["nesterov"]),
@@ -221,24 +224,33 @@ class Adam(Optimizer):
     def step(self) -> None:
         for group, live in self._live_groups():
             be = live[0][1].backend_object
-            by_step: dict[int, list] = {}  # parameters that have taken the same number of steps
+            by_count: dict[int, list] = {}  # parameters that have taken the same number of steps
             for i, p in live:
-                self.state[i]["step"] = self.state[i].get("step", 0) + 1
-                by_step.setdefault(self.state[i]["step"], []).append((i, p))
-            for step, members in by_step.items():
+                by_count.setdefault(self.state[i].get("step", 0), []).append((i, p))
+            lr = _replayed_lr(group)
+            for members in by_count.values():
+                # a captured step counts again at every replay (see gpunn.cuda.graphs)
+                step = replayed(functools.partial(self._count_step, [i for i, _ in members]))
                 be.adam_update(
                     [p.data for _, p in members],
                     [p.grad.data for _, p in members],
                     [self._slot(i, p, "exp_avg") for i, p in members],
                     [self._slot(i, p, "exp_avg_sq") for i, p in members],
                     step,
-                    float(group["lr"]),
+                    lr,
                     float(group["beta1"]),
                     float(group["beta2"]),
                     float(group["eps"]),
                     float(group["weight_decay"]),
                     bool(group["decoupled_weight_decay"]),
                 )
+
+    def _count_step(self, indices) -> int:
+        """Add one to the step count of parameters ``indices`` (all at the same count);
+        return the new count."""
+        for i in indices:
+            self.state[i]["step"] = self.state[i].get("step", 0) + 1
+        return self.state[indices[0]]["step"]
 
 
 class AdamW(Adam):
@@ -247,6 +259,12 @@ class AdamW(Adam):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)
+
+
+def _replayed_lr(group: dict) -> float:
+    """The group's learning rate; a captured step reads it anew at every replay, so a
+    schedule that changes it between steps works (see gpunn.cuda.graphs.replayed)."""
+    return replayed(lambda: float(group["lr"]))
 
 
 def _is_groups(params) -> bool:

@@ -171,9 +171,7 @@ class Trainer:
         s, want = self.settings, self.settings.get("cuda_graph")
         if want is False or s["backend"] != "cupy" or not self.rule.uses_optimizer:
             return False
-        why = gpunn.cuda.step_blockers(
-            self.model, self.optimizer, scheduler=s["scheduler"], amp=s.get("amp")
-        )
+        why = gpunn.cuda.step_blockers(self.model, scheduler=s["scheduler"], amp=s.get("amp"))
         if self.net is not None:
             why.append("data-parallel training averages gradients through MPI on the host")
         if why and want:
@@ -222,13 +220,16 @@ class Trainer:
 
     def apply_update(self) -> None:
         """After backward: unscale (float16 loss scaling), clip the gradients' norm to
-        ``--clip``, step the optimizer (skipped by the scaler on inf/nan gradients) and the
-        learning-rate schedule."""
+        ``--clip``, step the optimizer (skipped by the scaler on inf/nan gradients)."""
         if self.settings.get("clip"):
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings["clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def step_schedule(self) -> None:
+        """After an update: step the learning-rate schedule. Kept out of the step a CUDA
+        graph captures: its replays read the learning rate the schedule sets."""
         if self.scheduler is not None:
             self.scheduler.step()
 

@@ -78,7 +78,13 @@ class GradientRule:
     def step(self, trainer, x, y) -> float:
         graphed = trainer.graphed_step(x, y)
         if graphed is not None:  # the whole step as one CUDA graph (gpunn.cuda.graphed)
-            return trainer.guarded_update(lambda: graphed(x, y)).item()
+
+            def replay():
+                loss = graphed(x, y)
+                trainer.step_schedule()
+                return loss
+
+            return trainer.guarded_update(replay).item()
         with trainer.autocast():
             loss = trainer.objective.loss(trainer.forward(x), y)
         value = loss.item()
@@ -86,7 +92,12 @@ class GradientRule:
             return value
         trainer.optimizer.zero_grad()
         trainer.scaler.scale(loss).backward()
-        trainer.guarded_update(trainer.apply_update)
+
+        def update():
+            trainer.apply_update()
+            trainer.step_schedule()
+
+        trainer.guarded_update(update)
         return value
 
     def record(self, record: dict, trainer) -> None:

@@ -243,6 +243,20 @@ __device__ bool grid_sum(T v, T* partials, unsigned int* counter, T* total) {
   return true;
 }
 
+// ---------------------------------------------------------------- replayed host values
+// A host value a step draws anew at every call (a dropout seed, Adam's step count, the
+// learning rate a schedule sets): an
+// eager launch passes it by value and ``slot`` null; a launch captured into a CUDA graph
+// passes the device word that every replay refreshes before the graph runs
+// (gpunn.cuda.graphs.replayed), so the kernel reads the replay's value, not the capture's.
+__device__ __forceinline__ unsigned long long replayed(unsigned long long value,
+                                                       const unsigned long long* slot) {
+  return slot ? *slot : value;
+}
+__device__ __forceinline__ double replayed(double value, const double* slot) {
+  return slot ? *slot : value;
+}
+
 // ---------------------------------------------------------------- dropout's generator
 // The n-th output of splitmix64 seeded with ``seed``: base.py's splitmix64, bit for bit.
 __device__ __forceinline__ unsigned long long splitmix64(unsigned long long seed,

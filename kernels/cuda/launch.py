@@ -560,10 +560,12 @@ def avg_pool2d_backward(dev: Device, dY, x_shape, geometry):
 
 
 # ---------------------------------------------------------------------- dropout
-def dropout_forward(dev: Device, X, p: float, seed: int):
-    """(Y, saved) of inverted dropout on contiguous X; saved is the kernel's scalar tail."""
+def dropout_forward(dev: Device, X, p: float, seed: int, seed_slot: int = 0):
+    """(Y, saved) of inverted dropout on contiguous X; saved is the kernel's scalar tail.
+    ``seed_slot``: 0, or in a captured step the device word its replays write the seed to
+    (see gpunn.cuda.graphs.replayed), which the kernels then read instead of ``seed``."""
     scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
-    args = (i64(X.size), np.uint64(seed), np.float64(p), X.dtype.type(scale))
+    args = (i64(X.size), np.uint64(seed), np.uint64(seed_slot), np.float64(p), X.dtype.type(scale))
     Y = cupy.empty(X.shape, X.dtype)
     if X.size:
         launch(dev, "dropout_forward", X.dtype, X.size, (X, Y, *args))
@@ -763,7 +765,8 @@ def sequence_weight_grads(
 def fused_update(dev: Device, stem: str, columns, scalars) -> None:
     """sgd_update / adam_update: one launch per dtype over all parameters. ``columns`` =
     (params, grads, state...), lists of equal length (None for absent state); ``scalars``:
-    Python floats (passed as the parameters' float type) and numpy integers."""
+    Python floats (passed as the parameters' float type), numpy integers and numpy floats
+    (passed as they are)."""
     params = columns[0]
     for p in params:
         if not p.flags.c_contiguous:
@@ -779,7 +782,7 @@ def fused_update(dev: Device, stem: str, columns, scalars) -> None:
             continue
         table = dev.workspace.pointer_table(cols, sizes)
         t = dtype.type
-        args = (table, i32(len(idx)), *(t(s) if isinstance(s, float) else s for s in scalars))
+        args = (table, i32(len(idx)), *(t(s) if type(s) is float else s for s in scalars))
         launch(dev, stem, dtype, max(sizes), args)
 
 
