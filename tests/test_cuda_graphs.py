@@ -64,11 +64,10 @@ def test_capture_plan_of_models_and_step_blockers():
     assert gpunn.cuda.blockers(dropped) == {}  # dropout's seed is replayed
     words = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
     assert set(gpunn.cuda.blockers(words)) == {"embedding"}
-    assert gpunn.cuda.step_blockers(mlp, scheduler="cosine") == []  # the lr is replayed
-    why = gpunn.cuda.step_blockers(words, scheduler="onecycle", amp="bfloat16")
-    assert len(why) == 3
-    assert why[0].startswith("embedding:")
-    assert "one-cycle schedule moves the momentum" in why[1] and "autocast" in why[2]
+    assert gpunn.cuda.step_blockers(mlp) == []
+    why = gpunn.cuda.step_blockers(words, amp="bfloat16")
+    assert len(why) == 2
+    assert why[0].startswith("embedding:") and "autocast" in why[1]
 
 
 # ---------------------------------------------------------------------- replayed host values
@@ -101,9 +100,10 @@ def test_replayed_values_are_plain_outside_a_capture_and_keep_their_draw_inside(
 
 
 def test_dropout_and_adam_draw_through_replayed(monkeypatch):
-    """While a step is captured, dropout's seed, Adam's learning rate and step count reach
-    the backend as replayed values whose draws, called again, advance the generator and
-    the step counts as an eager step does, and read the learning rate of the moment."""
+    """While a step is captured, dropout's seed, Adam's learning rate, beta1 and step count
+    reach the backend as replayed values whose draws, called again, advance the generator
+    and the step counts as an eager step does, and read the hyper-parameters of the
+    moment."""
     from gpunn import random
 
     gpunn.manual_seed(3)
@@ -123,7 +123,7 @@ def test_dropout_and_adam_draw_through_replayed(monkeypatch):
     monkeypatch.setattr(graphs, "_capture", None)
     assert isinstance(seen["step"], graphs.ReplayedInt) and seen["step"] == 1
     assert isinstance(seen["lr"], graphs.ReplayedFloat) and seen["lr"] == 1e-3
-    assert len(words.draws) == 3  # the seed, the learning rate, the step count
+    assert len(words.draws) == 4  # the seed, the learning rate, beta1, the step count
     random.set_rng_state(state)
     gpunn.randn(3, 4)  # what the step drew before dropout's seed
     drop_seed = random.next_seed()
@@ -132,7 +132,9 @@ def test_dropout_and_adam_draw_through_replayed(monkeypatch):
     assert words.draws[0]() == drop_seed  # the replay's seed: the eager step's
     opt.lr = 0.25  # what a schedule does between steps
     assert words.draws[1]() == 0.25
-    assert words.draws[2]() == 2 and all(st["step"] == 2 for st in opt.state)
+    opt.param_groups[0]["beta1"] = 0.85  # what one-cycle does
+    assert words.draws[2]() == 0.85
+    assert words.draws[3]() == 2 and all(st["step"] == 2 for st in opt.state)
 
 
 # ---------------------------------------------------------------------- refusals
@@ -397,17 +399,22 @@ def test_graphed_step_checks_inputs_before_replaying():
         step.check_inputs([np.zeros((4, 3)), _static((4,))[0]])
 
 
-def test_graphed_step_refuses_a_changed_momentum_and_takes_a_changed_learning_rate():
+def test_graphed_step_takes_scheduled_hyper_parameters_and_refuses_others():
     model = nn.Linear(3, 2)
-    opt = gpunn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    opt = gpunn.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
     step = graphs.GraphedStep("s", _static((2, 3)), None, None, optimizers=[opt])
     step.check_hyper()
     opt.lr = 0.05  # what a schedule does: replays read it anew
-    step.check_hyper()
     opt.param_groups[0]["momentum"] = 0.85  # what one-cycle does
+    step.check_hyper()
+    opt.param_groups[0]["momentum"] = 0.0  # no momentum: another path of the update
     with pytest.raises(
-        CaptureError, match=r"SGD's hyper-parameters changed.*momentum of group 0: 0.9 -> 0.85"
+        CaptureError, match=r"SGD's hyper-parameters changed.*momentum != 0 of group 0: True"
     ):
+        step.check_hyper()
+    opt.param_groups[0]["momentum"] = 0.9
+    opt.param_groups[0]["weight_decay"] = 0.0
+    with pytest.raises(CaptureError, match=r"weight_decay of group 0: 0.01 -> 0.0"):
         step.check_hyper()
 
 
@@ -567,18 +574,18 @@ def _train(name, dtype, optimizer, captured, steps=100, schedule=None):
 SGD_MOMENTUM = lambda params: gpunn.optim.SGD(params, lr=0.01, momentum=0.9)  # noqa: E731
 ADAM = lambda params: gpunn.optim.Adam(params, lr=0.01)  # noqa: E731
 ADAMW = lambda params: gpunn.optim.AdamW(params, lr=0.01, weight_decay=0.1)  # noqa: E731
+STEP_LR = lambda opt: gpunn.optim.lr_scheduler.StepLR(opt, 2, 0.5)  # noqa: E731
+ONE_CYCLE = lambda opt: gpunn.optim.lr_scheduler.OneCycleLR(opt, 0.05, 10)  # noqa: E731
 #: (problem, optimizer, schedule) of runs whose captured steps must equal eager ones: SGD's
 #: pointer tables; Adam's replayed step count; dropout's replayed seeds; AdamW's decoupled
-#: decay; the learning rates a schedule sets between replays.
+#: decay; the learning rates (and one-cycle's momentum or beta1) a schedule sets between
+#: replays.
 CAPTURED_RUNS = {
     "logreg-sgd": ("logreg", SGD_MOMENTUM, None),
-    "mlp-sgd": ("mlp", SGD_MOMENTUM, None),
+    "mlp-sgd-onecycle": ("mlp", SGD_MOMENTUM, ONE_CYCLE),
     "mlp-dropout-adam": ("mlp-dropout", ADAM, None),
-    "logreg-adamw-steplr": (
-        "logreg",
-        ADAMW,
-        lambda opt: gpunn.optim.lr_scheduler.StepLR(opt, 2, 0.5),
-    ),
+    "mlp-adam-onecycle": ("mlp", ADAM, ONE_CYCLE),
+    "logreg-adamw-steplr": ("logreg", ADAMW, STEP_LR),
 }
 
 
@@ -677,8 +684,9 @@ def test_replays_of_a_captured_step_match_eager_steps_under_the_emulation(emu_ca
     binding and every captured host-to-device copy is recorded with its arguments instead
     of run, and a replay runs the records in order (what a CUDA graph does: the same
     addresses and scalars every time; the replayed host values copied before it).
-    CAPTURED_RUNS (mlp and logreg with SGD and momentum, mlp with dropout and Adam, logreg
-    with AdamW and a step schedule), float32 and float64: 6 replays equal 6 eager steps bit
+    CAPTURED_RUNS (logreg and mlp with SGD and momentum, mlp with dropout and Adam, mlp
+    with SGD or Adam under one-cycle, logreg with AdamW and a step schedule), float32 and
+    float64: 6 replays equal 6 eager steps bit
     for bit; and ``gpunn train --cuda-graph`` (mlp on digits with Adam and a cosine
     schedule, the last smaller batch of each epoch eager on the same state) equals the run
     without it. The stand-in's memory

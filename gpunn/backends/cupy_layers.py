@@ -187,23 +187,24 @@ class LayerOps:
     # ------------------------------------------------------------------ optimizer updates
     def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
         """One fused launch over every parameter (per dtype): weight decay, momentum, step; in
-        a captured step the learning rate comes from the device word its replays refresh."""
+        a captured step the learning rate and momentum come from the device words its
+        replays refresh (``.slot``, see gpunn.cuda.graphs.replayed)."""
         flags = (np.int32(momentum != 0), np.int32(weight_decay != 0), np.int32(bool(nesterov)))
-        scalars = (float(lr), _slot(lr), float(momentum), float(weight_decay), *flags)
+        scalars = (float(lr), _slot(lr), float(momentum), _slot(momentum), float(weight_decay))
+        scalars += flags
         L.fused_update(self._dev, "sgd_update", (params, grads, bufs), scalars)
 
     def adam_update(
         self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
     ):
         """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW. The
-        bias corrections are computed on the device from ``step`` and ``lr``: in a captured
-        step, from the device words its replays refresh (``.slot``, see
+        bias corrections are computed on the device from ``step``, ``lr`` and ``beta1``: in a
+        captured step, from the device words its replays refresh (``.slot``, see
         gpunn.cuda.graphs.replayed)."""
         l2, shrink = bool(weight_decay) and not decoupled, bool(weight_decay) and decoupled
-        scalars = (beta1, 1 - beta1, beta2, 1 - beta2, eps, weight_decay)
-        scalars = (*(float(s) for s in scalars), np.int32(l2), np.int32(shrink))
-        scalars += (np.float64(lr), _slot(lr), np.float64(beta1), np.float64(beta2))
-        scalars += (np.float64(weight_decay), np.uint64(step), _slot(step))
+        scalars = (float(eps), float(weight_decay), np.int32(l2), np.int32(shrink))
+        scalars += (np.float64(lr), _slot(lr), np.float64(beta1), _slot(beta1))
+        scalars += (np.float64(beta2), np.float64(weight_decay), np.uint64(step), _slot(step))
         L.fused_update(self._dev, "adam_update", (params, grads, ms, vs), scalars)
 
     def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):

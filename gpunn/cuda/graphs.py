@@ -251,17 +251,12 @@ def module_ops(module) -> list:
 
 def step_blockers(model=None, **settings) -> list[str]:
     """Why a training step of ``model`` cannot be captured, as sentences (empty: it can):
-    the model's layers (:func:`blockers`), and the settings ``scheduler`` (``"onecycle"``
-    also moves the momentum or beta1, which a captured update holds fixed; the schedules
-    that change the learning rate alone are replayed) and ``amp`` (autocast's products
-    call cuBLAS through CuPy). Every optimizer of gpunn (SGD, Adam, AdamW) can be
-    captured."""
+    the model's layers (:func:`blockers`), and the setting ``amp`` (autocast's products
+    call cuBLAS through CuPy). Every optimizer of gpunn (SGD, Adam, AdamW) and every
+    schedule can be captured: the hyper-parameters schedules move are replayed."""
     out = []
     if model is not None:
         out += [f"{op}: {why}" for op, why in blockers(module_ops(model)).items()]
-    if settings.get("scheduler") == "onecycle":
-        out.append("the one-cycle schedule moves the momentum (or beta1) at every step; a "
-                   "replay holds it fixed")  # fmt: skip
     if settings.get("amp"):
         out.append("autocast's products call cuBLAS through CuPy")
     return out
@@ -272,17 +267,19 @@ class GraphedStep:
     step's input buffers and replays the graph on the current stream; it returns the
     captured step's outputs, which every replay overwrites (copy or read them before the
     next call). Before the launch it draws the step's replayed values again (dropout's
-    seeds, Adam's step counts, the learning rates: see :func:`replayed`). Inputs must have the example inputs' shapes, dtypes and backend. After a
-    replay, the ``.grad`` of every parameter of the modules passed as ``state`` is the
-    gradient the graph wrote.
+    seeds, Adam's step counts, the scheduled hyper-parameters: see :func:`replayed`).
+    Inputs must have the example inputs' shapes, dtypes and backend. After a replay, the
+    ``.grad`` of every parameter of the modules passed as ``state`` is the gradient the
+    graph wrote.
 
     A bad label that cross-entropy's kernel flags during a replay is raised, as in eager
     mode, at the next synchronisation (``loss.item()``, ``.numpy()``); each call also
     raises one already flagged by an earlier replay that has finished (a host read of
     mapped memory, no wait). Hyper-parameters of the optimizers passed as ``state`` to
     :func:`graphed` are checked before each replay: the graph holds the values of the
-    capture, so a changed momentum raises :class:`~gpunn.errors.CaptureError`; the
-    learning rate is read anew at every replay, so a schedule may change it.
+    capture, so a changed ``weight_decay`` raises :class:`~gpunn.errors.CaptureError`;
+    the learning rate, momentum and beta1 are read anew at every replay, so a schedule may
+    change them (not to or from 0).
     """
 
     def __init__(
@@ -317,7 +314,8 @@ class GraphedStep:
                 )
 
     def check_hyper(self) -> None:
-        """Raise CaptureError when an optimizer's hyper-parameters changed since the capture."""
+        """Raise CaptureError when an optimizer's hyper-parameters that the graph holds
+        changed since the capture (see :func:`_hyper`)."""
         for opt, captured in self._optimizers:
             now = _hyper(opt)
             if now != captured:
@@ -354,10 +352,20 @@ class GraphedStep:
         return self.outputs
 
 
+#: Hyper-parameters every replay reads anew (see :func:`replayed`): a schedule may change
+#: them between replays, but not whether they are 0 (which picks the update's path).
+SCHEDULED_HYPER = ("lr", "momentum", "beta1")
+
+
 def _hyper(opt) -> list:
     """The hyper-parameters of every group of ``opt`` that a captured update holds: all
-    but the learning rate, which every replay reads anew (see :func:`replayed`)."""
-    return [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]
+    but those of SCHEDULED_HYPER, of which only whether each is nonzero."""
+    out = []
+    for g in opt.param_groups:
+        held = {k: v for k, v in g.items() if k != "params" and k not in SCHEDULED_HYPER}
+        held.update({f"{k} != 0": g[k] != 0 for k in SCHEDULED_HYPER if k in g})
+        out.append(held)
+    return out
 
 
 def graphed(step, *example_inputs, warmup: int = 3, state=()):

@@ -177,14 +177,14 @@ class SGD(Optimizer):
 
     def step(self) -> None:
         for group, live in self._live_groups():
-            momentum = float(group["momentum"])
+            momentum = _scheduled(group, "momentum")
             be = live[0][1].backend_object
             bufs = [self._slot(i, p, "momentum_buffer") if momentum else None for i, p in live]
             be.sgd_update(
                 [p.data for _, p in live],
                 [p.grad.data for _, p in live],
                 bufs,
-                _replayed_lr(group),
+                _scheduled(group, "lr"),
                 momentum,
                 float(group["weight_decay"]),
                 bool(group["nesterov"]),
@@ -227,7 +227,7 @@ class Adam(Optimizer):
             by_count: dict[int, list] = {}  # parameters that have taken the same number of steps
             for i, p in live:
                 by_count.setdefault(self.state[i].get("step", 0), []).append((i, p))
-            lr = _replayed_lr(group)
+            lr, beta1 = _scheduled(group, "lr"), _scheduled(group, "beta1")
             for members in by_count.values():
                 # a captured step counts again at every replay (see gpunn.cuda.graphs)
                 step = replayed(functools.partial(self._count_step, [i for i, _ in members]))
@@ -238,7 +238,7 @@ class Adam(Optimizer):
                     [self._slot(i, p, "exp_avg_sq") for i, p in members],
                     step,
                     lr,
-                    float(group["beta1"]),
+                    beta1,
                     float(group["beta2"]),
                     float(group["eps"]),
                     float(group["weight_decay"]),
@@ -261,10 +261,11 @@ class AdamW(Adam):
         super().__init__(params, lr, betas, eps, weight_decay, decoupled_weight_decay=True)
 
 
-def _replayed_lr(group: dict) -> float:
-    """The group's learning rate; a captured step reads it anew at every replay, so a
-    schedule that changes it between steps works (see gpunn.cuda.graphs.replayed)."""
-    return replayed(lambda: float(group["lr"]))
+def _scheduled(group: dict, key: str) -> float:
+    """The group's hyper-parameter ``key`` (``"lr"``; ``"momentum"`` or ``"beta1"``, which
+    one-cycle moves), read anew at every replay of a captured step, so a schedule that
+    changes it between steps works (see gpunn.cuda.graphs.replayed)."""
+    return replayed(lambda: float(group[key]))
 
 
 def _is_groups(params) -> bool:

@@ -171,7 +171,7 @@ class Trainer:
         s, want = self.settings, self.settings.get("cuda_graph")
         if want is False or s["backend"] != "cupy" or not self.rule.uses_optimizer:
             return False
-        why = gpunn.cuda.step_blockers(self.model, scheduler=s["scheduler"], amp=s.get("amp"))
+        why = gpunn.cuda.step_blockers(self.model, amp=s.get("amp"))
         if self.net is not None:
             why.append("data-parallel training averages gradients through MPI on the host")
         if why and want:

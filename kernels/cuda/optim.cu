@@ -7,14 +7,17 @@
 #include "common.cuh"
 
 // As PyTorch's SGD without dampening: g = grad + wd*p; buf = momentum*buf + g; p -= lr*buf
-// (nesterov: p -= lr*(g + momentum*buf); p -= lr*g without momentum). lr_slot: null, or
-// the device word holding a captured step's learning rate (gpunn::replayed).
+// (nesterov: p -= lr*(g + momentum*buf); p -= lr*g without momentum). lr_slot and
+// momentum_slot: null, or the device words holding a captured step's learning rate and
+// momentum (gpunn::replayed), which a schedule may change between replays.
 // Table: params, grads, bufs, sizes.
 template <typename T>
 __global__ void sgd_update(const unsigned long long* __restrict__ table, int count, T lr_value,
-                           const double* __restrict__ lr_slot, T momentum, T weight_decay,
+                           const double* __restrict__ lr_slot, T momentum_value,
+                           const double* __restrict__ momentum_slot, T weight_decay,
                            int use_momentum, int use_weight_decay, int nesterov) {
   const T lr = lr_slot ? (T)*lr_slot : lr_value;
+  const T momentum = momentum_slot ? (T)*momentum_slot : momentum_value;
   for (int t = 0; t < count; ++t) {
     T* p = (T*)table[t];
     const T* grad = (const T*)table[count + t];
@@ -37,20 +40,23 @@ __global__ void sgd_update(const unsigned long long* __restrict__ table, int cou
 // (use_decay: p *= decay = 1 - lr*wd first, and no L2 term):
 //   m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
 //   p -= step_size * m / (sqrt(v) / bias2_sqrt + eps), step_size = lr / (1 - b1^t),
-//   bias2_sqrt = sqrt(1 - b2^t), decay = 1 - lr*wd, computed in double from the step count t
-//   and the learning rate (the values passed, or in a captured step the words at step_slot
-//   and lr_slot: gpunn::replayed) and the double hyper-parameters, then rounded to T.
-//   Table: params, grads, ms, vs, sizes.
+//   bias2_sqrt = sqrt(1 - b2^t), decay = 1 - lr*wd and 1 - b1, 1 - b2 computed in double
+//   from the step count t, the learning rate and beta1 (the values passed, or in a captured
+//   step the words at step_slot, lr_slot and beta1_slot: gpunn::replayed) and the other
+//   hyper-parameters, then rounded to T. Table: params, grads, ms, vs, sizes.
 template <typename T>
-__global__ void adam_update(const unsigned long long* __restrict__ table, int count, T beta1,
-                            T one_minus_beta1, T beta2, T one_minus_beta2, T eps,
+__global__ void adam_update(const unsigned long long* __restrict__ table, int count, T eps,
                             T weight_decay, int use_weight_decay, int use_decay, double lr_d,
                             const double* __restrict__ lr_slot, double beta1_d,
-                            double beta2_d, double weight_decay_d, unsigned long long step,
+                            const double* __restrict__ beta1_slot, double beta2_d,
+                            double weight_decay_d, unsigned long long step,
                             const unsigned long long* __restrict__ step_slot) {
   const double t = (double)gpunn::replayed(step, step_slot);
   const double lr = gpunn::replayed(lr_d, lr_slot);
-  const T step_size = (T)(lr / (1.0 - pow(beta1_d, t)));
+  const double b1 = gpunn::replayed(beta1_d, beta1_slot);
+  const T beta1 = (T)b1, one_minus_beta1 = (T)(1.0 - b1);
+  const T beta2 = (T)beta2_d, one_minus_beta2 = (T)(1.0 - beta2_d);
+  const T step_size = (T)(lr / (1.0 - pow(b1, t)));
   const T bias2_sqrt = (T)sqrt(1.0 - pow(beta2_d, t));
   const T decay = (T)(1.0 - lr * weight_decay_d);
   for (int k = 0; k < count; ++k) {
