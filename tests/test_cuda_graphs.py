@@ -539,6 +539,10 @@ def _problem(name, dtype):
         dropout = 0.3 if name == "mlp-dropout" else 0.0
         model, loss = models.MLP(32, (16, 16), 10, dropout=dropout), nn.CrossEntropyLoss()
         x, y = rng.standard_normal((16, 32)), rng.integers(0, 10, 16)
+    elif name in ("lstm", "gru"):
+        kind = models.LSTMClassifier if name == "lstm" else models.GRUClassifier
+        model, loss = kind(6, 8, 10, num_layers=2), nn.CrossEntropyLoss()
+        x, y = rng.standard_normal((4, 5, 6)), rng.integers(0, 10, 4)
     else:
         model, loss = models.LeNet5(), nn.CrossEntropyLoss()
         x, y = rng.standard_normal((8, 1, 28, 28)), rng.integers(0, 10, 8)
@@ -586,6 +590,9 @@ CAPTURED_RUNS = {
     "mlp-dropout-adam": ("mlp-dropout", ADAM, None),
     "mlp-adam-onecycle": ("mlp", ADAM, ONE_CYCLE),
     "logreg-adamw-steplr": ("logreg", ADAMW, STEP_LR),
+    "lenet-sgd": ("lenet", SGD_MOMENTUM, None),
+    "lstm-adam": ("lstm", ADAM, None),
+    "gru-sgd-onecycle": ("gru", SGD_MOMENTUM, ONE_CYCLE),
 }
 
 
@@ -594,7 +601,6 @@ CAPTURED_RUNS = {
     "run",
     [
         *CAPTURED_RUNS.items(),
-        ("lenet-sgd", ("lenet", SGD_MOMENTUM, None)),
         ("lenet-adam", ("lenet", ADAM, None)),
     ],
     ids=lambda run: run[0],
@@ -681,17 +687,19 @@ def test_every_product_of_the_cupy_backend_goes_through_the_binding(emu_cache):
 def test_replays_of_a_captured_step_match_eager_steps_under_the_emulation(emu_cache):
     """graphed() and GraphedStep under the stand-in, with a stand-in for CUDA's stream
     capture: while a stream captures, every launch of gpunn's kernels, every GEMM of the
-    binding and every captured host-to-device copy is recorded with its arguments instead
-    of run, and a replay runs the records in order (what a CUDA graph does: the same
-    addresses and scalars every time; the replayed host values copied before it).
-    CAPTURED_RUNS (logreg and mlp with SGD and momentum, mlp with dropout and Adam, mlp
-    with SGD or Adam under one-cycle, logreg with AdamW and a step schedule), float32 and
-    float64: 6 replays equal 6 eager steps bit
-    for bit; and ``gpunn train --cuda-graph`` (mlp on digits with Adam and a cosine
-    schedule, the last smaller batch of each epoch eager on the same state) equals the run
-    without it. The stand-in's memory
-    pool keeps what it allocated, as CuPy's does. Checks gpunn's side of a capture (stable
-    addresses, the state restored, the pointer tables, the inputs copied), not CUDA's."""
+    binding, every captured host-to-device copy and every operation of CuPy's own on the
+    arrays the graph's pool handed out (ufuncs, sums, copies, assignments: what CuPy would
+    launch as its kernels) is recorded, and a replay runs the records in order (what a
+    CUDA graph does: the same addresses and scalars every time; the replayed host values
+    copied before it). CAPTURED_RUNS (logreg and mlp with SGD and momentum, mlp with
+    dropout and Adam, mlp with SGD or Adam under one-cycle, logreg with AdamW and a step
+    schedule, LeNet with SGD, a two-layer LSTM with Adam, a two-layer GRU with SGD under
+    one-cycle), float32 and float64: 6 replays equal 6 eager steps bit for bit; and
+    ``gpunn train --cuda-graph`` (mlp on digits with Adam and a cosine schedule, the last
+    smaller batch of each epoch eager on the same state) equals the run without it. The
+    stand-in's memory pool keeps what it allocated, as CuPy's does. Checks gpunn's side of
+    a capture (stable addresses, the state restored, the pointer tables, the replayed
+    values, the inputs copied), not CUDA's."""
     out = _emulated("capture", emu_cache)
     assert "replays match" in out
 
@@ -819,11 +827,71 @@ def _install_capture_stand_in():
             self.arrays.append(make(*args, **kwargs))
             return self.arrays[-1]
 
+    def record(op):
+        if capture["ops"] is not None:
+            capture["ops"].append(op)
+
+    def plain(a):
+        return a.view(np.ndarray) if isinstance(a, Recorded) else a
+
+    class Recorded(np.ndarray):
+        """Arrays the stand-in's pool hands out (and their views). CuPy's own kernels
+        (ufuncs, reductions, copies, assignments) are captured on a GPU, but the stand-in
+        runs them at once with NumPy: on these arrays they are also recorded while a stream
+        captures, so replays run them again, in order with the recorded launches."""
+
+        def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+            inputs = tuple(plain(x) for x in inputs)
+            outs = None if out is None else tuple(plain(o) for o in out)
+            result = getattr(ufunc, method)(*inputs, out=outs, **kwargs)
+            if isinstance(result, np.ndarray):
+                target = outs if outs is not None else (result,)
+                record(lambda: getattr(ufunc, method)(*inputs, out=target, **kwargs))
+                return result.view(Recorded)
+            return result
+
+        def __setitem__(self, key, value):
+            value = plain(value)
+            np.ndarray.__setitem__(plain(self), key, value)
+            record(lambda: np.ndarray.__setitem__(plain(self), key, value))
+
+        def copy(self, order="C"):
+            out = np.ndarray.copy(plain(self), order).view(Recorded)
+            record(lambda: np.copyto(plain(out), plain(self)))
+            return out
+
+        def astype(self, dtype, *args, **kwargs):
+            out = np.ndarray.astype(plain(self), dtype, *args, **kwargs)
+            if out is plain(self):
+                return self
+            record(lambda: np.copyto(out, plain(self), casting="unsafe"))
+            return out.view(Recorded)
+
+    def copying(make):  # cupy.array, cupy.ascontiguousarray: a recorded copy, if any
+        def call(a, *args, **kwargs):
+            out = make(a, *args, **kwargs)
+            if out is a or not isinstance(a, np.ndarray):
+                return out
+            source, out = plain(a), out.view(Recorded)
+            record(lambda: np.copyto(plain(out), source, casting="unsafe"))
+            return out
+
+        return call
+
+    cupy.array = copying(cupy.array)
+    cupy.ascontiguousarray = copying(cupy.ascontiguousarray)
+
     @contextlib.contextmanager
     def using_allocator(malloc):
         empty, zeros = cupy.empty, cupy.zeros
-        cupy.empty = lambda *a, **k: malloc(empty, *a, **k)
-        cupy.zeros = lambda *a, **k: malloc(zeros, *a, **k)
+
+        def zeroed(*args, **kwargs):
+            out = malloc(zeros, *args, **kwargs).view(Recorded)
+            record(lambda: plain(out).fill(0))
+            return out
+
+        cupy.empty = lambda *a, **k: malloc(empty, *a, **k).view(Recorded)
+        cupy.zeros = zeroed
         try:
             yield
         finally:
