@@ -108,9 +108,11 @@ def test_bfloat16_rounding_matches_torch():
 # ---------------------------------------------------------------------- the CuPy path
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_cupy_lowp_gemm_under_a_numpy_stand_in(tmp_path, dtype):
-    """The cupy backend's linear, matmul and conv2d under autocast with a NumPy CuPy and a
-    cublasGemmEx written out in NumPy (column-major, as cuBLAS reads its arguments): checks
-    the call's shapes, leading dimensions, types and operand order, not a GPU."""
+    """The cupy backend's linear, matmul and conv2d under autocast with a NumPy CuPy and the
+    stand-in cuBLAS of tests/test_cuda_graphs.py behind gpunn's binding, whose
+    cublasGemmEx computes in NumPy from the pointers (column-major, as cuBLAS reads its
+    arguments): checks the calls' shapes, leading dimensions, types and operand order, not
+    a GPU."""
     env = dict(os.environ, GPUNN_EMU_CACHE=str(tmp_path))
     proc = subprocess.run(
         [sys.executable, __file__, dtype], capture_output=True, text=True, env=env, timeout=1500
@@ -120,38 +122,18 @@ def test_cupy_lowp_gemm_under_a_numpy_stand_in(tmp_path, dtype):
 
 
 def _gemm_worker(dtype):
-    import ctypes
-    import types
-
     sys.path.insert(0, os.path.dirname(__file__))
     import test_cuda_emulated
 
     test_cuda_emulated._fake_cupy(os.environ["GPUNN_EMU_CACHE"])
-    import cupy  # the stand-in
+    from test_cuda_graphs import FakeCublas
 
-    types_of = {0: np.float32, 2: np.float16, 14: np.uint16}
-    calls = []
+    from gpunn.cuda import cublas
 
-    def colmajor(ptr, code, rows, cols, ld):
-        dt = np.dtype(types_of[code])
-        buf = (ctypes.c_char * (ld * cols * dt.itemsize)).from_address(ptr)
-        return np.frombuffer(buf, dt).reshape(cols, ld)[:, :rows].T
-
-    def gemm_ex(handle, ta, tb, m, n, k, alpha, A, at, lda, B, bt, ldb, beta, C, ct, ldc, comp, al):
-        assert (ta, tb, comp, ct) == (0, 0, 68, 0) and at == bt == (2 if dtype == "float16" else 14)
-        a, b = colmajor(A, at, m, k, lda), colmajor(B, bt, k, n, ldb)
-        if at == 14:
-            a, b = ((x.astype(np.uint32) << 16).view(np.float32) for x in (a, b))
-        scal = np.frombuffer((ctypes.c_char * 8).from_address(alpha), np.float32)
-        assert beta == alpha + 4 and tuple(scal) == (1.0, 0.0)
-        c = np.frombuffer((ctypes.c_char * (ldc * n * 4)).from_address(C), np.float32)
-        c.reshape(n, ldc)[:, :m] = (a.astype(np.float64) @ b.astype(np.float64)).T
-        calls.append((m, n, k))
-
-    cupy.cuda.cublas = types.SimpleNamespace(gemmEx=gemm_ex)
-    cupy.cuda.device = types.SimpleNamespace(get_cublas_handle=lambda: 0)
-
+    lib = FakeCublas()  # its cublasGemmEx computes in NumPy from the pointers, column-major
+    code = cublas.CUDA_R_16F if dtype == "float16" else cublas.CUDA_R_16BF
     be, ref = backend_object("cupy"), backend_object("numpy")
+    be._dev.blas = cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
     rng = np.random.default_rng(0)
     X, W, b = (rng.standard_normal(s).astype(np.float32) for s in ((7, 5), (3, 5), (3,)))
     img, K = rng.standard_normal((2, 2, 5, 5)).astype(np.float32), rng.standard_normal((4, 2, 3, 3))
@@ -178,11 +160,14 @@ def _gemm_worker(dtype):
     want_c, _ = ref.conv2d_forward(lo(img).astype(np.float64), lo(K).astype(np.float64), None,
                                    (1, 1), (1, 1))  # fmt: skip
     check("conv2d forward", Yc, want_c)
+    calls = [args for name, args in lib.calls if name == "cublasGemmEx"]
+    if not calls or any(args[8] != code or args[11] != code for args in calls):
+        failures.append(f"GemmEx calls {len(calls)}, operand types {[a[8] for a in calls]}")
     Y64, _ = be.linear_forward(X.astype(np.float64), W.astype(np.float64), None)
-    n_calls = len(calls)
     check("float64 untouched", Y64, X.astype(np.float64) @ W.astype(np.float64).T, np.float64)
-    assert len(calls) == n_calls, "float64 went through the low-precision GEMM"
-    print("gemmEx calls:", calls)
+    if sum(name == "cublasGemmEx" for name, _ in lib.calls) != len(calls):
+        failures.append("float64 went through the low-precision GEMM")
+    print("gemmEx calls:", [args[3:6] for args in calls])
     print("\n".join(failures) or "all match")
     return 1 if failures else 0
 

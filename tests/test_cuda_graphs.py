@@ -65,9 +65,10 @@ def test_capture_plan_of_models_and_step_blockers():
     words = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2))
     assert set(gpunn.cuda.blockers(words)) == {"embedding"}
     assert gpunn.cuda.step_blockers(mlp) == []
-    why = gpunn.cuda.step_blockers(words, amp="bfloat16")
+    assert gpunn.cuda.step_blockers(mlp, amp="bfloat16") == []
+    why = gpunn.cuda.step_blockers(words, amp="float16")
     assert len(why) == 2
-    assert why[0].startswith("embedding:") and "autocast" in why[1]
+    assert why[0].startswith("embedding:") and "float16 loss scaler" in why[1]
 
 
 # ---------------------------------------------------------------------- replayed host values
@@ -177,7 +178,8 @@ def test_host_work_inside_a_captured_step_is_refused_naming_the_op(monkeypatch):
         "getitem": lambda: be.getitem_forward(x, np.array([0, 2])),
         "clip_grad_norm_": lambda: be.clip_grad_norm_update([x], 1.0, 2.0, True),
         "embedding": lambda: be.embedding_backward(x, (None, (4, 3), None), (False, True)),
-        "matmul": lambda: be.matmul_forward(x, x.T),
+        "matmul": lambda: be.matmul_forward(x, x.T),  # without the binding
+        "all_finite": lambda: be.all_finite(x),
     }
     for op, call in cases.items():
         with pytest.raises(CaptureError) as info:
@@ -238,6 +240,10 @@ class FakeCublas:
                 args[0]._obj.value = 0xC0FFEE
             elif name.endswith("gemm_v2"):
                 self._gemm(np.float32 if name == "cublasSgemm_v2" else np.float64, *args)
+            elif name.endswith("StridedBatched"):
+                self._batched(np.float32 if name.startswith("cublasS") else np.float64, *args)
+            elif name == "cublasGemmEx":
+                self._gemm_ex(*args)
             return 0
 
         return fn  # a plain function: the binding sets argtypes on it
@@ -246,17 +252,43 @@ class FakeCublas:
     def _colmajor(ptr, dtype, rows, cols, ld):
         item = np.dtype(dtype).itemsize
         n = (cols - 1) * ld + rows
-        ctype = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-        flat = np.ctypeslib.as_array((ctype * n).from_address(ptr))
+        flat = np.frombuffer((ctypes.c_char * (n * item)).from_address(ptr), dtype, n)
         return np.lib.stride_tricks.as_strided(flat, (rows, cols), (item, ld * item))
 
-    def _gemm(self, dtype, handle, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
-        ctype = ctypes.c_float if dtype == np.float32 else ctypes.c_double
-        assert ctype.from_address(alpha).value == 1.0 and ctype.from_address(beta).value == 0.0
+    def _operands(self, dtype, ta, tb, m, n, k, A, lda, B, ldb):
         a = self._colmajor(A, dtype, *((m, k) if ta == 0 else (k, m)), lda)
         b = self._colmajor(B, dtype, *((k, n) if tb == 0 else (n, k)), ldb)
-        a, b = (a if ta == 0 else a.T), (b if tb == 0 else b.T)
+        return (a if ta == 0 else a.T), (b if tb == 0 else b.T)
+
+    @staticmethod
+    def _one_zero(ctype, alpha, beta):
+        assert ctype.from_address(alpha).value == 1.0 and ctype.from_address(beta).value == 0.0
+
+    def _gemm(self, dtype, handle, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc):
+        self._one_zero(ctypes.c_float if dtype == np.float32 else ctypes.c_double, alpha, beta)
+        a, b = self._operands(dtype, ta, tb, m, n, k, A, lda, B, ldb)
         c = self._colmajor(C, dtype, m, n, ldc)
+        c[...] = a.astype(np.float64) @ b.astype(np.float64)
+
+    def _batched(self, dtype, handle, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C,
+                 ldc, sc, count):  # fmt: skip
+        self._one_zero(ctypes.c_float if dtype == np.float32 else ctypes.c_double, alpha, beta)
+        item = np.dtype(dtype).itemsize
+        for i in range(count):
+            a, b = self._operands(dtype, ta, tb, m, n, k, A + i * sa * item, lda,
+                                  B + i * sb * item, ldb)  # fmt: skip
+            c = self._colmajor(C + i * sc * item, dtype, m, n, ldc)
+            c[...] = a.astype(np.float64) @ b.astype(np.float64)
+
+    def _gemm_ex(self, handle, ta, tb, m, n, k, alpha, A, atype, lda, B, btype, ldb, beta, C,
+                 ctype, ldc, compute, algo):  # fmt: skip
+        self._one_zero(ctypes.c_float, alpha, beta)
+        assert atype == btype and ctype == cublas.CUDA_R_32F and compute == cublas.COMPUTE_32F
+        half = atype == cublas.CUDA_R_16F
+        a, b = self._operands(np.float16 if half else np.uint16, ta, tb, m, n, k, A, lda, B, ldb)
+        if not half:  # bfloat16 bit patterns: the top half of a float32's
+            a, b = [(x.astype(np.uint32) << 16).view(np.float32) for x in (a, b)]
+        c = self._colmajor(C, np.float32, m, n, ldc)
         c[...] = a.astype(np.float64) @ b.astype(np.float64)
 
 
@@ -340,6 +372,59 @@ def test_gemm_checks_shapes_and_handles_empty_products():
     C = np.full((2, 3), np.nan, np.float32)
     blas.gemm(np.ones((2, 0), np.float32), np.ones((0, 3), np.float32), C, 0)
     assert (C == 0).all() and not any("gemm" in n for n, _ in lib.calls)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_batched_gemm_takes_strided_and_broadcast_batches_in_one_call(dtype):
+    from gpunn.kernels.cuda import launch
+
+    blas, lib = _blas()
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((4, 5, 3)).astype(dtype)
+    cases = {
+        "contiguous": (A, rng.standard_normal((4, 3, 2)).astype(dtype)),
+        "shared B": (A, np.broadcast_to(rng.standard_normal((3, 2)).astype(dtype), (4, 3, 2))),
+        "transposed A": (np.ascontiguousarray(A.swapaxes(1, 2)).swapaxes(1, 2), A[:, :3, :2]),
+    }
+    for name, (a, b) in cases.items():
+        C = np.full((4, 5, 2), np.nan, dtype)
+        blas.gemm_batched(a, b, C, stream=3)
+        np.testing.assert_allclose(C, a @ b, rtol=1e-5, err_msg=name)
+    batched = [args for n, args in lib.calls if n.endswith("StridedBatched")]
+    assert len(batched) == 3 and {n for n, _ in lib.calls if "gemm" in n.lower()} == {
+        "cublasSgemmStridedBatched" if dtype == "float32" else "cublasDgemmStridedBatched"
+    }
+    assert batched[1][9] == 0  # the shared B (cuBLAS's first operand): batch stride 0
+    assert batched[2][1:3] == (0, 1)  # B's memory first (op N); A transposed: op T
+    with pytest.raises(ValueError, match="gemm_batched: batch strides"):
+        blas.gemm_batched(A, A[:, :3, :2], np.empty((4, 2, 5, 2), dtype)[:, 0], stream=3)
+    # the launcher's view of broadcast batch dimensions: one stride, or none
+    assert launch._single_stride((2, 3), (24, 8)) == 8
+    assert launch._single_stride((2, 3), (0, 0)) == 0
+    assert launch._single_stride((2, 1, 3), (24, 999, 8)) == 8
+    assert launch._single_stride((2, 3), (8, 0)) is None
+
+
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+def test_gemm_ex_reads_low_precision_bits_and_writes_float32(low):
+    from gpunn.kernels.lowp import bfloat16_bits, round_to
+
+    blas, lib = _blas()
+    rng = np.random.default_rng(2)
+    A, B = rng.standard_normal((5, 4)).astype(np.float32), rng.standard_normal((4, 3))
+    B = B.astype(np.float32)
+    if low == "float16":
+        a, b = A.astype(np.float16), B.astype(np.float16)
+    else:
+        a, b = bfloat16_bits(np, A), bfloat16_bits(np, B)
+    C = np.full((5, 3), np.nan, np.float32)
+    blas.gemm_ex(a, b, C, low, stream=2)
+    want = round_to(np, A, low).astype(np.float64) @ round_to(np, B, low)
+    np.testing.assert_allclose(C, want, rtol=1e-6)
+    ((name, args),) = [c for c in lib.calls if c[0] == "cublasGemmEx"]
+    assert args[8] == args[11] == cublas.LOW_TYPES[low][1] and args[15] == cublas.CUDA_R_32F
+    with pytest.raises(ValueError, match=r"operands must be .* bits, the output float32"):
+        blas.gemm_ex(A, B, C, low, stream=2)
 
 
 def test_cublas_errors_name_the_call_and_the_status():
@@ -527,10 +612,25 @@ def test_bench_adds_captured_rows_for_gpu_training_steps_only(monkeypatch):
 
 
 # ---------------------------------------------------------------------- on a GPU
+class _PairScores(nn.Module):
+    """Batched products: each sequence's positions scored against each other, averaged."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 6)
+
+    def forward(self, x):  # (B, T, 6) -> (B, T)
+        h = self.proj(x)
+        return (h @ h.transpose(0, 2, 1)).mean(axis=2)
+
+
 def _problem(name, dtype):
+    """(model, loss, x, y) of a small training problem; ``name`` ending in "-bf16": its
+    step runs under bfloat16 autocast (see _train)."""
     from gpunn import models
 
     rng = np.random.default_rng(1)
+    name = name.removesuffix("-bf16")
     if name == "logreg":
         model, loss = models.LogisticRegression(20), nn.BCELoss()
         x = rng.standard_normal((64, 20))
@@ -539,6 +639,9 @@ def _problem(name, dtype):
         dropout = 0.3 if name == "mlp-dropout" else 0.0
         model, loss = models.MLP(32, (16, 16), 10, dropout=dropout), nn.CrossEntropyLoss()
         x, y = rng.standard_normal((16, 32)), rng.integers(0, 10, 16)
+    elif name == "pairs":
+        model, loss = _PairScores(), nn.CrossEntropyLoss()
+        x, y = rng.standard_normal((3, 5, 6)), rng.integers(0, 5, 3)
     elif name in ("lstm", "gru"):
         kind = models.LSTMClassifier if name == "lstm" else models.GRUClassifier
         model, loss = kind(6, 8, 10, num_layers=2), nn.CrossEntropyLoss()
@@ -560,7 +663,8 @@ def _train(name, dtype, optimizer, captured, steps=100, schedule=None):
 
         def step(x, y):
             opt.zero_grad()
-            loss = loss_fn(model(x), y)
+            with gpunn.autocast("bfloat16", enabled=name.endswith("-bf16")):
+                loss = loss_fn(model(x), y)
             loss.backward()
             opt.step()
             return loss
@@ -593,6 +697,9 @@ CAPTURED_RUNS = {
     "lenet-sgd": ("lenet", SGD_MOMENTUM, None),
     "lstm-adam": ("lstm", ADAM, None),
     "gru-sgd-onecycle": ("gru", SGD_MOMENTUM, ONE_CYCLE),
+    "pairs-adam": ("pairs", ADAM, None),  # batched matmul
+    "mlp-bf16-sgd": ("mlp-bf16", SGD_MOMENTUM, None),  # autocast: GemmEx
+    "lenet-bf16-adam": ("lenet-bf16", ADAM, None),
 }
 
 
@@ -739,9 +846,7 @@ def _binding_worker():
     be._dev.blas = cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
     ran = 0
     for case in OP_CASES:
-        if case.op not in GEMM_OPS or (
-            case.op == "matmul" and ("batched" in case.name or "broadcast" in case.name)
-        ):
+        if case.op not in GEMM_OPS:
             continue
         for dtype in ("float32", "float64"):
             for layout in ("C", "strided"):
@@ -831,12 +936,21 @@ def _install_capture_stand_in():
         if capture["ops"] is not None:
             capture["ops"].append(op)
 
-    def plain(a):
+    def arrays_in(items):
+        for x in items:
+            if isinstance(x, (list, tuple)):
+                yield from arrays_in(x)
+            elif isinstance(x, np.ndarray):
+                yield x
+
+    def plain(a):  # also inside lists and tuples (np.concatenate's arrays)
+        if isinstance(a, (list, tuple)):
+            return type(a)(plain(x) for x in a)
         return a.view(np.ndarray) if isinstance(a, Recorded) else a
 
     class Recorded(np.ndarray):
-        """Arrays the stand-in's pool hands out (and their views). CuPy's own kernels
-        (ufuncs, reductions, copies, assignments) are captured on a GPU, but the stand-in
+        """The stand-in's device arrays (and their views). CuPy's own kernels (ufuncs,
+        reductions, copies, assignments, fills) are captured on a GPU, but the stand-in
         runs them at once with NumPy: on these arrays they are also recorded while a stream
         captures, so replays run them again, in order with the recorded launches."""
 
@@ -847,6 +961,21 @@ def _install_capture_stand_in():
             if isinstance(result, np.ndarray):
                 target = outs if outs is not None else (result,)
                 record(lambda: getattr(ufunc, method)(*inputs, out=target, **kwargs))
+                return result.view(Recorded)
+            if result is None:  # in place (ufunc.at)
+                record(lambda: getattr(ufunc, method)(*inputs, **kwargs))
+            return result
+
+        def __array_function__(self, func, types, args, kwargs):
+            args = tuple(plain(a) for a in args)
+            kwargs = {k: plain(v) for k, v in kwargs.items()}
+            result = func(*args, **kwargs)
+            arrays = list(arrays_in((*args, *kwargs.values())))
+            if result is None:  # in place (copyto, place, put)
+                record(lambda: func(*args, **kwargs))
+            elif isinstance(result, np.ndarray):
+                if not any(np.shares_memory(result, a) for a in arrays):  # not a view
+                    record(lambda: np.copyto(result, func(*args, **kwargs)))
                 return result.view(Recorded)
             return result
 
@@ -878,20 +1007,29 @@ def _install_capture_stand_in():
 
         return call
 
+    def device(make, fill=None):  # the stand-in's constructors: Recorded arrays
+        def call(*args, **kwargs):
+            out = make(*args, **kwargs)
+            if not isinstance(out, np.ndarray):
+                return out
+            out = out.view(Recorded)
+            if fill is not None:
+                record(lambda: plain(out).fill(fill))
+            return out
+
+        return call
+
     cupy.array = copying(cupy.array)
     cupy.ascontiguousarray = copying(cupy.ascontiguousarray)
+    cupy.empty, cupy.asarray = device(cupy.empty), device(cupy.asarray)
+    cupy.zeros, cupy.ones = device(cupy.zeros, 0), device(cupy.ones, 1)
 
     @contextlib.contextmanager
     def using_allocator(malloc):
         empty, zeros = cupy.empty, cupy.zeros
 
-        def zeroed(*args, **kwargs):
-            out = malloc(zeros, *args, **kwargs).view(Recorded)
-            record(lambda: plain(out).fill(0))
-            return out
-
-        cupy.empty = lambda *a, **k: malloc(empty, *a, **k).view(Recorded)
-        cupy.zeros = zeroed
+        cupy.empty = lambda *a, **k: malloc(empty, *a, **k)
+        cupy.zeros = lambda *a, **k: malloc(zeros, *a, **k)
         try:
             yield
         finally:
@@ -914,8 +1052,9 @@ def _capture_worker():
     test_cuda_emulated._precompile()
     be = backend_object("cupy")
     lib = FakeCublas()
-    lib.cublasSgemm_v2 = deferred(lib.cublasSgemm_v2)
-    lib.cublasDgemm_v2 = deferred(lib.cublasDgemm_v2)
+    for name in cublas.SIGNATURES:  # the products: recorded while a stream captures
+        if "gemm" in name.lower():
+            setattr(lib, name, deferred(getattr(lib, name)))
     be._dev.blas = cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
     failures = []
     for run, (name, optimizer, schedule) in CAPTURED_RUNS.items():

@@ -109,6 +109,14 @@ class CupyBackend(LayerOps, Backend):
     def is_native(self, X) -> bool:
         return isinstance(X, cupy.ndarray)
 
+    def all_finite(self, X) -> bool:
+        """Whether every element of ``X`` is finite (a host read: the float16 GradScaler's
+        check of the gradients)."""
+        self._dev.refuse_capture(
+            "all_finite", "the float16 loss scaler reads whether the gradients are finite"
+        )
+        return super().all_finite(X)
+
     def synchronize(self) -> None:
         """Wait for the current stream, then report any error a kernel flagged."""
         self._dev.refuse_capture("synchronize", "it waits for the device")

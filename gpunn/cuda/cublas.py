@@ -35,9 +35,22 @@ DEFAULT_MATH, TF32_TENSOR_OP_MATH = 0, 3  # cublasMath_t
 WORKSPACE_BYTES = 32 << 20
 INT32_MAX = 2**31 - 1
 
+#: cudaDataType_t of the operands of cublasGemmEx, and its compute type and algorithm.
+CUDA_R_32F, CUDA_R_16F, CUDA_R_16BF = 0, 2, 14
+COMPUTE_32F, GEMM_DEFAULT = 68, -1
+#: The lower precisions gemm_ex reads: name -> (NumPy dtype of the operands' bits, type).
+LOW_TYPES = {
+    "float16": (np.dtype(np.float16), CUDA_R_16F),
+    "bfloat16": (np.dtype(np.uint16), CUDA_R_16BF),
+}
+
 _c = ctypes
-_GEMM_ARGS = (_c.c_void_p, _c.c_int, _c.c_int, _c.c_int, _c.c_int, _c.c_int, _c.c_void_p)
-_GEMM_ARGS += (_c.c_void_p, _c.c_int, _c.c_void_p, _c.c_int, _c.c_void_p, _c.c_void_p, _c.c_int)
+_P, _I, _L = _c.c_void_p, _c.c_int, _c.c_longlong
+_GEMM_ARGS = (_P, _I, _I, _I, _I, _I, _P, _P, _I, _P, _I, _P, _P, _I)
+# handle, op A, op B, m, n, k, alpha, A, lda, strideA, B, ldb, strideB, beta, C, ldc, strideC, count
+_BATCHED_ARGS = (_P, _I, _I, _I, _I, _I, _P, _P, _I, _L, _P, _I, _L, _P, _P, _I, _L, _I)
+# handle, op A, op B, m, n, k, alpha, A, type, lda, B, type, ldb, beta, C, type, ldc, compute, algo
+_EX_ARGS = (_P, _I, _I, _I, _I, _I, _P, _P, _I, _I, _P, _I, _I, _P, _P, _I, _I, _I, _I)
 #: The functions used, with their C argument types (cublas_api.h); each returns a status.
 SIGNATURES = {
     "cublasCreate_v2": (_c.POINTER(_c.c_void_p),),
@@ -46,11 +59,14 @@ SIGNATURES = {
     "cublasSetMathMode": (_c.c_void_p, _c.c_int),
     "cublasSgemm_v2": _GEMM_ARGS,
     "cublasDgemm_v2": _GEMM_ARGS,
+    "cublasSgemmStridedBatched": _BATCHED_ARGS,
+    "cublasDgemmStridedBatched": _BATCHED_ARGS,
+    "cublasGemmEx": _EX_ARGS,
 }
-#: dtype -> (GEMM function, ctypes type of alpha and beta).
+#: dtype -> (GEMM function, its strided-batched form, ctypes type of alpha and beta).
 GEMMS = {
-    np.dtype(np.float32): ("cublasSgemm_v2", _c.c_float),
-    np.dtype(np.float64): ("cublasDgemm_v2", _c.c_double),
+    np.dtype(np.float32): ("cublasSgemm_v2", "cublasSgemmStridedBatched", _c.c_float),
+    np.dtype(np.float64): ("cublasDgemm_v2", "cublasDgemmStridedBatched", _c.c_double),
 }
 _STATUS = {
     1: "NOT_INITIALIZED",
@@ -141,7 +157,7 @@ class Cublas:
         self.workspace = workspace
         self._stream = None  # the stream last bound (cuBLAS keeps it)
         self._math = None
-        self._scalars = {t: (ctype(1.0), ctype(0.0)) for t, (_, ctype) in GEMMS.items()}
+        self._scalars = {t: (ctype(1.0), ctype(0.0)) for t, (_, _, ctype) in GEMMS.items()}
 
     def _call(self, name: str, *args) -> None:
         status = self._fns[name](*args)
@@ -162,49 +178,96 @@ class Cublas:
             self._call("cublasSetMathMode", self.handle, mode)
             self._math = mode
 
+    def _layout(self, A, B, C, name: str):
+        """(m, n, k, (op, ld) of A, (op, ld) of B, ldc) of row-major 2-D C = A @ B: A (m, k)
+        and B (k, n) as :func:`operand` accepts them, C with contiguous rows. ValueError
+        naming ``name`` otherwise."""
+        (m, k), (k2, n) = A.shape, B.shape
+        if k2 != k or tuple(C.shape) != (m, n):
+            raise ValueError(f"{name}: {A.shape} @ {B.shape} into {C.shape}")
+        a, b = operand(A), operand(B)
+        if a is None or b is None:
+            raise ValueError(f"{name}: operand strides {A.strides} / {B.strides} need a copy")
+        ldc = C.strides[0] // C.itemsize if m > 1 else max(1, n)
+        if (n > 1 and C.strides[1] != C.itemsize) or ldc < max(1, n):
+            raise ValueError(f"{name}: the output's strides {C.strides} are not row-major")
+        if max(m, n, k, a[1], b[1], ldc) > INT32_MAX:
+            raise ValueError(f"{name}: {(m, k)} @ {(k, n)} exceeds cuBLAS's 32-bit sizes")
+        return m, n, k, a, b, ldc
+
+    def _check_float(self, name: str, *arrays) -> None:
+        if not all(X.dtype == arrays[0].dtype for X in arrays) or arrays[0].dtype not in GEMMS:
+            shapes = " @ ".join(f"{X.shape} {X.dtype}" for X in arrays[:2])
+            raise ValueError(f"{name}: {shapes} into {arrays[2].shape} {arrays[2].dtype}")
+
     def gemm(self, A, B, C, stream: int, tf32: bool = False) -> None:
         """C = A @ B on ``stream``: A (m, k), B (k, n), C (m, n) row-major 2-D arrays of one
         float dtype (float32 or float64); A and B as :func:`operand` accepts them, C with
         contiguous rows. Nothing is checked on the device; shapes are checked here."""
-        (m, k), (k2, n) = A.shape, B.shape
-        if k2 != k or tuple(C.shape) != (m, n) or not A.dtype == B.dtype == C.dtype:
-            raise ValueError(
-                f"gemm: {A.shape} {A.dtype} @ {B.shape} {B.dtype} into {C.shape} {C.dtype}"
-            )
-        fn, _ = GEMMS[np.dtype(C.dtype)]
-        a, b = operand(A), operand(B)
-        if a is None or b is None:
-            raise ValueError(f"gemm: operand strides {A.strides} / {B.strides} need a copy")
-        ldc = C.strides[0] // C.itemsize if m > 1 else max(1, n)
-        if (n > 1 and C.strides[1] != C.itemsize) or ldc < max(1, n):
-            raise ValueError(f"gemm: the output's strides {C.strides} are not row-major")
-        if max(m, n, k, a[1], b[1], ldc) > INT32_MAX:
-            raise ValueError(f"gemm: {(m, k)} @ {(k, n)} exceeds cuBLAS's 32-bit sizes")
+        self._check_float("gemm", A, B, C)
+        m, n, k, a, b, ldc = self._layout(A, B, C, "gemm")
         if m == 0 or n == 0:
             return
         if k == 0:
             C.fill(0)
             return
         self.bind(stream, tf32 and C.dtype == np.float32)
+        fn, _, _ = GEMMS[np.dtype(C.dtype)]
         one, zero = self._scalars[np.dtype(C.dtype)]
         # row-major C = A @ B is column-major C^T = B^T @ A^T: B's memory goes first
-        self._call(
-            fn,
-            self.handle,
-            b[0],
-            a[0],
-            n,
-            m,
-            k,
-            ctypes.addressof(one),
-            _address(B),
-            b[1],
-            _address(A),
-            a[1],
-            ctypes.addressof(zero),
-            _address(C),
-            ldc,
-        )
+        self._call(fn, self.handle, b[0], a[0], n, m, k, ctypes.addressof(one),
+                   _address(B), b[1], _address(A), a[1], ctypes.addressof(zero), _address(C),
+                   ldc)  # fmt: skip
+
+    def gemm_batched(self, A, B, C, stream: int, tf32: bool = False) -> None:
+        """C[i] = A[i] @ B[i] for every i on ``stream``, as one strided-batched GEMM: A
+        (batch, m, k), B (batch, k, n), C (batch, m, n) of one float dtype; each operand's
+        matrices as :func:`operand` accepts them, one batch stride apart (0: the same
+        matrix for every i, a broadcast); C's matrices contiguous and consecutive."""
+        self._check_float("gemm_batched", A, B, C)
+        if not (A.ndim == B.ndim == C.ndim == 3 and A.shape[0] == B.shape[0] == C.shape[0]):
+            raise ValueError(f"gemm_batched: {A.shape} @ {B.shape} into {C.shape}")
+        count = C.shape[0]
+        if count == 0 or C.size == 0:
+            return
+        m, n, k, a, b, ldc = self._layout(A[0], B[0], C[0], "gemm_batched")
+        item = C.itemsize
+        strides = [X.strides[0] // item for X in (A, B, C)]
+        if any(X.strides[0] % item for X in (A, B, C)) or strides[2] != m * n or ldc != n:
+            raise ValueError(f"gemm_batched: batch strides {[X.strides[0] for X in (A, B, C)]}")
+        if count > INT32_MAX:
+            raise ValueError(f"gemm_batched: {count} products exceed cuBLAS's 32-bit count")
+        if k == 0:
+            C.fill(0)
+            return
+        self.bind(stream, tf32 and C.dtype == np.float32)
+        _, fn, _ = GEMMS[np.dtype(C.dtype)]
+        one, zero = self._scalars[np.dtype(C.dtype)]
+        self._call(fn, self.handle, b[0], a[0], n, m, k, ctypes.addressof(one),
+                   _address(B), b[1], strides[1], _address(A), a[1], strides[0],
+                   ctypes.addressof(zero), _address(C), ldc, strides[2], count)  # fmt: skip
+
+    def gemm_ex(self, A, B, C, low: str, stream: int) -> None:
+        """C = A @ B on ``stream`` with float32 accumulation: A (m, k) and B (k, n) the bits
+        of ``low`` values (float16 arrays, or uint16 arrays of bfloat16 patterns: see
+        :data:`LOW_TYPES`), C (m, n) float32; one cublasGemmEx."""
+        bits, code = LOW_TYPES[low]
+        if not (A.dtype == B.dtype == bits and C.dtype == np.float32):
+            raise ValueError(
+                f"gemm_ex({low}): {A.shape} {A.dtype} @ {B.shape} {B.dtype} into "
+                f"{C.shape} {C.dtype}; operands must be {bits} bits, the output float32"
+            )
+        m, n, k, a, b, ldc = self._layout(A, B, C, f"gemm_ex({low})")
+        if m == 0 or n == 0:
+            return
+        if k == 0:
+            C.fill(0)
+            return
+        self.bind(stream, False)
+        one, zero = self._scalars[np.dtype(np.float32)]
+        self._call("cublasGemmEx", self.handle, b[0], a[0], n, m, k, ctypes.addressof(one),
+                   _address(B), code, b[1], _address(A), code, a[1], ctypes.addressof(zero),
+                   _address(C), CUDA_R_32F, ldc, COMPUTE_32F, GEMM_DEFAULT)  # fmt: skip
 
 
 def for_cupy() -> Cublas:

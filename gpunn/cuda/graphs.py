@@ -167,7 +167,7 @@ CAPTURE_PLAN = {
     "layer_norm": None,
     "embedding": "its backward sorts the indices with CuPy's argsort (CUB), whose capture "
     "gpunn has not checked",
-    "matmul": None,  # 2-D operands; batched ones go through CuPy's cuBLAS: refused
+    "matmul": None,  # float32/float64, 2-D or batched, through gpunn's cuBLAS binding
     "linear": None,
     "sum": None,
     "mean": None,
@@ -251,14 +251,15 @@ def module_ops(module) -> list:
 
 def step_blockers(model=None, **settings) -> list[str]:
     """Why a training step of ``model`` cannot be captured, as sentences (empty: it can):
-    the model's layers (:func:`blockers`), and the setting ``amp`` (autocast's products
-    call cuBLAS through CuPy). Every optimizer of gpunn (SGD, Adam, AdamW) and every
+    the model's layers (:func:`blockers`), and the setting ``amp="float16"`` (its loss
+    scaler reads on the host whether the gradients are finite; bfloat16 autocast needs no
+    scaler and is captured). Every optimizer of gpunn (SGD, Adam, AdamW) and every
     schedule can be captured: the hyper-parameters schedules move are replayed."""
     out = []
     if model is not None:
         out += [f"{op}: {why}" for op, why in blockers(module_ops(model)).items()]
-    if settings.get("amp"):
-        out.append("autocast's products call cuBLAS through CuPy")
+    if settings.get("amp") == "float16":
+        out.append("the float16 loss scaler reads on the host whether the gradients are finite")
     return out
 
 

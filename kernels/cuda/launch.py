@@ -18,7 +18,6 @@ import math
 
 import numpy as np
 from gpunn.kernels import lowp
-from gpunn.kernels.cuda import workspace as _ws
 from gpunn.kernels.cuda.workspace import Workspace
 
 try:
@@ -817,11 +816,6 @@ def clip_grad_norm(dev: Device, grads, max_norm: float, norm_type: float, check:
 # Written and checked under a NumPy stand-in for CuPy and cuBLAS; not yet run on a GPU.
 _LOWP: contextvars.ContextVar = contextvars.ContextVar("gpunn_cuda_lowp", default=None)
 
-# cuBLAS and CUDA library constants (library_types.h, cublas_api.h)
-_CUDA_R_32F, _CUDA_R_16F, _CUDA_R_16BF = 0, 2, 14
-_CUBLAS_OP_N, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT = 0, 68, -1
-_ONE_ZERO = np.array([1.0, 0.0], np.float32)  # alpha, beta (host pointer mode)
-
 
 @contextlib.contextmanager
 def autocast_scope(dtype):
@@ -834,59 +828,91 @@ def autocast_scope(dtype):
 
 
 def matmul(dev: Device, A, B, out=None):
-    """A @ B. float32/float64 2-D operands: one GEMM through gpunn's cuBLAS binding
-    (``dev.blas``) on the current stream, which a CUDA graph can capture (operands whose
-    strides cuBLAS cannot take are copied first); ``out`` (m, n) with contiguous rows
-    receives it when given. Batched operands, other dtypes, or no binding: cupy.dot /
-    cupy.matmul, which CuPy refuses while a stream is capturing. Under
-    :func:`autocast_scope`, for float32 operands: both rounded to float16 or bfloat16 and
-    multiplied with float32 accumulation into a float32 result, by one cublasGemmEx for
-    2-D operands; batched operands multiply their rounded values in float32 (the same
-    numbers without the speed-up)."""
+    """A @ B through gpunn's cuBLAS binding (``dev.blas``) on the current stream, which a
+    CUDA graph can capture: float32/float64 2-D operands as one GEMM (``out`` (m, n) with
+    contiguous rows receives it when given), batched ones (..., m, k) @ (..., k, n), their
+    batch dimensions broadcast, as one strided-batched GEMM. Operands whose strides cuBLAS
+    cannot take are copied first. Under :func:`autocast_scope`, for float32 operands: 2-D
+    ones rounded to float16 or bfloat16 and multiplied with float32 accumulation into a
+    float32 result by one cublasGemmEx; batched ones multiply their rounded values in
+    float32 (the same numbers without the speed-up). Other dtypes, or no binding:
+    cupy.dot / cupy.matmul, which CuPy refuses while a stream is capturing."""
     from gpunn.kernels.cuda.loader import DTYPES
 
-    dtype = _LOWP.get()
-    if dtype is not None and A.dtype == np.float32 and B.dtype == np.float32:
-        dev.refuse_capture("matmul", "autocast's products call cuBLAS through CuPy")
+    low = _LOWP.get()
+    if low is not None and A.dtype == np.float32 and B.dtype == np.float32:
+        if dev.blas is not None and A.ndim == 2 and B.ndim == 2 and out is None:
+            return _lowp_gemm(dev, A, B, low)
+        A, B = lowp.round_to(cupy, A, low), lowp.round_to(cupy, B, low)
+    if dev.blas is not None and A.dtype == B.dtype in DTYPES:
+        stream = cupy.cuda.get_current_stream().ptr
         if A.ndim == 2 and B.ndim == 2:
-            return _lowp_gemm(A, B, dtype)
-        return cupy.matmul(lowp.round_to(cupy, A, dtype), lowp.round_to(cupy, B, dtype))
-    if dev.blas is not None and A.ndim == 2 and B.ndim == 2 and A.dtype == B.dtype in DTYPES:
-        from gpunn.cuda.cublas import operand
-
-        A = A if operand(A) is not None else cupy.ascontiguousarray(A)
-        B = B if operand(B) is not None else cupy.ascontiguousarray(B)
+            A, B = _gemm_operand(A), _gemm_operand(B)
+            if out is None:
+                out = cupy.empty((A.shape[0], B.shape[1]), A.dtype)
+            dev.blas.gemm(A, B, out, stream, dev.tf32)
+            return out
         if out is None:
-            out = cupy.empty((A.shape[0], B.shape[1]), A.dtype)
-        dev.blas.gemm(A, B, out, cupy.cuda.get_current_stream().ptr, dev.tf32)
-        return out
-    why = "batched or non-float products" if dev.blas is not None else dev.blas_error
+            batch = tuple(np.broadcast_shapes(A.shape[:-2], B.shape[:-2]))
+            C = cupy.empty(batch + (A.shape[-2], B.shape[-1]), A.dtype)
+            count = math.prod(batch)
+            A3, B3 = _batched_operand(A, batch, count), _batched_operand(B, batch, count)
+            C3 = C.reshape((count,) + C.shape[-2:])
+            dev.blas.gemm_batched(A3, B3, C3, stream, dev.tf32)
+            return C
+    why = "non-float products" if dev.blas is not None else dev.blas_error
     dev.refuse_capture("matmul", f"the product goes through CuPy's cuBLAS ({why})")
     if out is not None:
         return cupy.matmul(A, B, out=out)
     return cupy.dot(A, B) if A.ndim == 2 and B.ndim == 2 else cupy.matmul(A, B)
 
 
-def _lowp_gemm(A, B, dtype):
-    """float32 (m, k) @ (k, n), inputs rounded to ``dtype``, float32 accumulation and
-    result: one cublasGemmEx. Row-major C = A @ B is column-major C^T = B^T @ A^T, so B
-    goes first."""
-    from cupy.cuda import cublas, device
+def _gemm_operand(X):
+    """2-D ``X`` as cuBLAS can read it: itself, or a contiguous copy."""
+    from gpunn.cuda.cublas import operand
 
-    m, k = A.shape
-    n = B.shape[1]
-    if m * n == 0 or k == 0:
-        return cupy.zeros((m, n), np.float32)
-    C = cupy.empty((m, n), np.float32)
-    if dtype == "float16":
-        a, b, code = A.astype(np.float16, order="C"), B.astype(np.float16, order="C"), _CUDA_R_16F
+    return X if operand(X) is not None else cupy.ascontiguousarray(X)
+
+
+def _batched_operand(X, batch: tuple, count: int):
+    """``X`` (..., r, c) broadcast to ``batch`` as a (count, r, c) view whose matrices lie one
+    stride apart (0 for a matrix every product shares), copied where its strides allow no
+    such view or cuBLAS cannot read its matrices."""
+    from gpunn.cuda.cublas import operand
+
+    X = cupy.broadcast_to(X, batch + X.shape[-2:])
+    item = X.itemsize
+    step = _single_stride(X.shape[:-2], X.strides[:-2])
+    if step is None or step % item or (X.size and operand(X[(0,) * len(batch)]) is None):
+        X, step = cupy.ascontiguousarray(X), X.shape[-2] * X.shape[-1] * item
+    return cupy.lib.stride_tricks.as_strided(X, (count,) + X.shape[-2:], (step,) + X.strides[-2:])
+
+
+def _single_stride(shape: tuple, strides: tuple):
+    """The byte stride between consecutive entries of the flattened dimensions ``shape``
+    (strides ``strides``) when one stride serves them all, else None."""
+    step = None
+    for size, stride in zip(reversed(shape), reversed(strides)):
+        if size == 1:
+            continue
+        if step is None:
+            step, span = stride, stride * size
+        elif stride == span:
+            span = stride * size
+        else:
+            return None
+    return 0 if step is None else step
+
+
+def _lowp_gemm(dev: Device, A, B, low: str):
+    """float32 (m, k) @ (k, n), inputs rounded to ``low``, float32 accumulation and result:
+    one cublasGemmEx through the binding."""
+    if low == "float16":
+        a, b = A.astype(np.float16, order="C"), B.astype(np.float16, order="C")
     else:
-        a, b, code = lowp.bfloat16_bits(cupy, A), lowp.bfloat16_bits(cupy, B), _CUDA_R_16BF
-    alpha = _ONE_ZERO.ctypes.data
-    handle = device.get_cublas_handle()
-    args = (handle, _CUBLAS_OP_N, _CUBLAS_OP_N, n, m, k, alpha, _ws.ptr(b), code, n)
-    args += (_ws.ptr(a), code, k, alpha + 4, _ws.ptr(C), _CUDA_R_32F, n)
-    cublas.gemmEx(*args, _CUBLAS_COMPUTE_32F, _CUBLAS_GEMM_DEFAULT)
+        a, b = lowp.bfloat16_bits(cupy, A), lowp.bfloat16_bits(cupy, B)
+    C = cupy.empty((A.shape[0], B.shape[1]), np.float32)
+    dev.blas.gemm_ex(a, b, C, low, cupy.cuda.get_current_stream().ptr)
     return C
 
 
