@@ -42,6 +42,8 @@ KERNEL_ONLY = {
     "BLAS per cache-sized block; the GPU launches im2col, cuBLAS and conv2d_output",
     ("cpu", "conv2d_backward"): "as conv2d_forward: one CPU kernel around BLAS calls; the "
     "GPU launches conv2d_grad_output, im2col, cuBLAS and col2im",
+    ("cuda", "embedding_backward_order"): "the GPU's counting sort of the positions by "
+    "index (one block, capturable); the numba backend sorts them with NumPy on the host",
     ("cuda", "conv2d_output"): "the GPU's layout + bias pass after cuBLAS; the CPU kernel "
     "adds the bias on each block it copies out",
     ("cuda", "conv2d_grad_output"): "the GPU's layout + bias-gradient pass before cuBLAS; the "

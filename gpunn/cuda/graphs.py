@@ -165,8 +165,7 @@ CAPTURE_PLAN = {
     "gelu": None,
     "batch_norm": None,  # momentum=None alone reads the counter on the host: refused then
     "layer_norm": None,
-    "embedding": "its backward sorts the indices with CuPy's argsort (CUB), whose capture "
-    "gpunn has not checked",
+    "embedding": None,  # its backward sorts with gpunn's own kernel
     "matmul": None,  # float32/float64, 2-D or batched, through gpunn's cuBLAS binding
     "linear": None,
     "sum": None,

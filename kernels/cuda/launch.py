@@ -1047,16 +1047,16 @@ def embedding_forward(dev: Device, indices, weight):
 
 
 def embedding_backward(dev: Device, dY, idx, shape, padding_idx):
-    """dweight (V, E): the positions ordered by (index, position), then one thread per
-    element of dweight adds its row's positions in that order."""
+    """dweight (V, E): the positions ordered by (index, position) by gpunn's counting sort
+    (one block), then one thread per element of dweight adds its row's positions in that
+    order."""
     rows, e = shape
     p = idx.size
-    if rows * max(p, 1) >= 2**63:
-        raise ValueError(f"embedding: {rows} rows x {p} positions overflow the sort key")
-    key = idx * p + cupy.arange(p, dtype=np.int64)  # unique: any sort keeps position order
-    order = cupy.ascontiguousarray(cupy.argsort(key), dtype=np.int64)
-    bounds = cupy.searchsorted(idx[order], cupy.arange(rows + 1, dtype=np.int64), side="left")
-    bounds = cupy.ascontiguousarray(bounds, dtype=np.int64)
+    order = cupy.empty(p, np.int64)
+    bounds = cupy.empty(rows + 1, np.int64)
+    cursor = cupy.empty(max(rows, 1), np.int64)
+    args = (idx, order, bounds, cursor, i64(p), i64(rows))
+    dev.kernels.launch("embedding_backward_order", dY.dtype, (1,), (BLOCK,), args)
     dW = cupy.empty(shape, dY.dtype)
     if dW.size:
         pad = -1 if padding_idx is None else int(padding_idx)

@@ -117,7 +117,7 @@ KERNELS = {
         "layer_norm_backward",
         "layer_norm_affine_grad",
     ),
-    "embedding.cu": ("embedding_forward", "embedding_backward"),
+    "embedding.cu": ("embedding_forward", "embedding_backward", "embedding_backward_order"),
 }
 
 #: Options gpunn passes to NVRTC. CuPy appends ``-arch=sm_XY`` for the device, ``-ftz=true``
