@@ -105,7 +105,9 @@ class _ReplayedWords:
         self._host = [
             cupy.cuda.alloc_pinned_memory(MAX_REPLAYED * 8) for _ in range(REPLAY_BUFFERS)
         ]
-        self._copied = [None] * REPLAY_BUFFERS  # an event after each buffer's last copy
+        # an event after each buffer's last copy (None: not copied yet)
+        self._events = [cupy.cuda.Event(disable_timing=True) for _ in range(REPLAY_BUFFERS)]
+        self._copied = [None] * REPLAY_BUFFERS
         self._turn = 0
 
     def add(self, draw, value):
@@ -142,7 +144,7 @@ class _ReplayedWords:
         rt = cupy.cuda.runtime
         nbytes = words.nbytes
         rt.memcpyAsync(_address(self.device), host.ptr, nbytes, rt.memcpyHostToDevice, stream.ptr)
-        self._copied[turn] = stream.record()
+        self._copied[turn] = stream.record(self._events[turn])
 
 
 #: op stem -> why a captured step cannot contain it (None: capturable). The stems are the
