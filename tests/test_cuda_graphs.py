@@ -730,16 +730,22 @@ def test_captured_steps_match_eager_steps_bit_for_bit(run, dtype):
         np.testing.assert_array_equal(graph_state[k], eager_state[k], err_msg=k)
 
 
+@pytest.mark.parametrize(
+    "optimizer, scheduler, amp", [("sgd", "none", None), ("adam", "onecycle", "bfloat16")]
+)
 @gpu_only
 @pytest.mark.cuda
-def test_gpunn_train_with_and_without_cuda_graph_gives_the_same_run(tmp_path):
+def test_gpunn_train_with_and_without_cuda_graph_gives_the_same_run(
+    tmp_path, optimizer, scheduler, amp
+):
     from gpunn.train import train
 
     runs = []
     for flag in (False, True):
         result = train(
-            "mlp", "digits", backend="cupy", optimizer="sgd", epochs=2, cuda_graph=flag,
-            out=str(tmp_path / str(flag)), progress=False, stream=io.StringIO(),
+            "mlp", "digits", backend="cupy", optimizer=optimizer, scheduler=scheduler,
+            amp=amp, epochs=2, cuda_graph=flag, out=str(tmp_path / str(flag)),
+            progress=False, stream=io.StringIO(),
         )  # fmt: skip
         state = {k: v.numpy() for k, v in result.model.state_dict().items()}
         runs.append(([h["train_loss"] for h in result.history], state))
@@ -809,8 +815,8 @@ def test_replays_of_a_captured_step_match_eager_steps_under_the_emulation(emu_ca
     dropout and Adam, mlp with SGD or Adam under one-cycle, logreg with AdamW and a step
     schedule, LeNet with SGD, a two-layer LSTM with Adam, a two-layer GRU with SGD under
     one-cycle), float32 and float64: 6 replays equal 6 eager steps bit for bit; and
-    ``gpunn train --cuda-graph`` (mlp on digits with Adam and a cosine schedule, the last
-    smaller batch of each epoch eager on the same state) equals the run without it. The
+    ``gpunn train --cuda-graph`` (mlp on digits with Adam, one-cycle and bfloat16 autocast,
+    the last smaller batch of each epoch eager on the same state) equals the run without it. The
     stand-in's memory pool keeps what it allocated, as CuPy's does. Checks gpunn's side of
     a capture (stable addresses, the state restored, the pointer tables, the replayed
     values, the inputs copied), not CUDA's."""
@@ -1104,8 +1110,8 @@ def _capture_worker():
     for flag in (False, True):
         result = train(
             "mlp", "digits", backend="cupy", optimizer="adam", epochs=2, batch_size=100,
-            hidden=[16], scheduler="cosine", cuda_graph=flag, out=tempfile.mkdtemp(),
-            progress=False, stream=io.StringIO(),
+            hidden=[16], scheduler="onecycle", amp="bfloat16", cuda_graph=flag,
+            out=tempfile.mkdtemp(), progress=False, stream=io.StringIO(),
         )  # fmt: skip
         state = {k: v.numpy() for k, v in result.model.state_dict().items()}
         runs.append(([h["train_loss"] for h in result.history], state))

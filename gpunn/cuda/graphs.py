@@ -38,7 +38,7 @@ import numpy as np
 
 from gpunn.errors import CaptureError
 
-#: Host integers one captured step may draw through :func:`replayed`.
+#: Host values one captured step may draw through :func:`replayed`.
 MAX_REPLAYED = 1024
 #: Pinned staging buffers of a step's replayed words (a replay refills one while the
 #: copies of the previous ones may still be queued).
