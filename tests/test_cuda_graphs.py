@@ -837,14 +837,21 @@ def _binding_worker():
     from gpunn.backends import cupy_backend
 
     failures, for_cupy = [], cublas.for_cupy
-    for broken in (False, True):  # the backend's start-up check of the binding
+    # the backend's start-up check of the binding: a function that "succeeds" but computes
+    # nothing is caught by the product that uses it
+    for broken, said in (
+        (None, ""),
+        ("cublasDgemm_v2", "(float64) differs from CuPy's"),
+        ("cublasSgemmStridedBatched", "batched product (float32) differs"),
+        ("cublasGemmEx", "float16 GemmEx product differs"),
+    ):
         lib = FakeCublas()
         if broken:
-            lib.cublasDgemm_v2 = lambda *args: 0  # "succeeds", computes nothing
+            setattr(lib, broken, lambda *args: 0)
         cublas.for_cupy = lambda lib=lib: cublas.Cublas(lib, (0, cublas.WORKSPACE_BYTES))
         blas, why = cupy_backend._load_blas()
-        if (blas is None) != broken or (broken and "(float64) differs from CuPy's" not in why):
-            failures.append(f"start-up check, broken={broken}: {blas}, {why!r}")
+        if (blas is None) != bool(broken) or said not in why:
+            failures.append(f"start-up check, broken {broken}: {blas}, {why!r}")
     cublas.for_cupy = for_cupy
 
     def poisoned(*args, **kwargs):

@@ -27,6 +27,7 @@ import numpy as np
 from gpunn.backends.base import Backend
 from gpunn.backends.cupy_layers import LayerOps
 from gpunn.errors import BackendError
+from gpunn.kernels import lowp
 from gpunn.kernels.cuda import launch as L
 from gpunn.kernels.cuda.launch import BLOCK  # noqa: F401  (public: threads per block)
 from gpunn.kernels.cuda.loader import KernelLoader
@@ -316,9 +317,10 @@ class CupyBackend(LayerOps, Backend):
 
 def _load_blas():
     """(gpunn's cuBLAS binding, "") or (None, why it is not used): it did not load, or its
-    products of small integer-valued matrices (plain and transposed, float32 and float64)
-    differ from CuPy's. ``GPUNN_CUBLAS=cupy`` turns it off. Without it, products go
-    through CuPy's cuBLAS and no step with a product can be captured."""
+    products of small integer-valued matrices (plain and transposed, float32 and float64;
+    batched with a shared operand; float16 and bfloat16 GemmEx), which every method gives
+    exactly, differ from CuPy's. ``GPUNN_CUBLAS=cupy`` turns it off. Without it, products
+    go through CuPy's cuBLAS and no step with a product can be captured."""
     import os
 
     from gpunn.cuda import cublas
@@ -338,6 +340,21 @@ def _load_blas():
                 if not bool((C == cupy.dot(a, b)).all()):
                     raise CublasError(f"its product {a.shape} @ {b.shape} ({dtype.__name__}) "
                                       "differs from CuPy's")  # fmt: skip
+            A3 = cupy.stack([A, A[::-1], -A])  # (3, 3, 4) @ a shared (4, 5)
+            C3 = cupy.empty((3, 3, 5), dtype)
+            blas.gemm_batched(A3, cupy.broadcast_to(B.T, (3, 4, 5)), C3, stream)
+            if not bool((C3 == cupy.matmul(A3, B.T)).all()):
+                raise CublasError(f"its batched product ({dtype.__name__}) differs from CuPy's")
+        A, B = A.astype(np.float32), B.astype(np.float32)
+        low_bits = {
+            "float16": lambda X: X.astype(np.float16),
+            "bfloat16": lambda X: lowp.bfloat16_bits(cupy, X),
+        }
+        for low, bits in low_bits.items():
+            C = cupy.empty((3, 5), np.float32)
+            blas.gemm_ex(bits(A), bits(cupy.ascontiguousarray(B.T)), C, low, stream)
+            if not bool((C == cupy.dot(A, B.T)).all()):
+                raise CublasError(f"its {low} GemmEx product differs from CuPy's")
         return blas, ""
     except CublasError as e:
         return None, f"gpunn's cuBLAS binding is not used: {e}"
