@@ -70,9 +70,9 @@ class GradScaler:
         scaler.update()                   # backoff after an overflow, growth after
                                           # growth_interval clean steps
 
-    The scale factor lives on the host (a Python float); ``unscale_`` reads one finiteness
-    flag per parameter back to the host (one sync per parameter on the GPU). ``enabled=False`` makes every
-    method a pass-through, so one script serves both precisions.
+    The scale factor lives on the host (a Python float); ``unscale_`` reads whether all
+    gradients are finite back to the host (one sync per step on the GPU). ``enabled=False``
+    makes every method a pass-through, so one script serves both precisions.
     """
 
     def __init__(
@@ -115,13 +115,13 @@ class GradScaler:
                 "GradScaler.unscale_: already called for this optimizer since the last update()"
             )
         inv = 1.0 / self._scale
-        found_inf = False
+        by_backend: dict = {}  # backend name -> (backend, gradient arrays)
         for p in optimizer.params:
-            if p.grad is None:
-                continue
-            g = p.grad.data
-            g *= g.dtype.type(inv)
-            found_inf = found_inf or not p.backend_object.all_finite(g)
+            if p.grad is not None:
+                g = p.grad.data
+                g *= g.dtype.type(inv)
+                by_backend.setdefault(p.backend, (p.backend_object, []))[1].append(g)
+        found_inf = any(not be.all_finite(*gs) for be, gs in by_backend.values())
         self._unscaled[id(optimizer)] = found_inf
 
     def step(self, optimizer) -> bool:

@@ -194,6 +194,24 @@ def test_host_work_inside_a_captured_step_is_refused_naming_the_op(monkeypatch):
         be.synchronize()
 
 
+def test_all_finite_checks_every_array_with_one_host_read(monkeypatch):
+    from gpunn.backends import cupy_backend
+
+    be = _capturing_backend(monkeypatch)
+    be.capturing = None
+    reads = []
+
+    def stack(flags):
+        reads.append(len(flags))
+        return np.stack(flags)
+
+    fake = types.SimpleNamespace(ndarray=np.ndarray, stack=stack, isfinite=np.isfinite)
+    monkeypatch.setattr(cupy_backend, "cupy", fake)
+    assert be.all_finite(np.ones(3), np.zeros((2, 2)))
+    assert not be.all_finite(np.ones(3), np.array([1.0, np.inf]), np.ones(2))
+    assert be.all_finite() and reads == [2, 3]
+
+
 def test_batch_norm_momentum_none_is_refused_while_capturing(monkeypatch):
     be = _capturing_backend(monkeypatch)
     x, c = np.ones((4, 2, 3), np.float32), np.zeros(2, np.float32)

@@ -123,8 +123,9 @@ class Backend:
     def argmax(self, X, axis):
         return self.xp.argmax(X, axis=axis)
 
-    def all_finite(self, X) -> bool:
-        return bool(self.xp.isfinite(X).all())
+    def all_finite(self, *arrays) -> bool:
+        """Whether every element of every array is finite (no inf, no nan)."""
+        return all(bool(self.xp.isfinite(X).all()) for X in arrays)
 
     def check_labels(self, op: str, labels, num_classes: int) -> None:
         """Raise IndexError naming ``op`` unless every label is in [0, num_classes)."""

@@ -110,13 +110,16 @@ class CupyBackend(LayerOps, Backend):
     def is_native(self, X) -> bool:
         return isinstance(X, cupy.ndarray)
 
-    def all_finite(self, X) -> bool:
-        """Whether every element of ``X`` is finite (a host read: the float16 GradScaler's
-        check of the gradients)."""
+    def all_finite(self, *arrays) -> bool:
+        """Whether every element of every array is finite: one flag per array on the
+        device, then one host read for all (the float16 GradScaler's check of the
+        gradients)."""
         self._dev.refuse_capture(
             "all_finite", "the float16 loss scaler reads whether the gradients are finite"
         )
-        return super().all_finite(X)
+        if not arrays:
+            return True
+        return bool(cupy.stack([cupy.isfinite(X).all() for X in arrays]).all())
 
     def synchronize(self) -> None:
         """Wait for the current stream, then report any error a kernel flagged."""
