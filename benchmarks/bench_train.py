@@ -67,6 +67,32 @@ class TrainStep:
         self.w.sync()
 
 
+class CapturedTrainStep:
+    """The same training steps captured into one CUDA graph and replayed: gpunn's
+    (``gpunn.cuda.graphed``, backend cupy) and PyTorch's (``torch.cuda.CUDAGraph``, backend
+    torch-cuda), to compare with TrainStep's eager rows of the same run. GPU only."""
+
+    params = [["cupy", "torch-cuda"], WORKLOADS, [1, 8]]
+    param_names = ["backend", "workload", "scale"]
+    timeout = 300.0
+    timer = staticmethod(TIMER)
+
+    def setup(self, backend, workload, scale):
+        if backend == "torch-cuda":
+            peer = Peer(backend)
+            self.w = workloads.build_torch(workload, peer.device, scale, graph=True)
+        else:
+            backend_or_skip(backend)
+            self.w = workloads.build(workload, backend, scale, graph=True)
+        for _ in range(2):  # the capture happened in build; two replays to settle
+            self.w.step()
+        self.w.sync()
+
+    def time_step(self, backend, workload, scale):
+        self.w.step()
+        self.w.sync()
+
+
 def timeraw_import_gpunn():
     """A fresh interpreter importing gpunn (no backend is loaded until used)."""
     return "import gpunn"
