@@ -49,6 +49,24 @@ __global__ void lstm_cell_forward(const T* __restrict__ XW, const T* __restrict_
   }
 }
 
+// The LSTM's gate gradients at one element, shared by the cell and the sequence step: with
+// the activated gates i, f, g, o, tc = tanh(C), the hidden state's gradient dh and the cell
+// gradient from later dc_next, writes dZ[row + k*hidden] for the gates i, f, g, o
+//   dc = dc_next + dh * o * (1 - tc^2)
+//   dZ = [dc g i (1-i), dc C_prev f (1-f), dc i (1-g^2), dh tc o (1-o)]
+// and returns dc (dC_prev = dc * f).
+template <typename T>
+__device__ __forceinline__ T lstm_gate_grads(T i, T f, T g, T o, T tc, T dh, T dc_next,
+                                             T c_prev, T* __restrict__ dZ, long long row,
+                                             long long hidden) {
+  const T dc = dc_next + dh * o * (T(1) - tc * tc);
+  dZ[row] = dc * g * i * (T(1) - i);
+  dZ[row + hidden] = dc * c_prev * f * (T(1) - f);
+  dZ[row + 2 * hidden] = dc * i * (T(1) - g * g);
+  dZ[row + 3 * hidden] = dh * tc * o * (T(1) - o);
+  return dc;
+}
+
 // Gate gradients dG (B, 4*hidden) (also XW's gradient) and dC_prev (when need_c):
 //   dC = dC_new + dH_new * o * (1 - tanh_C^2)
 //   dG = [dC g i (1-i), dC C f (1-f), dC i (1-g^2), dH_new tanh_C o (1-o)]; dC_prev = dC f.
@@ -67,12 +85,7 @@ __global__ void lstm_cell_backward(const T* __restrict__ dHn, const T* __restric
     const T g = S[2 * n + idx];
     const T o = S[3 * n + idx];
     const T tc = S[4 * n + idx];
-    const T dh = dHn[idx];
-    const T dc = dCn[idx] + dh * o * (T(1) - tc * tc);
-    dG[row] = dc * g * i * (T(1) - i);
-    dG[row + hidden] = dc * C[idx] * f * (T(1) - f);
-    dG[row + 2 * hidden] = dc * i * (T(1) - g * g);
-    dG[row + 3 * hidden] = dh * tc * o * (T(1) - o);
+    const T dc = lstm_gate_grads(i, f, g, o, tc, dHn[idx], dCn[idx], C[idx], dG, row, hidden);
     if (need_c) dCp[idx] = dc * f;
   }
 }
@@ -169,12 +182,7 @@ __global__ void lstm_backward_step(const T* __restrict__ dY, const T* __restrict
     const T o = A[row + 3 * hidden];
     const T tc = gpunn::tanh_(C[idx]);
     const T dh = dY[idx] + dH[idx];
-    const T dc = dC[idx] + dh * o * (T(1) - tc * tc);
-    dZ[row] = dc * g * i * (T(1) - i);
-    dZ[row + hidden] = dc * C_prev[idx] * f * (T(1) - f);
-    dZ[row + 2 * hidden] = dc * i * (T(1) - g * g);
-    dZ[row + 3 * hidden] = dh * tc * o * (T(1) - o);
-    dC[idx] = dc * f;
+    dC[idx] = lstm_gate_grads(i, f, g, o, tc, dh, dC[idx], C_prev[idx], dZ, row, hidden) * f;
   }
 }
 
