@@ -24,6 +24,14 @@ def bfloat16_values(xp, bits):
     return (bits.astype(xp.uint32) << 16).view(xp.float32)
 
 
+def gemm_bits(xp, X, dtype: str):
+    """The C-contiguous operand a lower-precision GEMM reads for float32 ``X``: float16
+    values for ``dtype`` "float16", bfloat16 patterns as uint16 for "bfloat16"."""
+    if dtype == "float16":
+        return X.astype(xp.float16, order="C")
+    return bfloat16_bits(xp, X)
+
+
 def round_to(xp, X, dtype: str):
     """float32 ``X`` rounded to ``dtype`` ("bfloat16" or "float16") and back to float32:
     the values a lower-precision product reads."""

@@ -349,13 +349,10 @@ def _load_blas():
             if not bool((C3 == cupy.matmul(A3, B.T)).all()):
                 raise CublasError(f"its batched product ({dtype.__name__}) differs from CuPy's")
         A, B = A.astype(np.float32), B.astype(np.float32)
-        low_bits = {
-            "float16": lambda X: X.astype(np.float16),
-            "bfloat16": lambda X: lowp.bfloat16_bits(cupy, X),
-        }
-        for low, bits in low_bits.items():
+        for low in ("float16", "bfloat16"):
             C = cupy.empty((3, 5), np.float32)
-            blas.gemm_ex(bits(A), bits(cupy.ascontiguousarray(B.T)), C, low, stream)
+            a, b = lowp.gemm_bits(cupy, A, low), lowp.gemm_bits(cupy, B.T, low)
+            blas.gemm_ex(a, b, C, low, stream)
             if not bool((C == cupy.dot(A, B.T)).all()):
                 raise CublasError(f"its {low} GemmEx product differs from CuPy's")
         return blas, ""

@@ -200,18 +200,25 @@ class Cublas:
             shapes = " @ ".join(f"{X.shape} {X.dtype}" for X in arrays[:2])
             raise ValueError(f"{name}: {shapes} into {arrays[2].shape} {arrays[2].dtype}")
 
+    def _start(self, C, m: int, n: int, k: int, stream: int, tf32: bool) -> bool:
+        """Whether an (m, k) @ (k, n) product into C has work for cuBLAS: none when C is
+        empty, and C is zeroed here when k is 0; else the handle is bound to ``stream``."""
+        if m == 0 or n == 0:
+            return False
+        if k == 0:
+            C.fill(0)
+            return False
+        self.bind(stream, tf32 and C.dtype == np.float32)
+        return True
+
     def gemm(self, A, B, C, stream: int, tf32: bool = False) -> None:
         """C = A @ B on ``stream``: A (m, k), B (k, n), C (m, n) row-major 2-D arrays of one
         float dtype (float32 or float64); A and B as :func:`operand` accepts them, C with
         contiguous rows. Nothing is checked on the device; shapes are checked here."""
         self._check_float("gemm", A, B, C)
         m, n, k, a, b, ldc = self._layout(A, B, C, "gemm")
-        if m == 0 or n == 0:
+        if not self._start(C, m, n, k, stream, tf32):
             return
-        if k == 0:
-            C.fill(0)
-            return
-        self.bind(stream, tf32 and C.dtype == np.float32)
         fn, _, _ = GEMMS[np.dtype(C.dtype)]
         one, zero = self._scalars[np.dtype(C.dtype)]
         # row-major C = A @ B is column-major C^T = B^T @ A^T: B's memory goes first
@@ -237,10 +244,8 @@ class Cublas:
             raise ValueError(f"gemm_batched: batch strides {[X.strides[0] for X in (A, B, C)]}")
         if count > INT32_MAX:
             raise ValueError(f"gemm_batched: {count} products exceed cuBLAS's 32-bit count")
-        if k == 0:
-            C.fill(0)
+        if not self._start(C, m, n, k, stream, tf32):
             return
-        self.bind(stream, tf32 and C.dtype == np.float32)
         _, fn, _ = GEMMS[np.dtype(C.dtype)]
         one, zero = self._scalars[np.dtype(C.dtype)]
         self._call(fn, self.handle, b[0], a[0], n, m, k, ctypes.addressof(one),
@@ -258,12 +263,8 @@ class Cublas:
                 f"{C.shape} {C.dtype}; operands must be {bits} bits, the output float32"
             )
         m, n, k, a, b, ldc = self._layout(A, B, C, f"gemm_ex({low})")
-        if m == 0 or n == 0:
+        if not self._start(C, m, n, k, stream, False):
             return
-        if k == 0:
-            C.fill(0)
-            return
-        self.bind(stream, False)
         one, zero = self._scalars[np.dtype(np.float32)]
         self._call("cublasGemmEx", self.handle, b[0], a[0], n, m, k, ctypes.addressof(one),
                    _address(B), code, b[1], _address(A), code, a[1], ctypes.addressof(zero),

@@ -18,14 +18,14 @@ What a capture needs, and how gpunn provides it:
 * No host work inside the step: every path of the cupy backend that waits for the device or
   moves data between host and device (``.item()``, ``.numpy()``, ``synchronize()``, eager
   label checks, index arrays, batch norm's ``momentum=None``, ``error_if_nonfinite``) and
-  every op whose result a replay could not reproduce (CuPy's cuBLAS calls, CuPy's argsort)
-  raises :class:`~gpunn.errors.CaptureError` naming the op while the step is captured
-  (:func:`capture_plan` lists them).
-* Host integers a step draws anew at every call (dropout's seeds, Adam's step counts) go
-  through :func:`replayed`: while captured, the kernels read them from device words, and
-  before every replay :class:`GraphedStep` draws them again, in the order the step drew
-  them, and copies them there. So replays draw as eager steps do: the same masks, the same
-  bias corrections, the same generator and step counts afterwards.
+  products outside gpunn's cuBLAS binding raise :class:`~gpunn.errors.CaptureError`
+  naming the op while the step is captured (:func:`capture_plan` lists the ops).
+* Host values a step takes anew at every call (dropout's seeds, Adam's step counts, the
+  learning rate, momentum and beta1 a schedule moves) go through :func:`replayed`: while
+  captured, the kernels read them from device words, and before every replay
+  :class:`GraphedStep` draws them again, in the order the step drew them, and copies them
+  there. So replays draw as eager steps do: the same masks, the same bias corrections,
+  the same generator and step counts afterwards.
 * Matrix products through gpunn's own cuBLAS binding (:mod:`gpunn.cuda.cublas`): CuPy
   refuses its own cuBLAS calls during capture.
 
@@ -47,29 +47,25 @@ REPLAY_BUFFERS = 4
 _capture = None  # the _ReplayedWords of the step graphed() is capturing, else None
 
 
-class ReplayedInt(int):
-    """A host integer drawn inside a captured step (see :func:`replayed`): its value, and
-    in ``slot`` the device address of the word a replay refreshes, which the cupy
-    backend's kernels read instead of the value (as unsigned 64 bits)."""
+class _Replayed:
+    """A number drawn inside a captured step (see :func:`replayed`): its value, and in
+    ``slot`` the device address of the word a replay refreshes, which the cupy backend's
+    kernels read instead of the value."""
 
     slot: int
 
-    def __new__(cls, value: int, slot: int):
+    def __new__(cls, value, slot: int):
         obj = super().__new__(cls, value)
         obj.slot = slot
         return obj
 
 
-class ReplayedFloat(float):
-    """A host float read inside a captured step (see :func:`replayed`), with ``slot`` as
-    :class:`ReplayedInt`'s (the word holds the value as a float64)."""
+class ReplayedInt(_Replayed, int):
+    """A replayed host integer (the word holds it as unsigned 64 bits)."""
 
-    slot: int
 
-    def __new__(cls, value: float, slot: int):
-        obj = super().__new__(cls, value)
-        obj.slot = slot
-        return obj
+class ReplayedFloat(_Replayed, float):
+    """A replayed host float (the word holds it as a float64)."""
 
 
 def replayed(draw):
@@ -105,10 +101,9 @@ class _ReplayedWords:
         self._host = [
             cupy.cuda.alloc_pinned_memory(MAX_REPLAYED * 8) for _ in range(REPLAY_BUFFERS)
         ]
-        # an event after each buffer's last copy (None: not copied yet)
+        # recorded after each buffer's copy
         self._events = [cupy.cuda.Event(disable_timing=True) for _ in range(REPLAY_BUFFERS)]
-        self._copied = [None] * REPLAY_BUFFERS
-        self._turn = 0
+        self._turn = 0  # replays refreshed so far
 
     def add(self, draw, value):
         """The ReplayedInt or ReplayedFloat of ``value``, whose word is the next one."""
@@ -133,9 +128,9 @@ class _ReplayedWords:
         import cupy
 
         turn = self._turn % REPLAY_BUFFERS
+        if self._turn >= REPLAY_BUFFERS:  # this buffer's copy of 4 replays ago is done
+            self._events[turn].synchronize()
         self._turn += 1
-        if self._copied[turn] is not None:
-            self._copied[turn].synchronize()  # this buffer's copy of 4 replays ago is done
         host = self._host[turn]
         words = np.frombuffer(host, np.uint64, len(self.draws))
         for k, draw in enumerate(self.draws):
@@ -144,7 +139,7 @@ class _ReplayedWords:
         rt = cupy.cuda.runtime
         nbytes = words.nbytes
         rt.memcpyAsync(_address(self.device), host.ptr, nbytes, rt.memcpyHostToDevice, stream.ptr)
-        self._copied[turn] = stream.record(self._events[turn])
+        stream.record(self._events[turn])
 
 
 #: op stem -> why a captured step cannot contain it (None: capturable). The stems are the

@@ -390,8 +390,7 @@ def conv2d_winograd(X, W, b, padding):
     ph, pw = padding
     oh, ow = h + 2 * ph - 2, w + 2 * pw - 2
     th, tw = -(-oh // 2), -(-ow // 2)
-    x_padded = workspace("winograd_x", (n, ch, 2 * th + 2, 2 * tw + 2), dtype)
-    pick(_pool.max_pool2d_pad, x_padded.size)(X, ph, pw, 0.0, x_padded)
+    x_padded = padded(X, ph, pw, 0.0, (2 * th + 2, 2 * tw + 2), "winograd_x")
     u = np.empty((16, k, ch), dtype)
     _conv.conv2d_winograd_weights(W, u)
     Y = np.empty((n, k, oh, ow), dtype)
@@ -411,15 +410,10 @@ def conv2d_winograd_backward(dY, X, W, padding, needs):
     k, oh, ow = dY.shape[1:]
     dtype = X.dtype
     th, tw = -(-oh // 2), -(-ow // 2)
-    pad = _pool.max_pool2d_pad
     x_padded = X
     if needs[1]:
-        x_padded = workspace("winograd_x", (n, ch, 2 * th + 2, 2 * tw + 2), dtype)
-        pick(pad, x_padded.size)(X, *padding, 0.0, x_padded)
-    dy_padded = dY
-    if (oh, ow) != (2 * th, 2 * tw):
-        dy_padded = workspace("winograd_dy", (n, k, 2 * th, 2 * tw), dtype)
-        pick(pad, dy_padded.size)(dY, 0, 0, 0.0, dy_padded)
+        x_padded = padded(X, *padding, 0.0, (2 * th + 2, 2 * tw + 2), "winograd_x")
+    dy_padded = padded(dY, 0, 0, 0.0, (2 * th, 2 * tw), "winograd_dy")
     kern, tasks = _tasks(_conv.conv2d_winograd_backward, dY.size * ch * 8)
     tasks = min(tasks, n)
     trows, scratch = _winograd_blocks(tasks, th, tw, ch, k, dtype, 6 * tw, k * ch + 6 * (tw + 1))
@@ -503,13 +497,15 @@ def conv2d_backward(dY, X, W, stride, padding, needs):
     )
 
 
-def padded(X, ph, pw, value):
-    """X (contiguous) with a border of ``value``: X itself without padding, else a copy in
-    this thread's workspace."""
-    if not (ph or pw):
-        return X
+def padded(X, ph, pw, value, size=None, name="xpad"):
+    """X (contiguous, N, C, H, W) at offset (ph, pw) of an (N, C, *size) copy in this
+    thread's workspace ``name``, every other entry ``value``; size (H + 2 ph, W + 2 pw)
+    unless given. X itself when that copy would equal it."""
     n, ch, h, w = X.shape
-    x_padded = workspace("xpad", (n, ch, h + 2 * ph, w + 2 * pw), X.dtype)
+    size = tuple(size or (h + 2 * ph, w + 2 * pw))
+    if size == (h, w) and not (ph or pw):
+        return X
+    x_padded = workspace(name, (n, ch, *size), X.dtype)
     pick(_pool.max_pool2d_pad, x_padded.size)(X, ph, pw, value, x_padded)
     return x_padded
 

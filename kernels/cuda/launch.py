@@ -907,10 +907,7 @@ def _single_stride(shape: tuple, strides: tuple):
 def _lowp_gemm(dev: Device, A, B, low: str):
     """float32 (m, k) @ (k, n), inputs rounded to ``low``, float32 accumulation and result:
     one cublasGemmEx through the binding."""
-    if low == "float16":
-        a, b = A.astype(np.float16, order="C"), B.astype(np.float16, order="C")
-    else:
-        a, b = lowp.bfloat16_bits(cupy, A), lowp.bfloat16_bits(cupy, B)
+    a, b = lowp.gemm_bits(cupy, A, low), lowp.gemm_bits(cupy, B, low)
     C = cupy.empty((A.shape[0], B.shape[1]), np.float32)
     dev.blas.gemm_ex(a, b, C, low, cupy.cuda.get_current_stream().ptr)
     return C
