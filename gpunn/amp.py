@@ -25,6 +25,9 @@ from __future__ import annotations
 import contextvars
 import math
 
+from gpunn.cuda import graphs
+from gpunn.errors import BackendError, CaptureError
+
 __all__ = ["AUTOCAST_OPS", "GradScaler", "autocast", "autocast_dtype"]
 
 #: The ops whose products autocast lowers (by their op stem).
@@ -70,9 +73,13 @@ class GradScaler:
         scaler.update()                   # backoff after an overflow, growth after
                                           # growth_interval clean steps
 
-    The scale factor lives on the host (a Python float); ``unscale_`` reads whether all
-    gradients are finite back to the host (one sync per step on the GPU). ``enabled=False``
-    makes every method a pass-through, so one script serves both precisions.
+    The scale factor lives on the host (a Python float). ``unscale_`` leaves whether any
+    gradient is inf or nan on the device, as a flag; gpunn's optimizers take the flag and
+    skip their update on the device (``optimizer.step(found_inf=flag)``), and the host
+    reads it once the update is queued (:func:`gpunn.cuda.on_host`: at once in an eager
+    step, after every replay of a captured one), to undo the step count and adapt the
+    scale. So the same code runs eagerly and inside a CUDA graph. ``enabled=False`` makes
+    every method a pass-through, so one script serves both precisions.
     """
 
     def __init__(
@@ -93,7 +100,9 @@ class GradScaler:
         self.backoff_factor = float(backoff_factor)
         self.growth_interval = int(growth_interval)
         self._growth_tracker = 0
-        self._unscaled: dict[int, bool] = {}  # id(optimizer) -> found inf, since update()
+        # id(optimizer) -> its found-inf flag (a 0-d bool array) or None (no gradients),
+        # for the optimizers unscaled since the last update()
+        self._found: dict = {}
 
     def get_scale(self) -> float:
         return self._scale if self.enabled else 1.0
@@ -103,59 +112,86 @@ class GradScaler:
 
     def scale(self, outputs):
         """``outputs`` (a tensor) times the scale factor; unchanged when disabled."""
-        return outputs * self._scale if self.enabled else outputs
+        if not self.enabled:
+            return outputs
+        return outputs * graphs.replayed(lambda: self._scale)
 
     def unscale_(self, optimizer) -> None:
-        """Divide ``optimizer``'s gradients by the scale factor, in place, and note whether
-        any is inf or nan. At most once per optimizer between two ``update()`` calls."""
+        """Divide ``optimizer``'s gradients by the scale factor, in place, and keep on the
+        device whether any is inf or nan. At most once per optimizer between two
+        ``update()`` calls."""
         if not self.enabled:
             return
-        if id(optimizer) in self._unscaled:
+        if id(optimizer) in self._found:
             raise RuntimeError(
                 "GradScaler.unscale_: already called for this optimizer since the last update()"
             )
-        inv = 1.0 / self._scale
-        by_backend: dict = {}  # backend name -> (backend, gradient arrays)
-        for p in optimizer.params:
-            if p.grad is not None:
-                g = p.grad.data
-                g *= g.dtype.type(inv)
-                by_backend.setdefault(p.backend, (p.backend_object, []))[1].append(g)
-        found_inf = any(not be.all_finite(*gs) for be, gs in by_backend.values())
-        self._unscaled[id(optimizer)] = found_inf
+        grads = [p for p in optimizer.params if p.grad is not None]
+        backends = sorted({p.backend for p in grads})
+        if len(backends) > 1:
+            raise BackendError(
+                f"GradScaler.unscale_: the optimizer's gradients live on several backends: "
+                f"{backends}"
+            )
+        inv = graphs.replayed(lambda: 1.0 / self._scale)
+        self._found[id(optimizer)] = (
+            grads[0].backend_object.unscale_grads([p.grad.data for p in grads], inv)
+            if grads
+            else None
+        )
 
-    def step(self, optimizer) -> bool:
+    def step(self, optimizer):
         """Unscale (if not done yet) and step ``optimizer`` unless a gradient is inf or nan.
-        Returns whether the optimizer stepped."""
+        Returns whether the optimizer stepped; None inside a captured step, where that is
+        decided anew at every replay. An optimizer whose ``step`` takes no ``found_inf``
+        (see :class:`gpunn.optim.Optimizer`) is skipped on the host instead, which a
+        captured step cannot do."""
         if not self.enabled:
             optimizer.step()
             return True
-        if id(optimizer) not in self._unscaled:
+        if id(optimizer) not in self._found:
             self.unscale_(optimizer)
-        if self._unscaled[id(optimizer)]:
-            return False
-        optimizer.step()
-        return True
+        flag = self._found[id(optimizer)]
+        if flag is None:  # no gradients: nothing to skip
+            optimizer.step()
+            return True
+        if getattr(optimizer, "takes_found_inf", False):
+            optimizer.step(found_inf=flag)
+        elif graphs.capturing():
+            raise CaptureError(
+                f"GradScaler.step: {type(optimizer).__name__}.step takes no found_inf, so "
+                "an overflowing step is skipped on the host, which a captured step cannot do"
+            )
+        elif not bool(flag):
+            optimizer.step()
+        stepped = []
+        graphs.on_host([flag], lambda found: stepped.append(not found))
+        return stepped[0] if stepped else None
 
     def update(self, new_scale=None) -> None:
         """Adapt the scale factor: times backoff_factor if this step found inf or nan, times
         growth_factor after growth_interval steps in a row without; or set it to
-        ``new_scale``."""
+        ``new_scale``. (In a captured step: after every replay, from its flags.)"""
         if not self.enabled:
             return
+        unscaled = bool(self._found)
+        flags = [f for f in self._found.values() if f is not None]
+        self._found = {}
+        graphs.on_host(flags, lambda found: self._adapt(found, unscaled, new_scale))
+
+    def _adapt(self, found: bool, unscaled: bool, new_scale) -> None:
         if new_scale is not None:
             self._scale = float(new_scale)
-        elif any(self._unscaled.values()):
+        elif found:
             self._scale *= self.backoff_factor
             self._growth_tracker = 0
-        elif self._unscaled:
+        elif unscaled:
             self._growth_tracker += 1
             if self._growth_tracker == self.growth_interval:
                 grown = self._scale * self.growth_factor
                 if math.isfinite(grown):
                     self._scale = grown
                 self._growth_tracker = 0
-        self._unscaled = {}
 
     def state_dict(self) -> dict:
         """Flat: scale, growth_factor, backoff_factor, growth_interval, growth_tracker."""

@@ -207,7 +207,7 @@ def capture_lines(cupy_reason: str | None) -> list[str]:
     lines.append(
         "  refused inside a captured step: .item()/.numpy()/synchronize, eager label "
         "checks, index arrays, batch norm with momentum=None, clip error_if_nonfinite, "
-        "the float16 loss scaler, products without gpunn's cuBLAS binding"
+        "products without gpunn's cuBLAS binding"
     )
     if cupy_reason is None:
         from gpunn.backends import backend_object

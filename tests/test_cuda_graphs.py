@@ -67,19 +67,27 @@ def test_capture_plan_of_models_and_step_blockers():
     assert gpunn.cuda.blockers(words) == {}
     assert gpunn.cuda.step_blockers(mlp) == []
     assert gpunn.cuda.step_blockers(mlp, amp="bfloat16") == []
-    why = gpunn.cuda.step_blockers(words, amp="float16")
-    assert len(why) == 1 and "float16 loss scaler" in why[0]
+    assert gpunn.cuda.step_blockers(words, amp="float16") == []  # skipped on the device
 
 
 # ---------------------------------------------------------------------- replayed host values
+class _HostWords(np.ndarray):
+    """Host memory standing for the device words, at address 4096 (CuPy's .data.ptr)."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=4096)
+
+
 class _FakeWords:
     """_ReplayedWords without a device: slots are offsets from address 4096."""
 
     def __init__(self):
-        self.draws = []
+        self.draws, self.after = [], []
+        self.device = np.zeros(8, np.uint64).view(_HostWords)
 
     add = graphs._ReplayedWords.add
-    device = types.SimpleNamespace(data=types.SimpleNamespace(ptr=4096))  # CuPy's .data.ptr
+    settle = graphs._ReplayedWords.settle
     name = "train_step"
 
 
@@ -92,6 +100,8 @@ def test_replayed_values_are_plain_outside_a_capture_and_keep_their_draw_inside(
     assert (first, first.slot, second, second.slot) == (7, 4096, 101, 4104)
     lr = graphs.replayed(lambda: 0.5)
     assert type(lr) is graphs.ReplayedFloat and (lr, lr.slot) == (0.5, 4112)
+    words.device[2] = np.float64(0.75).view(np.uint64)  # what a replay's copy writes
+    assert lr.word.shape == () and lr.word.dtype == np.float64 and lr.word == 0.75
     assert [d() for d in words.draws] == [7, 102, 0.5]  # a replay draws again, in order
     with pytest.raises(CaptureError, match="64 unsigned bits, got -1"):
         graphs.replayed(lambda: -1)
@@ -178,7 +188,6 @@ def test_host_work_inside_a_captured_step_is_refused_naming_the_op(monkeypatch):
         "getitem": lambda: be.getitem_forward(x, np.array([0, 2])),
         "clip_grad_norm_": lambda: be.clip_grad_norm_update([x], 1.0, 2.0, True),
         "matmul": lambda: be.matmul_forward(x, x.T),  # without the binding
-        "all_finite": lambda: be.all_finite(x),
     }
     for op, call in cases.items():
         with pytest.raises(CaptureError) as info:
@@ -194,22 +203,60 @@ def test_host_work_inside_a_captured_step_is_refused_naming_the_op(monkeypatch):
         be.synchronize()
 
 
-def test_all_finite_checks_every_array_with_one_host_read(monkeypatch):
+def test_unscale_grads_leaves_the_found_inf_flag_on_the_device(monkeypatch):
+    """The float16 scaler's unscale on the cupy backend: CuPy's own operations (captured on
+    a GPU), the flag an array, never read on the host; a replayed factor is read from its
+    word."""
     from gpunn.backends import cupy_backend
 
     be = _capturing_backend(monkeypatch)
     be.capturing = None
-    reads = []
-
-    def stack(flags):
-        reads.append(len(flags))
-        return np.stack(flags)
-
-    fake = types.SimpleNamespace(ndarray=np.ndarray, stack=stack, isfinite=np.isfinite)
+    fake = types.SimpleNamespace(
+        ndarray=np.ndarray, stack=np.stack, isfinite=np.isfinite, zeros=np.zeros
+    )
     monkeypatch.setattr(cupy_backend, "cupy", fake)
-    assert be.all_finite(np.ones(3), np.zeros((2, 2)))
-    assert not be.all_finite(np.ones(3), np.array([1.0, np.inf]), np.ones(2))
-    assert be.all_finite() and reads == [2, 3]
+    a, b = np.full(3, 4.0, np.float32), np.array([2.0, np.inf])
+    found = be.unscale_grads([a, b], 0.25)
+    # (NumPy's reductions give scalars where CuPy's give 0-d arrays)
+    assert not isinstance(found, bool) and found.shape == () and bool(found)
+    assert a.tolist() == [1.0, 1.0, 1.0] and b[0] == 0.5
+    inv = graphs.ReplayedFloat(0.25, 4096)
+    inv.word = np.array(0.5)  # the word a replay wrote: it wins over the capture's value
+    found = be.unscale_grads([a], inv)
+    assert a.tolist() == [0.5, 0.5, 0.5] and not bool(found)
+    assert not bool(be.unscale_grads([], 0.5))
+
+
+def test_on_host_runs_at_once_eagerly_and_after_each_replay_when_captured(monkeypatch):
+    seen = []
+    graphs.on_host([np.array(False), np.array(True)], seen.append)
+    assert seen == [True]
+    words = _FakeWords()
+    monkeypatch.setattr(graphs, "_capture", words)
+    flag = np.array(False)
+    graphs.on_host([flag], seen.append)
+    graphs.on_host([], lambda found: seen.append(("none", found)))
+    assert seen == [True]  # deferred while capturing
+    monkeypatch.setattr(graphs, "_capture", None)
+    words.settle()  # what GraphedStep does after a replay
+    flag[...] = True  # the next replay found an inf
+    words.settle()
+    assert seen == [True, False, ("none", False), True, ("none", False)]
+
+
+def test_grad_scaler_refuses_a_host_skip_inside_a_capture(monkeypatch):
+    """An optimizer whose step takes no found_inf is skipped on the host: refused while a
+    step is captured, named."""
+
+    class Plain(gpunn.optim.SGD):
+        takes_found_inf = False
+
+    p = nn.Parameter(gpunn.tensor(np.ones(2)))
+    p.grad = gpunn.tensor(np.ones(2))
+    scaler = gpunn.amp.GradScaler(init_scale=2.0)
+    monkeypatch.setattr(graphs, "_capture", _FakeWords())
+    with pytest.raises(CaptureError, match="Plain.step takes no found_inf"):
+        scaler.step(Plain([p], lr=0.1))
 
 
 def test_batch_norm_momentum_none_is_refused_while_capturing(monkeypatch):
@@ -642,12 +689,12 @@ class _PairScores(nn.Module):
 
 
 def _problem(name, dtype):
-    """(model, loss, x, y) of a small training problem; ``name`` ending in "-bf16": its
-    step runs under bfloat16 autocast (see _train)."""
+    """(model, loss, x, y) of a small training problem; ``name`` ending in "-bf16" or
+    "-fp16": its step runs under bfloat16 or float16 autocast (see _train)."""
     from gpunn import models
 
     rng = np.random.default_rng(1)
-    name = name.removesuffix("-bf16")
+    name = name.removesuffix("-bf16").removesuffix("-fp16")
     if name == "logreg":
         model, loss = models.LogisticRegression(20), nn.BCELoss()
         x = rng.standard_normal((64, 20))
@@ -675,10 +722,17 @@ def _problem(name, dtype):
 
 
 def _train(name, dtype, optimizer, captured, steps=100, schedule=None):
+    """(losses, state) of ``steps`` steps, eager or captured; the state holds the model's,
+    the optimizer's step counts and, under float16, the loss scale after every step (its
+    first steps overflow in float16 and are skipped, the next ones grow it again)."""
+    low = {"-bf16": "bfloat16", "-fp16": "float16"}.get(name[-5:])
     gpunn.manual_seed(0)
     with gpunn.use_backend("cupy"):
         model, loss_fn, x_host, y_host = _problem(name, dtype)
         opt = optimizer(model.parameters())
+        scaler = gpunn.amp.GradScaler(
+            init_scale=2.0**24, backoff_factor=0.25, growth_interval=2, enabled=low == "float16"
+        )
         scheduler = schedule(opt) if schedule else None
         batches = [
             (x_host * (1 + 0.01 * i) if x_host.dtype.kind == "f" else np.roll(x_host, i), y_host)
@@ -687,20 +741,26 @@ def _train(name, dtype, optimizer, captured, steps=100, schedule=None):
 
         def step(x, y):
             opt.zero_grad()
-            with gpunn.autocast("bfloat16", enabled=name.endswith("-bf16")):
+            with gpunn.autocast(low or "bfloat16", enabled=low is not None):
                 loss = loss_fn(model(x), y)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             return loss
 
         x, y = gpunn.tensor(batches[0][0]), gpunn.tensor(batches[0][1])
-        run = gpunn.cuda.graphed(step, x, y, state=(model, opt)) if captured else step
-        losses = []
+        state = (model, opt, scaler)
+        run = gpunn.cuda.graphed(step, x, y, state=state) if captured else step
+        losses, scales = [], []
         for xb, yb in batches:
             losses.append(run(gpunn.tensor(xb), gpunn.tensor(yb)).item())
+            scales.append(scaler.get_scale())
             if scheduler is not None:
                 scheduler.step()
-        return losses, {k: v.numpy() for k, v in model.state_dict().items()}
+        out = {k: v.numpy() for k, v in model.state_dict().items()}
+        out["loss scale after each step"] = np.array(scales)
+        out["optimizer step counts"] = np.array([st.get("step", -1) for st in opt.state])
+        return losses, out
 
 
 SGD_MOMENTUM = lambda params: gpunn.optim.SGD(params, lr=0.01, momentum=0.9)  # noqa: E731
@@ -725,6 +785,10 @@ CAPTURED_RUNS = {
     "bag-sgd": ("bag", SGD_MOMENTUM, None),  # embedding
     "mlp-bf16-sgd": ("mlp-bf16", SGD_MOMENTUM, None),  # autocast: GemmEx
     "lenet-bf16-adam": ("lenet-bf16", ADAM, None),
+    # float16 with GradScaler: overflowing steps skipped on the device, the scale adapted
+    # and Adam's step count taken back on the host after each replay
+    "mlp-fp16-adam": ("mlp-fp16", ADAM, None),
+    "lenet-fp16-sgd": ("lenet-fp16", SGD_MOMENTUM, None),
 }
 
 
@@ -749,7 +813,8 @@ def test_captured_steps_match_eager_steps_bit_for_bit(run, dtype):
 
 
 @pytest.mark.parametrize(
-    "optimizer, scheduler, amp", [("sgd", "none", None), ("adam", "onecycle", "bfloat16")]
+    "optimizer, scheduler, amp",
+    [("sgd", "none", None), ("adam", "onecycle", "bfloat16"), ("adam", "none", "float16")],
 )
 @gpu_only
 @pytest.mark.cuda
@@ -1002,6 +1067,10 @@ def _install_capture_stand_in():
                 return result.view(Recorded)
             if result is None:  # in place (ufunc.at)
                 record(lambda: getattr(ufunc, method)(*inputs, **kwargs))
+            if isinstance(result, np.generic):  # one value: CuPy's is a 0-d device array
+                out = np.array(result).view(Recorded)
+                record(lambda: np.copyto(plain(out), getattr(ufunc, method)(*inputs, **kwargs)))
+                return out
             return result
 
         def __array_function__(self, func, types, args, kwargs):
@@ -1015,6 +1084,10 @@ def _install_capture_stand_in():
                 if not any(np.shares_memory(result, a) for a in arrays):  # not a view
                     record(lambda: np.copyto(result, func(*args, **kwargs)))
                 return result.view(Recorded)
+            elif isinstance(result, np.generic):  # one value: CuPy's is a 0-d device array
+                out = np.array(result).view(Recorded)
+                record(lambda: np.copyto(plain(out), func(*args, **kwargs)))
+                return out
             return result
 
         def __setitem__(self, key, value):
@@ -1107,6 +1180,13 @@ def _capture_worker():
         for dtype in ("float32", "float64"):
             eager_losses, eager_state = _train(name, dtype, optimizer, False, 6, schedule)
             graph_losses, graph_state = _train(name, dtype, optimizer, True, 6, schedule)
+            scales = eager_state["loss scale after each step"]
+            if (
+                name.endswith("-fp16")
+                and dtype == "float32"
+                and not (np.diff(scales).min() < 0 < np.diff(scales).max())
+            ):  # the run must skip steps and take steps, or it checks nothing of either
+                failures.append(f"{run} {dtype}: no skipped and grown steps: {scales}")
             if graph_losses != eager_losses:
                 failures.append(f"{run} {dtype}: losses {graph_losses} != {eager_losses}")
             for k in eager_state:
@@ -1131,19 +1211,20 @@ def _capture_worker():
 
     from gpunn.train import train
 
-    runs = []  # gpunn train: replays, and the last smaller batch eager on the same state
-    for flag in (False, True):
-        result = train(
-            "mlp", "digits", backend="cupy", optimizer="adam", epochs=2, batch_size=100,
-            hidden=[16], scheduler="onecycle", amp="bfloat16", cuda_graph=flag,
-            out=tempfile.mkdtemp(), progress=False, stream=io.StringIO(),
-        )  # fmt: skip
-        state = {k: v.numpy() for k, v in result.model.state_dict().items()}
-        runs.append(([h["train_loss"] for h in result.history], state))
-    if runs[1][0] != runs[0][0] or any(
-        not np.array_equal(runs[1][1][k], runs[0][1][k]) for k in runs[0][1]
-    ):
-        failures.append(f"gpunn train --cuda-graph: {runs[1][0]} != {runs[0][0]}")
+    for amp in ("bfloat16", "float16"):
+        runs = []  # gpunn train: replays, and the last smaller batch eager on the same state
+        for flag in (False, True):
+            result = train(
+                "mlp", "digits", backend="cupy", optimizer="adam", epochs=2, batch_size=100,
+                hidden=[16], scheduler="onecycle", amp=amp, cuda_graph=flag,
+                out=tempfile.mkdtemp(), progress=False, stream=io.StringIO(),
+            )  # fmt: skip
+            state = {k: v.numpy() for k, v in result.model.state_dict().items()}
+            runs.append(([h["train_loss"] for h in result.history], state))
+        if runs[1][0] != runs[0][0] or any(
+            not np.array_equal(runs[1][1][k], runs[0][1][k]) for k in runs[0][1]
+        ):
+            failures.append(f"gpunn train --cuda-graph --amp {amp}: {runs[1][0]} != {runs[0][0]}")
     tables = len(be._dev.workspace._graph_tables)
     print("\n".join(failures) or f"replays match eager steps bit for bit ({tables} pointer "
           "tables copied by captured copies)")  # fmt: skip

@@ -51,6 +51,37 @@ def test_adam_matches_its_formula(backend):
     np.testing.assert_allclose(p.numpy(), w, rtol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["sgd", "adam"])
+def test_a_found_inf_flag_skips_the_update_and_adam_takes_back_its_step_count(backend, kind):
+    """optimizer.step(found_inf=flag), as the float16 GradScaler calls it: a true flag
+    leaves parameters, state and step counts as if the step had not been taken."""
+    make = {
+        "sgd": lambda q: gpunn.optim.SGD([q], lr=0.1, momentum=0.9, weight_decay=0.1),
+        "adam": lambda q: gpunn.optim.Adam([q], lr=0.01, weight_decay=0.1),
+    }[kind]
+    p = _param([0.5, -1.5, 3.0], backend)
+    opt = make(p)
+    flag = lambda found: p.backend_object.xp.asarray(np.bool_(found))  # noqa: E731
+    _grad(p, [1.0, 0.0, -2.0])
+    opt.step(found_inf=flag(False))
+    after_one = p.numpy().copy()
+    _grad(p, [0.5, 0.5, 0.5])
+    opt.step(found_inf=flag(True))  # skipped
+    np.testing.assert_array_equal(p.numpy(), after_one)
+    if kind == "adam":
+        assert opt.state[0]["step"] == 1
+    opt.step(found_inf=flag(False))
+    # the same as one optimizer that never saw the skipped step
+    p_twin = _param([0.5, -1.5, 3.0], backend)
+    twin = make(p_twin)
+    for g in ([1.0, 0.0, -2.0], [0.5, 0.5, 0.5]):
+        _grad(p_twin, g)
+        twin.step()
+    np.testing.assert_array_equal(p.numpy(), p_twin.numpy())
+    if kind == "adam":
+        assert opt.state[0]["step"] == twin.state[0]["step"] == 2
+
+
 def test_parameters_without_grad_are_skipped_and_zero_grad_clears():
     a, b = _param([1.0], "numpy"), _param([1.0], "numpy")
     opt = gpunn.optim.SGD([a, b], lr=1.0)

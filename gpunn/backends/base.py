@@ -123,9 +123,16 @@ class Backend:
     def argmax(self, X, axis):
         return self.xp.argmax(X, axis=axis)
 
-    def all_finite(self, *arrays) -> bool:
-        """Whether every element of every array is finite (no inf, no nan)."""
-        return all(bool(self.xp.isfinite(X).all()) for X in arrays)
+    def unscale_grads(self, grads, inv):
+        """Multiply every array of ``grads`` by ``inv`` (rounded to its dtype) in place, and
+        return whether any element of them is then inf or nan, as a 0-d bool array of this
+        backend (the float16 loss scaler's found-inf flag, which the optimizers' updates
+        take as ``skip``)."""
+        found = False
+        for g in grads:
+            g *= g.dtype.type(inv)
+            found = found or not bool(self.xp.isfinite(g).all())
+        return self.xp.asarray(found)
 
     def check_labels(self, op: str, labels, num_classes: int) -> None:
         """Raise IndexError naming ``op`` unless every label is in [0, num_classes)."""
@@ -774,11 +781,16 @@ class Backend:
         return (dG if needs[0] else None), dH, dC_prev, dW
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
+    def sgd_update(
+        self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False, skip=None
+    ):
         """In place, per parameter, as PyTorch's SGD without dampening:
         g = grad + weight_decay*p; with momentum: buf = momentum*buf + g, then
         g = buf (or g = g + momentum*buf with ``nesterov``); p -= lr*g.
-        ``bufs`` holds zero-initialised arrays when momentum is used, else Nones."""
+        ``bufs`` holds zero-initialised arrays when momentum is used, else Nones.
+        ``skip``: None, or a 0-d bool array; when true, nothing changes."""
+        if skip is not None and bool(skip):
+            return
         for p, g, buf in zip(params, grads, bufs):
             if weight_decay:
                 g = g + weight_decay * p
@@ -789,12 +801,27 @@ class Backend:
             p -= lr * g
 
     def adam_update(
-        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+        self,
+        params,
+        grads,
+        ms,
+        vs,
+        step,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled=False,
+        skip=None,
     ):
         """In place, per parameter, as PyTorch's Adam (weight decay an L2 term added to the
         gradient) or, with ``decoupled``, as its AdamW (p *= 1 - lr*weight_decay first):
         m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
-        p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps)."""
+        p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+        ``skip``: None, or a 0-d bool array; when true, nothing changes."""
+        if skip is not None and bool(skip):
+            return
         xp = self.xp
         bias1 = 1 - beta1**step
         bias2_sqrt = (1 - beta2**step) ** 0.5

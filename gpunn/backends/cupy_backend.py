@@ -110,16 +110,16 @@ class CupyBackend(LayerOps, Backend):
     def is_native(self, X) -> bool:
         return isinstance(X, cupy.ndarray)
 
-    def all_finite(self, *arrays) -> bool:
-        """Whether every element of every array is finite: one flag per array on the
-        device, then one host read for all (the float16 GradScaler's check of the
-        gradients)."""
-        self._dev.refuse_capture(
-            "all_finite", "the float16 loss scaler reads whether the gradients are finite"
-        )
-        if not arrays:
-            return True
-        return bool(cupy.stack([cupy.isfinite(X).all() for X in arrays]).all())
+    def unscale_grads(self, grads, inv):
+        """In place, g *= inv for every gradient (CuPy's own kernels, capturable: in a
+        captured step ``inv`` is replayed and read from its device word), and the found-inf
+        flag as a 0-d bool array on the device: no host read (the float16 GradScaler's)."""
+        word = getattr(inv, "word", None)
+        for g in grads:
+            g *= g.dtype.type(inv) if word is None else word.astype(g.dtype)
+        if not grads:
+            return cupy.zeros((), bool)
+        return ~cupy.stack([cupy.isfinite(g).all() for g in grads]).all()
 
     def synchronize(self) -> None:
         """Wait for the current stream, then report any error a kernel flagged."""

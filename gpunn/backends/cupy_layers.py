@@ -185,26 +185,43 @@ class LayerOps:
         )
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
+    def sgd_update(
+        self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False, skip=None
+    ):
         """One fused launch over every parameter (per dtype): weight decay, momentum, step; in
         a captured step the learning rate and momentum come from the device words its
-        replays refresh (``.slot``, see gpunn.cuda.graphs.replayed)."""
+        replays refresh (``.slot``, see gpunn.cuda.graphs.replayed). ``skip`` (a 0-d bool
+        array) is read by the kernel, which then changes nothing."""
         flags = (np.int32(momentum != 0), np.int32(weight_decay != 0), np.int32(bool(nesterov)))
         scalars = (float(lr), _slot(lr), float(momentum), _slot(momentum), float(weight_decay))
-        scalars += flags
+        scalars += (*flags, L.skip_flag(skip))
         L.fused_update(self._dev, "sgd_update", (params, grads, bufs), scalars)
 
     def adam_update(
-        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+        self,
+        params,
+        grads,
+        ms,
+        vs,
+        step,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled=False,
+        skip=None,
     ):
         """One fused launch over every parameter (per dtype), as PyTorch's Adam or AdamW. The
         bias corrections are computed on the device from ``step``, ``lr`` and ``beta1``: in a
         captured step, from the device words its replays refresh (``.slot``, see
-        gpunn.cuda.graphs.replayed)."""
+        gpunn.cuda.graphs.replayed). ``skip`` (a 0-d bool array) is read by the kernel,
+        which then changes nothing."""
         l2, shrink = bool(weight_decay) and not decoupled, bool(weight_decay) and decoupled
         scalars = (float(eps), float(weight_decay), np.int32(l2), np.int32(shrink))
         scalars += (np.float64(lr), _slot(lr), np.float64(beta1), _slot(beta1))
         scalars += (np.float64(beta2), np.float64(weight_decay), np.uint64(step), _slot(step))
+        scalars += (L.skip_flag(skip),)
         L.fused_update(self._dev, "adam_update", (params, grads, ms, vs), scalars)
 
     def clip_grad_norm_update(self, grads, max_norm, norm_type, error_if_nonfinite=False):

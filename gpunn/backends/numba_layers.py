@@ -91,12 +91,30 @@ class LayerOps:
         return (dG if needs[0] else None), dH, dC, dW
 
     # ------------------------------------------------------------------ optimizer updates
-    def sgd_update(self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False):
+    def sgd_update(
+        self, params, grads, bufs, lr, momentum, weight_decay, nesterov=False, skip=None
+    ):
+        if skip is not None and bool(skip):
+            return
         launch.sgd_update(params, grads, bufs, lr, momentum, weight_decay, nesterov)
 
     def adam_update(
-        self, params, grads, ms, vs, step, lr, beta1, beta2, eps, weight_decay, decoupled=False
+        self,
+        params,
+        grads,
+        ms,
+        vs,
+        step,
+        lr,
+        beta1,
+        beta2,
+        eps,
+        weight_decay,
+        decoupled=False,
+        skip=None,
     ):
+        if skip is not None and bool(skip):
+            return
         beta1, beta2, lr, weight_decay = float(beta1), float(beta2), float(lr), float(weight_decay)
         bias1, bias2_sqrt = 1 - beta1**step, (1 - beta2**step) ** 0.5
         scalars = (beta1, 1 - beta1, beta2, 1 - beta2, lr / bias1, bias2_sqrt, float(eps))

@@ -26,6 +26,11 @@ What a capture needs, and how gpunn provides it:
   :class:`GraphedStep` draws them again, in the order the step drew them, and copies them
   there. So replays draw as eager steps do: the same masks, the same bias corrections,
   the same generator and step counts afterwards.
+* Host decisions that follow from device values (the float16 loss scaler's found-inf
+  flag) are split in two: the device acts on the flag inside the graph (an update skipped
+  by its kernel), and the host's side of it (the step count not taken, the scale factor's
+  backoff or growth) goes through :func:`on_host`, which :class:`GraphedStep` runs after
+  every replay, once the replay is done and the flags are read.
 * Matrix products through gpunn's own cuBLAS binding (:mod:`gpunn.cuda.cublas`): CuPy
   refuses its own cuBLAS calls during capture.
 
@@ -65,7 +70,11 @@ class ReplayedInt(_Replayed, int):
 
 
 class ReplayedFloat(_Replayed, float):
-    """A replayed host float (the word holds it as a float64)."""
+    """A replayed host float (the word holds it as a float64). ``word``: that word as a 0-d
+    float64 device array, for CuPy's own operations and the elementwise kernels' scalar
+    operands (a scale factor multiplied into a loss, say)."""
+
+    word = None
 
 
 def replayed(draw):
@@ -82,6 +91,26 @@ def replayed(draw):
     return value if _capture is None else _capture.add(draw, value)
 
 
+def capturing() -> bool:
+    """Whether :func:`graphed` is capturing a step now."""
+    return _capture is not None
+
+
+def on_host(flags, action) -> None:
+    """Call ``action(found)``, ``found`` whether any of ``flags`` (0-d arrays on a backend,
+    such as the float16 loss scaler's found-inf flag) is true, once their values are on the
+    host: outside a capture at once (a host read), and in a captured step after every
+    replay: :class:`GraphedStep` waits for the replay, reads the flags and calls the
+    actions in the order the step asked. For the host side of a decision the device makes
+    inside the step (an update its kernel skipped: the step count it did not take, the
+    scale factor's backoff), so a replay leaves the host as an eager step would."""
+    flags = list(flags)
+    if _capture is None:
+        action(any(bool(f) for f in flags))
+    else:
+        _capture.after.append((flags, action))
+
+
 def _address(array) -> int:
     """The device address of ``array``'s first element (as the kernels' launchers take it)."""
     from gpunn.kernels.cuda import workspace
@@ -90,7 +119,8 @@ def _address(array) -> int:
 
 
 class _ReplayedWords:
-    """The draws of a captured step and the device words their values go to."""
+    """The draws of a captured step and the device words their values go to; and the host
+    actions that follow each replay (:func:`on_host`)."""
 
     def __init__(self, name: str):
         import cupy
@@ -98,6 +128,7 @@ class _ReplayedWords:
         self.name = name
         self.device = cupy.zeros(MAX_REPLAYED, np.uint64)
         self.draws: list = []
+        self.after: list = []  # (flags, action) of on_host, in the step's order
         self._host = [
             cupy.cuda.alloc_pinned_memory(MAX_REPLAYED * 8) for _ in range(REPLAY_BUFFERS)
         ]
@@ -116,9 +147,20 @@ class _ReplayedWords:
         if isinstance(value, int) and not 0 <= value < 2**64:
             raise CaptureError(f"{self.name}: a replayed host integer must fit in 64 "
                                f"unsigned bits, got {value}")  # fmt: skip
-        slot = _address(self.device) + 8 * len(self.draws)
+        k = len(self.draws)
         self.draws.append(draw)
-        return ReplayedFloat(value, slot) if isinstance(value, float) else ReplayedInt(value, slot)
+        slot = _address(self.device) + 8 * k
+        if not isinstance(value, float):
+            return ReplayedInt(value, slot)
+        out = ReplayedFloat(value, slot)
+        out.word = self.device[k : k + 1].view(np.float64).reshape(())
+        return out
+
+    def settle(self) -> None:
+        """After a replay: read the flags of every :func:`on_host` action of the step (the
+        first read waits for the replay) and call the actions in order."""
+        for flags, action in self.after:
+            action(any(bool(f) for f in flags))
 
     def refresh(self, stream) -> None:
         """Draw every value again and copy them to the device words, queued on ``stream``
@@ -247,16 +289,14 @@ def module_ops(module) -> list:
 
 def step_blockers(model=None, **settings) -> list[str]:
     """Why a training step of ``model`` cannot be captured, as sentences (empty: it can):
-    the model's layers (:func:`blockers`), and the setting ``amp="float16"`` (its loss
-    scaler reads on the host whether the gradients are finite; bfloat16 autocast needs no
-    scaler and is captured). Every optimizer of gpunn (SGD, Adam, AdamW) and every
-    schedule can be captured: the hyper-parameters schedules move are replayed."""
-    out = []
-    if model is not None:
-        out += [f"{op}: {why}" for op, why in blockers(module_ops(model)).items()]
-    if settings.get("amp") == "float16":
-        out.append("the float16 loss scaler reads on the host whether the gradients are finite")
-    return out
+    the model's layers (:func:`blockers`). ``settings`` (``amp=...``, ...) name the rest of
+    the step; none of gpunn's blocks a capture today: every optimizer (SGD, Adam, AdamW)
+    and schedule (the hyper-parameters schedules move are replayed), bfloat16 autocast, and
+    float16 autocast with its loss scaler (the updates skip on the device; the scaler's
+    host side runs after each replay, see :func:`on_host`)."""
+    if model is None:
+        return []
+    return [f"{op}: {why}" for op, why in blockers(module_ops(model)).items()]
 
 
 class GraphedStep:
@@ -264,7 +304,9 @@ class GraphedStep:
     step's input buffers and replays the graph on the current stream; it returns the
     captured step's outputs, which every replay overwrites (copy or read them before the
     next call). Before the launch it draws the step's replayed values again (dropout's
-    seeds, Adam's step counts, the scheduled hyper-parameters: see :func:`replayed`).
+    seeds, Adam's step counts, the scheduled hyper-parameters: see :func:`replayed`); a
+    step that asked for host actions (:func:`on_host`: the float16 loss scaler's) is waited
+    for after the launch, and its actions run before the call returns.
     Inputs must have the example inputs' shapes, dtypes and backend. After a replay, the
     ``.grad`` of every parameter of the modules passed as ``state`` is the gradient the
     graph wrote.
@@ -343,6 +385,8 @@ class GraphedStep:
         if self._draws is not None:
             self._draws.refresh(stream)
         self.graph.launch(stream)
+        if self._draws is not None:
+            self._draws.settle()
         for p, g in self._grads:  # an eager step in between may have replaced them
             p.grad = g
         self.replays += 1
@@ -372,10 +416,10 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
     backward, optimizer step; return the loss); ``example_inputs``: tensors of the shapes
     and dtypes every later call will have. The step runs ``warmup`` times on a side stream
     (compiling kernels, creating optimizer state, growing the memory pool), then once under
-    capture; ``state``: modules and optimizers whose state those calls change: their
-    parameters, buffers and optimizer state are saved first and written back (in place)
-    after the capture, and the captured gradients zeroed, so the first replay is the first
-    step; the optimizers' hyper-parameters are then checked before every replay. Without
+    capture; ``state``: modules, optimizers and loss scalers whose state those calls
+    change: their parameters, buffers, optimizer state and scale factor are saved first and
+    written back (in place) after the capture, and the captured gradients zeroed, so the
+    first replay is the first step; the optimizers' hyper-parameters are then checked before every replay. Without
     it, the warm-up calls are real steps, as in PyTorch.
 
     Raises :class:`~gpunn.errors.CaptureError` naming the op when the step does host work
@@ -436,14 +480,16 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
 
 
 class _Snapshot:
-    """Device copies of the state of modules and optimizers, written back in place, and
-    the state of gpunn's generator (which dropout draws its seeds from)."""
+    """Device copies of the state of modules and optimizers, written back in place; the
+    state_dict of loss scalers; and the state of gpunn's generator (which dropout draws its
+    seeds from)."""
 
     def __init__(self, objects):
         from gpunn import random
 
         self.tensors = []  # (tensor, copy of its data)
         self.modules, self.optimizers = [], []
+        self.host = []  # (object, its state_dict()) of objects with host state alone
         self.rng = random.get_rng_state() if objects else None
         for obj in objects:
             if hasattr(obj, "named_parameters"):
@@ -456,9 +502,12 @@ class _Snapshot:
                     for value in st.values():
                         if hasattr(value, "data") and hasattr(value, "backend"):
                             self._save(value)
+            elif hasattr(obj, "load_state_dict"):  # host state only (a GradScaler)
+                self.host.append((obj, obj.state_dict()))
             else:
                 raise CaptureError(
-                    f"graphed: state holds a {type(obj).__name__}; give modules and optimizers"
+                    f"graphed: state holds a {type(obj).__name__}; give modules, optimizers "
+                    "and loss scalers"
                 )
 
     def _save(self, t) -> None:
@@ -469,6 +518,8 @@ class _Snapshot:
 
         if self.rng is not None:
             random.set_rng_state(self.rng)
+        for obj, state in self.host:
+            obj.load_state_dict(state)
         for t, copy in self.tensors:
             t.data[...] = copy
         for m in self.modules:  # the captured gradients' buffers, not computed yet

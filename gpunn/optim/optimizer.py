@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from gpunn.cuda.graphs import replayed
+from gpunn.cuda.graphs import on_host, replayed
 from gpunn.errors import BackendError, CheckpointError
 from gpunn.tensor import Tensor, tensor, zeros
 
@@ -30,6 +30,10 @@ class Optimizer:
 
     hyper: tuple[str, ...] = ()
     slots: tuple[str, ...] = ()
+    #: Whether ``step(found_inf=flag)`` skips the update on the device when ``flag`` (a
+    #: 0-d bool array on the parameters' backend, the float16 loss scaler's) is true, so
+    #: that a captured step can hold it (gpunn.amp.GradScaler).
+    takes_found_inf = False
 
     def __init__(self, params, **defaults):
         items = list(params)
@@ -98,7 +102,7 @@ class Optimizer:
             slot = self.state[i][name] = zeros(p.shape, dtype=p.dtype, backend=p.backend)
         return slot.to_(p.backend).data
 
-    def step(self) -> None:
+    def step(self, found_inf=None) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
@@ -175,7 +179,11 @@ class SGD(Optimizer):
                 f"SGD: nesterov momentum needs momentum > 0, got momentum={group['momentum']}"
             )
 
-    def step(self) -> None:
+    takes_found_inf = True
+
+    def step(self, found_inf=None) -> None:
+        """One update of every parameter that has a gradient; skipped on the device when
+        ``found_inf`` (a 0-d bool array on the parameters' backend) is true."""
         for group, live in self._live_groups():
             momentum = _scheduled(group, "momentum")
             be = live[0][1].backend_object
@@ -188,6 +196,7 @@ class SGD(Optimizer):
                 momentum,
                 float(group["weight_decay"]),
                 bool(group["nesterov"]),
+                skip=found_inf,
             )
 
 
@@ -221,7 +230,12 @@ class Adam(Optimizer):
     def betas(self):
         return (self.beta1, self.beta2)
 
-    def step(self) -> None:
+    takes_found_inf = True
+
+    def step(self, found_inf=None) -> None:
+        """One update of every parameter that has a gradient; skipped on the device when
+        ``found_inf`` (a 0-d bool array on the parameters' backend) is true, and then the
+        step counts are put back once the flag is read (gpunn.cuda.graphs.on_host)."""
         for group, live in self._live_groups():
             be = live[0][1].backend_object
             by_count: dict[int, list] = {}  # parameters that have taken the same number of steps
@@ -230,7 +244,8 @@ class Adam(Optimizer):
             lr, beta1 = _scheduled(group, "lr"), _scheduled(group, "beta1")
             for members in by_count.values():
                 # a captured step counts again at every replay (see gpunn.cuda.graphs)
-                step = replayed(functools.partial(self._count_step, [i for i, _ in members]))
+                indices = [i for i, _ in members]
+                step = replayed(functools.partial(self._count_step, indices))
                 be.adam_update(
                     [p.data for _, p in members],
                     [p.grad.data for _, p in members],
@@ -243,7 +258,10 @@ class Adam(Optimizer):
                     float(group["eps"]),
                     float(group["weight_decay"]),
                     bool(group["decoupled_weight_decay"]),
+                    skip=found_inf,
                 )
+                if found_inf is not None:
+                    on_host([found_inf], functools.partial(self._uncount_step, indices))
 
     def _count_step(self, indices) -> int:
         """Add one to the step count of parameters ``indices`` (all at the same count);
@@ -251,6 +269,14 @@ class Adam(Optimizer):
         for i in indices:
             self.state[i]["step"] = self.state[i].get("step", 0) + 1
         return self.state[indices[0]]["step"]
+
+    def _uncount_step(self, indices, skipped: bool) -> None:
+        """Take back the count _count_step added when the update was ``skipped``."""
+        if skipped:
+            for i in indices:
+                self.state[i]["step"] -= 1
+                if not self.state[i]["step"]:
+                    del self.state[i]["step"]
 
 
 class AdamW(Adam):

@@ -796,6 +796,36 @@ UPDATE_CASES = [
         "adam_update",
         dict(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, decoupled=True),
     ),
+    # the float16 loss scaler's found-inf flag: set, the update changes nothing
+    UpdateCase(
+        "sgd-momentum-skipped",
+        "sgd_update",
+        dict(lr=0.05, momentum=0.9, weight_decay=0.01, skip=True),
+    ),
+    UpdateCase(
+        "sgd-momentum-not-skipped",
+        "sgd_update",
+        dict(lr=0.05, momentum=0.9, weight_decay=0.01, skip=False),
+    ),
+    UpdateCase(
+        "adam-skipped",
+        "adam_update",
+        dict(step=3, lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, skip=True),
+    ),
+    UpdateCase(
+        "adamw-not-skipped",
+        "adam_update",
+        dict(
+            step=3,
+            lr=1e-2,
+            beta1=0.9,
+            beta2=0.999,
+            eps=1e-8,
+            weight_decay=0.01,
+            decoupled=True,
+            skip=False,
+        ),
+    ),  # fmt: skip
     UpdateCase("clip-norm-2", "clip_grad_norm_update", dict(max_norm=1.0, norm_type=2.0)),
     UpdateCase("clip-norm-1-large", "clip_grad_norm_update", dict(max_norm=1e3, norm_type=1.0)),
     UpdateCase(
@@ -854,6 +884,9 @@ def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3,
     params, grads = draw(), draw()
     p = [be.asarray(x.copy()) for x in params]
     g = [be.asarray(x) for x in grads]
+    settings = dict(case.params)
+    if "skip" in settings:  # a 0-d bool array on the backend, as GradScaler's flag
+        settings["skip"] = be.xp.asarray(np.bool_(settings["skip"]))
     if case.op == "clip_grad_norm_update":
         total = be.clip_grad_norm_update(g, **case.params)
         p, slots = g, [[total]]
@@ -862,12 +895,12 @@ def run_update(be, case: UpdateCase, dtype, seed=0, shapes=((5, 3), (7,), (2, 3,
         p, slots = g, []
     elif case.op == "sgd_update":
         state = [be.asarray(x) for x in draw()] if case.params["momentum"] else [None] * len(shapes)
-        be.sgd_update(p, g, state, **case.params)
+        be.sgd_update(p, g, state, **settings)
         slots = [state]
     else:
         m = [be.asarray(x) for x in draw()]
         v = [be.asarray(np.abs(x)) for x in draw()]
-        be.adam_update(p, g, m, v, **case.params)
+        be.adam_update(p, g, m, v, **settings)
         slots = [m, v]
     host = lambda xs: [None if x is None else np.asarray(be.to_numpy(x)) for x in xs]
     return host(p), [host(s) for s in slots]

@@ -200,7 +200,7 @@ class Trainer:
         if self.graphed is None:
             try:
                 self.graphed = gpunn.cuda.graphed(
-                    self._train_step, x, y, state=(self.model, self.optimizer)
+                    self._train_step, x, y, state=(self.model, self.optimizer, self.scaler)
                 )
             except CaptureError as e:
                 if self.settings.get("cuda_graph"):

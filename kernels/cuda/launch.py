@@ -19,6 +19,7 @@ import math
 import numpy as np
 from gpunn.kernels import lowp
 from gpunn.kernels.cuda.workspace import Workspace
+from gpunn.kernels.cuda.workspace import ptr as address
 
 try:
     import cupy
@@ -143,9 +144,11 @@ def collapse(out_shape, operands):
 
 def binary(dev: Device, stem: str, A, B):
     """Y = A op B (add_forward ... pow_forward) with NumPy broadcasting; A or B may be a
-    Python scalar."""
+    Python scalar (a replayed one of a captured step: its device word, cast to the other
+    operand's dtype, as a 0-d operand)."""
+    dtype = (A if isinstance(A, cupy.ndarray) else B).dtype
+    A, B = _word_or_scalar(A, dtype), _word_or_scalar(B, dtype)
     a_arr, b_arr = isinstance(A, cupy.ndarray), isinstance(B, cupy.ndarray)
-    dtype = (A if a_arr else B).dtype
     t = dtype.type
     a_val = t(0) if a_arr else t(A)
     b_val = t(0) if b_arr else t(B)
@@ -186,6 +189,13 @@ def binary(dev: Device, stem: str, A, B):
     geometry = (*(i64(d) for d in dims[1:]), *(i64(s) for s in sa), *(i64(s) for s in sb))
     launch(dev, stem, dtype, n, args + geometry)
     return Y
+
+
+def _word_or_scalar(X, dtype):
+    """A replayed float (gpunn.cuda.graphs.replayed, in a captured step) as its device
+    word cast to ``dtype``, 0-d; any other operand as it is."""
+    word = getattr(X, "word", None)
+    return X if word is None else word.astype(dtype)
 
 
 def unary(dev: Device, stem: str, X):
@@ -761,6 +771,17 @@ def sequence_weight_grads(
 
 
 # ---------------------------------------------------------------------- optimizer updates
+def skip_flag(flag) -> np.uint64:
+    """The address of ``flag`` (a 0-d bool array: skip the update when true), or 0 (null:
+    never skip), as the update kernels take it."""
+    if flag is None:
+        return np.uint64(0)
+    if flag.dtype != np.bool_ or flag.size != 1:
+        raise ValueError(f"optimizer update: skip must be a 0-d bool array, got {flag.dtype} "
+                         f"{flag.shape}")  # fmt: skip
+    return np.uint64(address(flag))
+
+
 def fused_update(dev: Device, stem: str, columns, scalars) -> None:
     """sgd_update / adam_update: one launch per dtype over all parameters. ``columns`` =
     (params, grads, state...), lists of equal length (None for absent state); ``scalars``:

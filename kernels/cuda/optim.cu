@@ -9,13 +9,16 @@
 // As PyTorch's SGD without dampening: g = grad + wd*p; buf = momentum*buf + g; p -= lr*buf
 // (nesterov: p -= lr*(g + momentum*buf); p -= lr*g without momentum). lr_slot and
 // momentum_slot: null, or the device words holding a captured step's learning rate and
-// momentum (gpunn::replayed), which a schedule may change between replays.
+// momentum (gpunn::replayed), which a schedule may change between replays. skip: null, or
+// the float16 loss scaler's found-inf flag: when it is set the update changes nothing.
 // Table: params, grads, bufs, sizes.
 template <typename T>
 __global__ void sgd_update(const unsigned long long* __restrict__ table, int count, T lr_value,
                            const double* __restrict__ lr_slot, T momentum_value,
                            const double* __restrict__ momentum_slot, T weight_decay,
-                           int use_momentum, int use_weight_decay, int nesterov) {
+                           int use_momentum, int use_weight_decay, int nesterov,
+                           const bool* __restrict__ skip) {
+  if (skip && *skip) return;
   const T lr = lr_slot ? (T)*lr_slot : lr_value;
   const T momentum = momentum_slot ? (T)*momentum_slot : momentum_value;
   for (int t = 0; t < count; ++t) {
@@ -43,14 +46,17 @@ __global__ void sgd_update(const unsigned long long* __restrict__ table, int cou
 //   bias2_sqrt = sqrt(1 - b2^t), decay = 1 - lr*wd and 1 - b1, 1 - b2 computed in double
 //   from the step count t, the learning rate and beta1 (the values passed, or in a captured
 //   step the words at step_slot, lr_slot and beta1_slot: gpunn::replayed) and the other
-//   hyper-parameters, then rounded to T. Table: params, grads, ms, vs, sizes.
+//   hyper-parameters, then rounded to T. skip: as sgd_update's.
+//   Table: params, grads, ms, vs, sizes.
 template <typename T>
 __global__ void adam_update(const unsigned long long* __restrict__ table, int count, T eps,
                             T weight_decay, int use_weight_decay, int use_decay, double lr_d,
                             const double* __restrict__ lr_slot, double beta1_d,
                             const double* __restrict__ beta1_slot, double beta2_d,
                             double weight_decay_d, unsigned long long step,
-                            const unsigned long long* __restrict__ step_slot) {
+                            const unsigned long long* __restrict__ step_slot,
+                            const bool* __restrict__ skip) {
+  if (skip && *skip) return;
   const double t = (double)gpunn::replayed(step, step_slot);
   const double lr = gpunn::replayed(lr_d, lr_slot);
   const double b1 = gpunn::replayed(beta1_d, beta1_slot);
