@@ -164,9 +164,7 @@ class GradScaler:
             )
         elif not bool(flag):
             optimizer.step()
-        stepped = []
-        graphs.on_host([flag], lambda found: stepped.append(not found))
-        return stepped[0] if stepped else None
+        return None if graphs.capturing() else not bool(flag)
 
     def update(self, new_scale=None) -> None:
         """Adapt the scale factor: times backoff_factor if this step found inf or nan, times

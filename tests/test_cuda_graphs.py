@@ -244,6 +244,50 @@ def test_on_host_runs_at_once_eagerly_and_after_each_replay_when_captured(monkey
     assert seen == [True, False, ("none", False), True, ("none", False)]
 
 
+class _CountedFlag:
+    """A 0-d flag that counts its host reads."""
+
+    def __init__(self, value):
+        self.value, self.reads = value, 0
+
+    def __bool__(self):
+        self.reads += 1
+        return self.value
+
+
+def test_after_a_replay_each_flag_is_read_once(monkeypatch):
+    words = _FakeWords()
+    monkeypatch.setattr(graphs, "_capture", words)
+    flag, seen = _CountedFlag(True), []
+    graphs.on_host([flag], seen.append)
+    graphs.on_host([flag], seen.append)
+    monkeypatch.setattr(graphs, "_capture", None)
+    words.settle()
+    assert seen == [True, True] and flag.reads == 1
+
+
+def test_a_captured_float16_step_leaves_its_host_side_to_after_the_replay(monkeypatch):
+    """GradScaler and Adam inside a (stand-in) capture on the numpy backend: the step
+    returns None, the scale and step count wait for the replay's flag, and each replay
+    asks for the same two actions (Adam's count, the scaler's update), not more."""
+    p = nn.Parameter(gpunn.tensor(np.ones(3, np.float32)))
+    opt = gpunn.optim.Adam([p], lr=0.1)
+    scaler = gpunn.amp.GradScaler(init_scale=8.0, growth_interval=1)
+    words = _FakeWords()
+    monkeypatch.setattr(graphs, "_capture", words)
+    p.grad = gpunn.tensor(np.full(3, 8.0, np.float32))  # what scale(loss).backward() gave
+    assert scaler.step(opt) is None
+    scaler.update()
+    monkeypatch.setattr(graphs, "_capture", None)
+    assert len(words.after) == 2 and scaler.get_scale() == 8.0
+    assert opt.state[0]["step"] == 1  # drawn at the capture: _Snapshot puts it back
+    words.settle()  # a replay without inf: the count stays, the scale grows
+    assert opt.state[0]["step"] == 1 and scaler.get_scale() == 16.0
+    words.after = [([np.array(True)], action) for _, action in words.after]
+    words.settle()  # a replay that found inf: the count taken back, the scale backed off
+    assert "step" not in opt.state[0] and scaler.get_scale() == 8.0
+
+
 def test_grad_scaler_refuses_a_host_skip_inside_a_capture(monkeypatch):
     """An optimizer whose step takes no found_inf is skipped on the host: refused while a
     step is captured, named."""

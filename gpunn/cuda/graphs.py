@@ -157,10 +157,14 @@ class _ReplayedWords:
         return out
 
     def settle(self) -> None:
-        """After a replay: read the flags of every :func:`on_host` action of the step (the
-        first read waits for the replay) and call the actions in order."""
+        """After a replay: read the flags of the step's :func:`on_host` actions, each once
+        (the first read waits for the replay), and call the actions in order."""
+        values: dict = {}  # id(flag) -> its value (the flags live as long as self.after)
         for flags, action in self.after:
-            action(any(bool(f) for f in flags))
+            for f in flags:
+                if id(f) not in values:
+                    values[id(f)] = bool(f)
+            action(any(values[id(f)] for f in flags))
 
     def refresh(self, stream) -> None:
         """Draw every value again and copy them to the device words, queued on ``stream``
