@@ -157,14 +157,16 @@ class GradScaler:
             return True
         if getattr(optimizer, "takes_found_inf", False):
             optimizer.step(found_inf=flag)
-        elif graphs.capturing():
+            return None if graphs.capturing() else not bool(flag)
+        if graphs.capturing():
             raise CaptureError(
                 f"GradScaler.step: {type(optimizer).__name__}.step takes no found_inf, so "
                 "an overflowing step is skipped on the host, which a captured step cannot do"
             )
-        elif not bool(flag):
-            optimizer.step()
-        return None if graphs.capturing() else not bool(flag)
+        if bool(flag):
+            return False
+        optimizer.step()
+        return True
 
     def update(self, new_scale=None) -> None:
         """Adapt the scale factor: times backoff_factor if this step found inf or nan, times

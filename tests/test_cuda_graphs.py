@@ -215,6 +215,7 @@ def test_unscale_grads_leaves_the_found_inf_flag_on_the_device(monkeypatch):
         ndarray=np.ndarray, stack=np.stack, isfinite=np.isfinite, zeros=np.zeros
     )
     monkeypatch.setattr(cupy_backend, "cupy", fake)
+    monkeypatch.setattr(cupy_backend.L, "cupy", fake)
     a, b = np.full(3, 4.0, np.float32), np.array([2.0, np.inf])
     found = be.unscale_grads([a, b], 0.25)
     # (NumPy's reductions give scalars where CuPy's give 0-d arrays)

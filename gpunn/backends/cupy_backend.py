@@ -114,9 +114,8 @@ class CupyBackend(LayerOps, Backend):
         """In place, g *= inv for every gradient (CuPy's own kernels, capturable: in a
         captured step ``inv`` is replayed and read from its device word), and the found-inf
         flag as a 0-d bool array on the device: no host read (the float16 GradScaler's)."""
-        word = getattr(inv, "word", None)
         for g in grads:
-            g *= g.dtype.type(inv) if word is None else word.astype(g.dtype)
+            g *= L.scalar_operand(inv, g.dtype)
         if not grads:
             return cupy.zeros((), bool)
         return ~cupy.stack([cupy.isfinite(g).all() for g in grads]).all()

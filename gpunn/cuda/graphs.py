@@ -423,8 +423,8 @@ def graphed(step, *example_inputs, warmup: int = 3, state=()):
     capture; ``state``: modules, optimizers and loss scalers whose state those calls
     change: their parameters, buffers, optimizer state and scale factor are saved first and
     written back (in place) after the capture, and the captured gradients zeroed, so the
-    first replay is the first step; the optimizers' hyper-parameters are then checked before every replay. Without
-    it, the warm-up calls are real steps, as in PyTorch.
+    first replay is the first step; the optimizers' hyper-parameters are then checked
+    before every replay. Without it, the warm-up calls are real steps, as in PyTorch.
 
     Raises :class:`~gpunn.errors.CaptureError` naming the op when the step does host work
     or runs an op a graph cannot hold (see :func:`capture_plan`), and when the inputs are

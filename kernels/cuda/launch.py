@@ -147,7 +147,7 @@ def binary(dev: Device, stem: str, A, B):
     Python scalar (a replayed one of a captured step: its device word, cast to the other
     operand's dtype, as a 0-d operand)."""
     dtype = (A if isinstance(A, cupy.ndarray) else B).dtype
-    A, B = _word_or_scalar(A, dtype), _word_or_scalar(B, dtype)
+    A, B = scalar_operand(A, dtype), scalar_operand(B, dtype)
     a_arr, b_arr = isinstance(A, cupy.ndarray), isinstance(B, cupy.ndarray)
     t = dtype.type
     a_val = t(0) if a_arr else t(A)
@@ -191,11 +191,14 @@ def binary(dev: Device, stem: str, A, B):
     return Y
 
 
-def _word_or_scalar(X, dtype):
-    """A replayed float (gpunn.cuda.graphs.replayed, in a captured step) as its device
-    word cast to ``dtype``, 0-d; any other operand as it is."""
+def scalar_operand(X, dtype):
+    """An operand of an elementwise operation in ``dtype``: an array as it is, a Python
+    scalar rounded to ``dtype``, a replayed float (gpunn.cuda.graphs.replayed, in a
+    captured step) as its device word cast to ``dtype``, 0-d (read at every replay)."""
+    if isinstance(X, cupy.ndarray):
+        return X
     word = getattr(X, "word", None)
-    return X if word is None else word.astype(dtype)
+    return np.dtype(dtype).type(X) if word is None else word.astype(dtype)
 
 
 def unary(dev: Device, stem: str, X):
